@@ -1,0 +1,159 @@
+"""The `tripwire` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import typer
+from rich.console import Console
+
+from tripwire.broker import LocalBroker
+from tripwire.config import Settings
+from tripwire.errors import TripwireError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="tripwire: real-time fraud and financial-crime pipeline on Kafka.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+broker_app = typer.Typer(help="The local Apache Kafka broker (no Docker needed).",
+                         no_args_is_help=True)
+topics_app = typer.Typer(help="The declared topics.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _local_broker(settings: Settings) -> LocalBroker:
+    return LocalBroker(settings.state_dir / "broker", settings.cache_dir,
+                       port=settings.broker_port, heap=settings.broker_heap)
+
+
+def _bootstrap(settings: Settings) -> str:
+    if settings.kafka_bootstrap_servers:
+        return settings.kafka_bootstrap_servers
+    status = _local_broker(settings).status()
+    if status.running and status.info:
+        return status.info.bootstrap
+    raise TripwireError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `tripwire broker start`")
+
+
+@broker_app.command("start")
+def broker_start() -> None:
+    """Start the local broker (fetching Kafka's jars on first use) and print its address."""
+    settings = Settings()
+    broker = _local_broker(settings)
+    t0 = time.monotonic()
+    info = broker.start(say=lambda m: err_console.print(f"[dim]{m}[/dim]"))
+    err_console.print(f"Apache Kafka {info.version} answering on {info.bootstrap} "
+                      f"(pid {info.pid}, {time.monotonic() - t0:.1f}s); log: {broker.log_path}")
+    console.print(info.bootstrap)
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the local broker."""
+    stopped = _local_broker(Settings()).stop()
+    console.print("stopped" if stopped else "no broker was running")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Tell whether the local broker runs and answers (exit 1 when it does not)."""
+    st = _local_broker(Settings()).status()
+    where = f" {st.info.bootstrap} pid {st.info.pid}" if st.info and st.running else ""
+    console.print(f"{'running' if st.running else 'stopped'}{where}: {st.detail}")
+    raise typer.Exit(0 if st.running and st.answering else 1)
+
+
+@broker_app.command("logs")
+def broker_logs(lines: int = typer.Option(40, help="how many lines")) -> None:
+    """Print the end of the local broker's log."""
+    path = _local_broker(Settings()).log_path
+    if not path.exists():
+        raise TripwireError(f"no log yet at {path}")
+    console.print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]),
+                  markup=False, highlight=False)
+
+
+@topics_app.command("create")
+def topics_create(partitions: int = typer.Option(0, help="override every topic's count"))\
+        -> None:
+    """Create every declared topic that is missing (idempotent)."""
+    from tripwire.connectors.kafka import create_topics
+
+    settings = Settings()
+    result = create_topics(_bootstrap(settings), settings.topic_namespace,
+                           partitions=partitions or None)
+    for name, state in sorted(result.items()):
+        console.print(f"{state:8} {name}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The declared topics and what they carry."""
+    from tripwire.streams.topics import TOPICS
+
+    ns = Settings().topic_namespace
+    for t in TOPICS:
+        extra = t.cleanup if t.cleanup == "compact" else f"retention {t.retention_ms or 'inf'}ms"
+        console.print(f"{ns}{t.name:34} {t.partitions:>3}p  {extra:24} {t.purpose}")
+
+
+run_app = typer.Typer(help="Run a stream processor until stopped (SIGTERM/Ctrl-C).",
+                      no_args_is_help=True)
+app.add_typer(run_app, name="run")
+
+
+@run_app.command("decision-path")
+def run_decision_path(
+    group: str = typer.Option("tripwire.decision-path", help="consumer group id"),
+) -> None:
+    """Decode, validate, compute features, run controls and emit decisions."""
+    import signal
+    import threading
+
+    from tripwire.streams.decision_path import DecisionPath
+    from tripwire.streams.loop import BatchLoop
+    from tripwire.streams.topics import topic
+
+    settings = Settings()
+    ns = settings.topic_namespace
+    loop = BatchLoop(_bootstrap(settings), f"{ns}{group}", [topic("card_payments", ns)],
+                     DecisionPath.default().process, namespace=ns,
+                     batch_size=settings.batch_size)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err_console.print(f"decision path running on {ns}payments.card.v1 (group {ns}{group})")
+    stats = loop.run(stop)
+    err_console.print(f"stopped after {stats.consumed} events in {stats.batches} batches")
+
+
+@app.command()
+def demo(
+    normal: int = typer.Option(40, help="everyday card payments"),
+    attack: int = typer.Option(10, help="magstripe-contactless payments abroad"),
+    keep_broker: bool = typer.Option(False, help="leave the local broker running"),
+) -> None:
+    """Broker, decision path, simulated traffic and an attack; prints the decisions."""
+    from tripwire.demo import run_demo
+
+    result = run_demo(Settings(), console, normal=normal, attack=attack,
+                      keep_broker=keep_broker)
+    if result.decisions != result.events:
+        raise TripwireError(f"{result.events} events published but {result.decisions} "
+                            "decisions read back")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
+    try:
+        app()
+    except TripwireError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)

@@ -1,0 +1,62 @@
+"""One settings object, read from the environment (and an optional `.env` file).
+
+Kafka-wide names follow the ecosystem (`KAFKA_BOOTSTRAP_SERVERS`,
+`SCHEMA_REGISTRY_URL`); tripwire's own carry the `TRIPWIRE_` prefix.
+
+>>> Settings(kafka_bootstrap_servers="k1:9092").kafka_bootstrap_servers
+'k1:9092'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_cache_dir", "default_state_dir"]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tripwire"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tripwire"
+
+
+class Settings(BaseSettings):
+    """Everything tripwire reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIPWIRE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS",
+                                      "TRIPWIRE_KAFKA_BOOTSTRAP_SERVERS"),
+        description="An existing Kafka cluster; when unset tripwire starts its own broker.",
+    )
+    schema_registry_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SCHEMA_REGISTRY_URL", "TRIPWIRE_SCHEMA_REGISTRY_URL"),
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    state_dir: Path = Field(default_factory=default_state_dir)
+    broker_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
+    broker_heap: str = "512m"
+    use_testcontainers: bool = Field(
+        default=True, description="Try a Kafka container when a Docker engine answers."
+    )
+    topic_namespace: str = Field(
+        default="",
+        description="Prefix for every topic name (tests use a unique one per run).",
+        pattern=r"^[A-Za-z0-9._-]*$",
+    )
+    default_partitions: int = Field(default=6, ge=1)
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    log_level: str = "INFO"

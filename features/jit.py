@@ -1,0 +1,40 @@
+"""Just-in-time features: computed from the event alone, no state.
+
+>>> card_features({"amount_minor": 1000, "currency": "EUR", "merchant_country": "FR",
+...                "entry_mode": "CHIP", "card_present": True, "event_time": 0})["domestic"]
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["GBP_PER_UNIT", "HOME_COUNTRY", "FeatureError", "card_features"]
+
+HOME_COUNTRY = "GB"
+
+# Reference rates for scoring only (GBP per unit of currency). A batch feature
+# node replaces this table with the treasury's daily rates.
+GBP_PER_UNIT: Mapping[str, float] = {
+    "GBP": 1.0, "EUR": 0.85, "USD": 0.79, "CHF": 0.89, "JPY": 0.0052, "CAD": 0.57,
+    "AUD": 0.52, "NOK": 0.073, "SEK": 0.073, "DKK": 0.114, "PLN": 0.195, "BRL": 0.14,
+    "INR": 0.0094, "CNY": 0.11, "HKD": 0.10, "SGD": 0.59, "AED": 0.215, "ZAR": 0.043,
+    "MXN": 0.041, "TRY": 0.021, "NGN": 0.0005, "RUB": 0.0086, "KES": 0.0061,
+}
+
+
+class FeatureError(ValueError):
+    """A feature could not be computed for this event."""
+
+
+def card_features(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Features of a card payment that need nothing but the event."""
+    rate = GBP_PER_UNIT.get(event["currency"])
+    return {
+        "amount_gbp_minor": None if rate is None else round(event["amount_minor"] * rate),
+        "domestic": event["merchant_country"] == HOME_COUNTRY,
+        "entry_mode": event["entry_mode"],
+        "card_not_present": not event["card_present"],
+        "hour_of_day": (event["event_time"] // 3_600_000) % 24,
+    }

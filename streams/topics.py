@@ -1,0 +1,88 @@
+"""Every topic tripwire reads or writes, declared once.
+
+Names follow a platform team's convention: ``<domain>.<entity>.v<major>`` for
+upstream events and ``tripwire.<stream>.v<major>`` for what tripwire writes. A
+``namespace`` prefix (``TRIPWIRE_TOPIC_NAMESPACE``) isolates test runs and demos.
+
+>>> topic("decisions", "t1.")
+'t1.tripwire.decisions.v1'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["TOPICS", "TopicSpec", "spec", "topic"]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    key: str  # stable handle used in code, e.g. "card_payments"
+    name: str
+    purpose: str
+    partitions: int = 6
+    cleanup: Literal["delete", "compact"] = "delete"
+    retention_ms: int | None = 7 * DAY_MS  # None: keep forever
+    schema: str | None = None  # Avro full name of the value, when there is one
+    keyed_by: str = ""
+
+    def config(self) -> dict[str, str]:
+        cfg: dict[str, str] = {"cleanup.policy": self.cleanup}
+        if self.cleanup == "delete":
+            cfg["retention.ms"] = str(self.retention_ms if self.retention_ms is not None else -1)
+        return cfg
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("card_payments", "payments.card.v1",
+              "Card authorisations and card top-ups from the card processor",
+              schema="tripwire.events.CardPayment", keyed_by="card_token"),
+    TopicSpec("logins", "security.login.v1",
+              "Logins and account-security events (password, device, payee changes)",
+              schema="tripwire.events.LoginEvent", keyed_by="user_id"),
+    TopicSpec("fps", "payments.fps.v1",
+              "Faster Payments messages: requests, responses, reversals, repeats",
+              schema="tripwire.events.FpsMessage", keyed_by="account"),
+    TopicSpec("decisions", "tripwire.decisions.v1",
+              "One decision per event: outcome, actions, rule hits, features, versions",
+              schema="tripwire.decisions.Decision", retention_ms=30 * DAY_MS,
+              keyed_by="entity_key"),
+    TopicSpec("control_executions", "tripwire.control-executions.v1",
+              "Every control execution: inputs read, outputs, version, latency, error",
+              retention_ms=30 * DAY_MS, keyed_by="event_id"),
+    TopicSpec("quarantine", "tripwire.quarantine.v1",
+              "Refused messages with their original bytes, source position and reasons",
+              partitions=3, retention_ms=90 * DAY_MS, keyed_by="source"),
+    TopicSpec("actions", "tripwire.actions.v1",
+              "Actions to carry out: block card, hold funds, customer alert, open case",
+              keyed_by="entity_key"),
+    TopicSpec("customer_alerts", "tripwire.customer-alerts.v1",
+              "Customer alerts (SMS/push) waiting to be sent", partitions=3,
+              keyed_by="account_id"),
+    TopicSpec("soc_alerts", "tripwire.soc-alerts.v1",
+              "Systemic-attack alerts for the security operations centre", partitions=1,
+              retention_ms=None),
+    TopicSpec("audit", "tripwire.audit.v1",
+              "Audit trail: control changes, reloads, pauses and resumes", partitions=1,
+              retention_ms=None),
+    TopicSpec("controls", "tripwire.controls.v1",
+              "Control plane: the active version of every control, latest wins",
+              partitions=1, cleanup="compact", keyed_by="control_id"),
+)
+
+_BY_KEY = {t.key: t for t in TOPICS}
+
+
+def spec(key: str) -> TopicSpec:
+    try:
+        return _BY_KEY[key]
+    except KeyError:
+        raise KeyError(f"unknown topic {key!r}; known: {', '.join(_BY_KEY)}") from None
+
+
+def topic(key: str, namespace: str = "") -> str:
+    """The full topic name for a declared topic under ``namespace``."""
+    return f"{namespace}{spec(key).name}"

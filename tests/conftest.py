@@ -1,0 +1,42 @@
+"""Shared fixtures. One real Kafka cluster per test session, chosen in the
+project's order: KAFKA_BOOTSTRAP_SERVERS → testcontainers (Docker engine) → the
+local jar broker. Each test gets its own topic namespace."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tripwire.broker import KafkaCluster, acquire_cluster
+from tripwire.config import Settings
+from tripwire.connectors.kafka import create_topics
+
+logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """The session's real Kafka cluster; a local broker started here is stopped at the end."""
+    home = tmp_path_factory.mktemp("kafka-broker")
+    cluster = acquire_cluster(Settings(), home=home, stop_on_close=True, say=print)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A topic prefix no other test (or earlier run) uses."""
+    name = "".join(ch if ch.isalnum() else "-" for ch in request.node.name)[:40]
+    return f"t-{name}-{uuid.uuid4().hex[:6]}."
+
+
+@pytest.fixture
+def topics(kafka: KafkaCluster, namespace: str) -> str:
+    """The declared topics, created under the test's namespace (3 partitions each)."""
+    create_topics(kafka.bootstrap, namespace, partitions=3)
+    return namespace

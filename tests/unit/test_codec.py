@@ -1,0 +1,83 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+from tripwire.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, EncodeError
+from tripwire.schemas.registry import SchemaStore
+
+CODEC = AvroCodec(SchemaStore.default())
+EVENT = next(normal_card_payments(seed=3, start_ms=1_700_000_000_000, count=1))
+
+
+def test_round_trip_keeps_every_field() -> None:
+    schema, back = CODEC.decode(CODEC.encode(CARD_SCHEMA, EVENT))
+    assert schema.name == CARD_SCHEMA
+    assert back == EVENT
+
+
+def test_header_is_avro_single_object_encoding() -> None:
+    data = CODEC.encode(CARD_SCHEMA, EVENT)
+    assert data[:2] == SINGLE_OBJECT_MAGIC
+    assert data[2:10] == SchemaStore.default().get(CARD_SCHEMA).fingerprint
+
+
+def test_fingerprint_matches_the_avro_spec_test_value() -> None:
+    from fastavro import parse_schema
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+    fp = fingerprint(to_parsing_canonical_form(parse_schema("int")), "CRC-64-AVRO")
+    assert bytes.fromhex(fp) == (0x7275D51A3F395C8F).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "EMPTY"),
+        (b"\xc3\x01\x00", "TRUNCATED"),
+        (b"{\"json\": true, \"x\": 1}", "BAD_MAGIC"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"\x02", "UNKNOWN_SCHEMA"),
+    ],
+)
+def test_bad_framing_has_a_reason(data: bytes | None, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        CODEC.decode(data)
+    assert info.value.reason == reason
+
+
+def test_trailing_and_truncated_bodies() -> None:
+    good = CODEC.encode(CARD_SCHEMA, EVENT)
+    with pytest.raises(DecodeError) as info:
+        CODEC.decode(good + b"\x00")
+    assert info.value.reason == "TRAILING_BYTES"
+    with pytest.raises(DecodeError) as info:
+        CODEC.decode(good[:-3])
+    assert info.value.reason == "BODY_INVALID"
+
+
+def test_encode_refuses_unknown_fields_and_bad_enums() -> None:
+    with pytest.raises(EncodeError):
+        CODEC.encode(CARD_SCHEMA, {**EVENT, "pan": "4111111111111111"})
+    with pytest.raises(EncodeError):
+        CODEC.encode(CARD_SCHEMA, {**EVENT, "entry_mode": "TELEPATHY"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
+    try:
+        CODEC.decode(data)
+    except DecodeError as exc:
+        assert exc.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_arbitrary_bodies_behind_a_valid_header(body: bytes) -> None:
+    header = CODEC.encode(CARD_SCHEMA, EVENT)[:10]
+    try:
+        _, rec = CODEC.decode(header + body)
+    except DecodeError as exc:
+        assert exc.reason in {"BODY_INVALID", "TRAILING_BYTES"}
+    else:
+        assert set(rec) == set(EVENT)
