@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 	cd .build/mypy && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p tripwire
 
 bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(or $(BENCH_ARGS),passthrough)
 
 clean:
 	rm -rf .build .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,8 @@ topics_app = typer.Typer(help="The declared topics.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 
-console = Console()
+# Wide enough for the decision tables when output is a file or a CI log.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 

@@ -152,6 +152,7 @@ class LocalBroker:
         self.heap = heap
         self.java = java
         self.mvn = mvn
+        self.started = False  # True once this object has launched the JVM
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -283,6 +284,7 @@ class LocalBroker:
                           controller_port=cport, version=KAFKA_VERSION, home=str(self.home),
                           started_at=time.time())
         self.record_path.write_text(json.dumps(asdict(info), indent=2))
+        self.started = True
         if not self._wait_answering(info, timeout, proc):
             self.stop()
             raise BrokerError(

@@ -67,7 +67,7 @@ def acquire_cluster(
     settings: Settings,
     *,
     home: Path | None = None,
-    stop_on_close: bool = False,
+    stop_on_close: bool = False,  # stop a local broker on close if this call started it
     say: Callable[[str], None] = logger.info,
 ) -> KafkaCluster:
     """Return a cluster following the preference order, starting one if needed."""
@@ -88,7 +88,7 @@ def acquire_cluster(
                          port=settings.broker_port, heap=settings.broker_heap)
     info = broker.start(say=say)
     closer: Callable[[], None] | None = None
-    if stop_on_close:
+    if stop_on_close and broker.started:  # never stop a broker someone else started
         def closer() -> None:
             broker.stop()
     return KafkaCluster(info.bootstrap, "local", f"local Apache Kafka {info.version} "

@@ -1,0 +1,1 @@
+"""tripwire benchmarks: results are ratios against a baseline measured in the same run."""

@@ -1,0 +1,19 @@
+"""Run a benchmark: ``python -m bench <name> [options]``."""
+
+import sys
+
+BENCHES = {
+    "passthrough": "bench.passthrough",
+}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
+        print(f"usage: python -m bench {{{'|'.join(BENCHES)}}} [options]", file=sys.stderr)
+        sys.exit(2)
+    import importlib
+
+    importlib.import_module(BENCHES[sys.argv[1]]).main(sys.argv[2:])
+
+
+main()
