@@ -29,7 +29,6 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.events import EventProducer
 from tripwire.connectors.kafka import consumer, create_topics, producer
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.schemas.codec import AvroCodec
@@ -196,10 +195,10 @@ def run(cluster: KafkaCluster, broker_pid: int | None, events: int, faust_events
         _, rec = codec.decode(v)
         return codec.encode(schema.name, rec)
 
+    bootstrap = cluster.bootstrap
     rounds: list[list[Result]] = []
     for r in range(repeats):
         ns = f"bench-{uuid.uuid4().hex[:6]}."
-        bootstrap = cluster.bootstrap
         _topics(bootstrap, ns, ["in", "out", "out2"], 3)
         create_topics(bootstrap, ns, partitions=3)
         _preload(bootstrap, f"{ns}in", payloads)
@@ -240,7 +239,7 @@ def report(rounds: list[list[Result]]) -> str:
         )
     base = med[names[0]]
     lines = [f"{'case':30} {'events':>7} {'msg/s':>9} {'µs CPU client':>14} "
-             f"{'µs CPU +broker':>15} {'× baseline CPU':>15}"]
+             f"{'µs CPU +broker':>15} {'x baseline CPU':>15}"]
     for name in names:
         rate, cl, tot, n = med[name]
         lines.append(f"{name:30} {n:>7} {rate:>9,.0f} {cl:>14.1f} {tot:>15.1f} "
