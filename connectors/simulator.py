@@ -51,6 +51,8 @@ def normal_card_payments(seed: int, start_ms: int, count: int, cards: int = 1000
             "terminal_id": None if mode == "ECOMMERCE" else f"term-{rng.randrange(10**6):06d}",
             "entry_mode": mode, "card_present": mode != "ECOMMERCE",
             "device_id": None, "ip": None, "response": "APPROVED", "decline_reason": None,
+            "wallet": "APPLE_PAY" if mode == "CONTACTLESS" and rng.random() < 0.4 else None,
+            "three_ds": "AUTHENTICATED" if mode == "ECOMMERCE" else None,
         }
 
 
@@ -72,4 +74,5 @@ def magstripe_contactless_attack(seed: int, start_ms: int, count: int, cards: in
             "merchant_country": country, "terminal_id": f"term-x{rng.randrange(10**5):05d}",
             "entry_mode": "MAGSTRIPE_CONTACTLESS", "card_present": True,
             "device_id": None, "ip": None, "response": "APPROVED", "decline_reason": None,
+            "wallet": None, "three_ds": None,
         }

@@ -42,8 +42,10 @@ class AvroCodec:
     def __init__(self, store: SchemaStore) -> None:
         self.store = store
 
-    def encode(self, schema_name: str, record: dict[str, Any]) -> bytes:
-        schema = self.store.get(schema_name)
+    def encode(self, schema_name: str, record: dict[str, Any], version: int | None = None) \
+            -> bytes:
+        """Encode with the newest version of ``schema_name`` (or the given ``version``)."""
+        schema = self.store.get(schema_name, version)
         buf = io.BytesIO()
         buf.write(SINGLE_OBJECT_MAGIC)
         buf.write(schema.fingerprint)
@@ -65,16 +67,23 @@ class AvroCodec:
             schema = self.store.by_fingerprint(data[2:_HEADER])
         except UnknownSchemaError as exc:
             raise DecodeError("UNKNOWN_SCHEMA", str(exc)) from None
+        return self._body(schema, data, _HEADER)
+
+    def _body(self, writer: AvroSchema, data: bytes, start: int) \
+            -> tuple[AvroSchema, dict[str, Any]]:
+        """Read the body written with ``writer`` into the newest version of its name."""
+        reader = self.store.get(writer.name)
         buf = io.BytesIO(data)
-        buf.seek(_HEADER)
+        buf.seek(start)
         try:
-            record = schemaless_reader(buf, schema.parsed, None)
+            record = schemaless_reader(buf, writer.parsed,
+                                       None if reader is writer else reader.parsed)
         except Exception as exc:  # fastavro raises many kinds on corrupt input
-            raise DecodeError("BODY_INVALID", f"{schema.name}: {type(exc).__name__}: {exc}") \
-                from None
+            raise DecodeError("BODY_INVALID", f"{writer.name} v{writer.version}: "
+                              f"{type(exc).__name__}: {exc}") from None
         if buf.tell() != len(data):
             raise DecodeError("TRAILING_BYTES",
-                              f"{schema.name}: {len(data) - buf.tell()} bytes after the record")
+                              f"{writer.name}: {len(data) - buf.tell()} bytes after the record")
         if not isinstance(record, dict):
-            raise DecodeError("BODY_INVALID", f"{schema.name}: not a record")
-        return schema, record
+            raise DecodeError("BODY_INVALID", f"{writer.name}: not a record")
+        return reader, record
