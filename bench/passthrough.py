@@ -138,16 +138,18 @@ def confluent_loop(bootstrap: str, src: str, dst: str, n: int,
 
 
 def tripwire_hot_path(bootstrap: str, src: str, ns: str, n: int) -> tuple[float, float]:
-    path = DecisionPath.default()
     marks: dict[str, float] = {}
 
-    def process(batch, now_ms):  # type: ignore[no-untyped-def]
-        if "wall" not in marks:
-            marks["wall"], marks["cpu"] = time.monotonic(), time.process_time()
-        return path.process(batch, now_ms)
+    class Timed(DecisionPath):
+        def process(self, batch, now_ms, state):  # type: ignore[no-untyped-def]
+            if "wall" not in marks:
+                marks["wall"], marks["cpu"] = time.monotonic(), time.process_time()
+            return super().process(batch, now_ms, state)
 
-    loop = BatchLoop(bootstrap, f"bench-hot-{uuid.uuid4().hex[:8]}", [src], process,
-                     namespace=ns, batch_size=1000)
+    base = DecisionPath.default()
+    loop = BatchLoop(bootstrap, f"bench-hot-{uuid.uuid4().hex[:8]}", [src],
+                     Timed(base.codec, base.controls), namespace=ns, batch_size=1000,
+                     state_dir=Path(os.environ.get("TMPDIR", "/tmp")) / f"{ns}state")
     stop = threading.Event()
     t = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     t.start()

@@ -15,7 +15,16 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["CARD_SCHEMA", "magstripe_contactless_attack", "normal_card_payments"]
+__all__ = [
+    "CARD_SCHEMA",
+    "FPS_SCHEMA",
+    "LOGIN_SCHEMA",
+    "corrupt_dates",
+    "fps_messages",
+    "logins",
+    "magstripe_contactless_attack",
+    "normal_card_payments",
+]
 
 CARD_SCHEMA = "tripwire.events.CardPayment"
 
@@ -75,4 +84,103 @@ def magstripe_contactless_attack(seed: int, start_ms: int, count: int, cards: in
             "entry_mode": "MAGSTRIPE_CONTACTLESS", "card_present": True,
             "device_id": None, "ip": None, "response": "APPROVED", "decline_reason": None,
             "wallet": None, "three_ds": None,
+        }
+
+
+FPS_SCHEMA = "tripwire.events.FpsMessage"
+LOGIN_SCHEMA = "tripwire.events.LoginEvent"
+DAY_MS = 86_400_000
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(n))
+
+
+def fps_messages(seed: int, start_ms: int, payments: int, accounts: int = 500,
+                 gap_ms: int = 200) -> Iterator[dict[str, Any]]:
+    """An FPS feed: each payment request is followed by its response; a few are
+    reversed later. Every message is valid."""
+    rng = random.Random(seed)
+    t = start_ms
+    reversible: list[dict[str, Any]] = []
+    for n in range(payments):
+        t += rng.randrange(1, 2 * gap_ms)
+        account = f"acc-{rng.randrange(accounts):06d}"
+        inbound = rng.random() < 0.5
+        ours = (f"{rng.choice(['04', '20', '40', '60'])}{_digits(rng, 4)}", _digits(rng, 8))
+        theirs = (_digits(rng, 6), _digits(rng, 8))
+        sender, beneficiary = (theirs, ours) if inbound else (ours, theirs)
+        ref = f"FP{seed:04d}{n:08d}{_digits(rng, 6)}"
+        req = {
+            "event_id": _uuid(rng), "event_time": t, "message_type": "PAYMENT_REQUEST",
+            "transaction_reference": ref, "original_reference": None, "is_repeat": False,
+            "direction": "INBOUND" if inbound else "OUTBOUND", "account_id": account,
+            "settlement_date": t // DAY_MS,
+            "sender_sort_code": sender[0], "sender_account_number": sender[1],
+            "beneficiary_sort_code": beneficiary[0], "beneficiary_account_number": beneficiary[1],
+            "amount_minor": int(rng.lognormvariate(9.0, 1.3)) + 1, "currency": "GBP",
+            "payment_reference": rng.choice(["RENT", "INVOICE 1042", "THANKS", "SAVINGS",
+                                             "BILLS NOV"]),
+            "response_status": None, "reject_reason": None,
+        }
+        yield req
+        status = rng.choices(["ACCEPTED_APPLIED", "ACCEPTED_NOT_APPLIED", "REJECTED"],
+                             [90, 5, 5])[0]
+        t += rng.randrange(1, 50)
+        yield {**req, "event_id": _uuid(rng), "event_time": t,
+               "message_type": "PAYMENT_RESPONSE",
+               "transaction_reference": f"{ref}R", "original_reference": ref,
+               "response_status": status,
+               "reject_reason": "BENEFICIARY ACCOUNT CLOSED" if status == "REJECTED" else None}
+        if status == "ACCEPTED_APPLIED" and rng.random() < 0.03:
+            reversible.append(req)
+        if reversible and rng.random() < 0.02:
+            orig = reversible.pop(0)
+            t += 1
+            yield {**orig, "event_id": _uuid(rng), "event_time": t, "message_type": "REVERSAL",
+                   "transaction_reference": f"{orig['transaction_reference']}V",
+                   "original_reference": orig["transaction_reference"],
+                   "settlement_date": t // DAY_MS}
+
+
+def corrupt_dates(messages: list[dict[str, Any]], share: float, seed: int) \
+        -> tuple[list[dict[str, Any]], set[str]]:
+    """Corrupt the dates of ``share`` of ``messages`` the way a faulty upstream
+    does (wrong century, days swapped, clock far off); returns the messages and
+    the event ids of the corrupted ones."""
+    rng = random.Random(seed)
+    out, bad = [], set()
+    for m in messages:
+        if rng.random() < share:
+            how = rng.randrange(4)
+            if how == 0:
+                m = {**m, "settlement_date": m["settlement_date"] + 36_525}  # +100 years
+            elif how == 1:
+                m = {**m, "settlement_date": m["settlement_date"] - rng.randrange(3, 400)}
+            elif how == 2:
+                m = {**m, "event_time": m["event_time"] + rng.randrange(2, 900) * DAY_MS}
+            else:
+                m = {**m, "settlement_date": -rng.randrange(1, 10**6)}
+            bad.add(m["event_id"])
+        out.append(m)
+    return out, bad
+
+
+def logins(seed: int, start_ms: int, count: int, users: int = 500,
+           gap_ms: int = 100) -> Iterator[dict[str, Any]]:
+    """Everyday logins with the occasional failure."""
+    rng = random.Random(seed)
+    t = start_ms
+    for _ in range(count):
+        t += rng.randrange(1, 2 * gap_ms)
+        i = rng.randrange(users)
+        failed = rng.random() < 0.05
+        yield {
+            "event_id": _uuid(rng), "event_time": t,
+            "type": "LOGIN_FAILED" if failed else "LOGIN_SUCCEEDED",
+            "user_id": f"user-{i:06d}", "account_id": f"acc-{i:06d}",
+            "device_id": f"dev-{i:06d}", "ip": f"81.{i % 250}.{rng.randrange(250)}.{i % 199}",
+            "method": rng.choice(["PASSWORD", "BIOMETRIC", "PASSKEY"]),
+            "failure_reason": "WRONG_PASSWORD" if failed else None,
+            "payee_sort_code": None, "payee_account_number": None, "payee_name": None,
         }

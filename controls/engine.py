@@ -48,6 +48,7 @@ class Control:
     version: str  # content hash of the source
     source: str
     module: Any = field(repr=False)
+    applies_to: frozenset[str] = frozenset()  # event type short names; empty: all
 
     @classmethod
     def compile(cls, control_id: str, source: str) -> Control:
@@ -59,9 +60,16 @@ class Control:
             raise ControlError(f"{control_id}: {exc}") from exc
         if not _defines_function(module, "evaluate"):
             raise ControlError(f"{control_id}: defines no function evaluate(event, features)")
+        applies = module["APPLIES_TO"]  # optional global: ["CardPayment", ...]
+        if applies is not None and (not isinstance(applies, list)
+                                    or not all(isinstance(a, str) for a in applies)):
+            raise ControlError(f"{control_id}: APPLIES_TO must be a list of event type names")
         frozen = module.freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
-        return cls(control_id, version, source, frozen)
+        return cls(control_id, version, source, frozen, frozenset(applies or ()))
+
+    def applies(self, event_type: str) -> bool:
+        return not self.applies_to or event_type in self.applies_to
 
     def run(self, event: Mapping[str, Any], features: Mapping[str, Any]) -> ControlResult:
         start = time.perf_counter_ns()
@@ -99,6 +107,7 @@ class ControlSet:
 
     def __init__(self, controls: Iterable[Control]) -> None:
         self.controls = sorted(controls, key=lambda c: c.control_id)
+        self._by_type: dict[str, list[Control]] = {}
 
     @classmethod
     def from_dir(cls, directory: Path = LIBRARY) -> ControlSet:
@@ -110,6 +119,14 @@ class ControlSet:
     def versions(self) -> dict[str, str]:
         return {c.control_id: c.version for c in self.controls}
 
-    def evaluate(self, event: Mapping[str, Any],
+    def for_type(self, event_type: str) -> list[Control]:
+        """The controls that run on events of ``event_type`` (short name)."""
+        chosen = self._by_type.get(event_type)
+        if chosen is None:
+            chosen = self._by_type[event_type] = [c for c in self.controls
+                                                  if c.applies(event_type)]
+        return chosen
+
+    def evaluate(self, event_type: str, event: Mapping[str, Any],
                  features: Mapping[str, Any]) -> list[ControlResult]:
-        return [c.run(event, features) for c in self.controls]
+        return [c.run(event, features) for c in self.for_type(event_type)]

@@ -117,19 +117,20 @@ def run_decision_path(
     import signal
     import threading
 
-    from tripwire.streams.decision_path import DecisionPath
+    from tripwire.streams.decision_path import INPUTS, DecisionPath
     from tripwire.streams.loop import BatchLoop
     from tripwire.streams.topics import topic
 
     settings = Settings()
     ns = settings.topic_namespace
-    loop = BatchLoop(_bootstrap(settings), f"{ns}{group}", [topic("card_payments", ns)],
-                     DecisionPath.default().process, namespace=ns,
-                     batch_size=settings.batch_size)
+    inputs = [topic(k, ns) for k in INPUTS]
+    loop = BatchLoop(_bootstrap(settings), f"{ns}{group}", inputs, DecisionPath.default(),
+                     namespace=ns, batch_size=settings.batch_size,
+                     state_dir=settings.state_dir / "stores" / f"{ns}{group}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    err_console.print(f"decision path running on {ns}payments.card.v1 (group {ns}{group})")
+    err_console.print(f"decision path running on {', '.join(inputs)} (group {ns}{group})")
     stats = loop.run(stop)
     err_console.print(f"stopped after {stats.consumed} events in {stats.batches} batches")
 

@@ -23,7 +23,7 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
-from tripwire.streams.decision_path import DecisionPath
+from tripwire.streams.decision_path import INPUTS, DecisionPath
 from tripwire.streams.loop import BatchLoop
 from tripwire.streams.topics import topic
 
@@ -51,7 +51,7 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         console.print(f"Topics created under namespace [cyan]{ns}[/cyan]")
         path = DecisionPath.default()
         loop = BatchLoop(cluster.bootstrap, f"{ns}decision-path",
-                         [topic("card_payments", ns)], path.process, namespace=ns)
+                         [topic(k, ns) for k in INPUTS], path, namespace=ns)
         stop = threading.Event()
         worker = threading.Thread(target=loop.run, args=(stop,), name="decision-path",
                                   daemon=True)

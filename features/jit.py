@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["GBP_PER_UNIT", "HOME_COUNTRY", "FeatureError", "card_features"]
+__all__ = [
+    "GBP_PER_UNIT",
+    "HOME_COUNTRY",
+    "FeatureError",
+    "card_features",
+    "fps_features",
+    "login_features",
+]
 
 HOME_COUNTRY = "GB"
 
@@ -36,5 +43,26 @@ def card_features(event: Mapping[str, Any]) -> dict[str, Any]:
         "domestic": event["merchant_country"] == HOME_COUNTRY,
         "entry_mode": event["entry_mode"],
         "card_not_present": not event["card_present"],
+        "hour_of_day": (event["event_time"] // 3_600_000) % 24,
+    }
+
+
+def fps_features(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Features of an FPS message that need nothing but the message."""
+    return {
+        "amount_gbp_minor": event["amount_minor"],
+        "outbound": event["direction"] == "OUTBOUND",
+        "message_type": event["message_type"],
+        "is_repeat": event["is_repeat"],
+        "hour_of_day": (event["event_time"] // 3_600_000) % 24,
+    }
+
+
+def login_features(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Features of a login or account-security event that need nothing but the event."""
+    return {
+        "login_type": event["type"],
+        "method": event["method"],
+        "has_device": event["device_id"] is not None,
         "hour_of_day": (event["event_time"] // 3_600_000) % 24,
     }

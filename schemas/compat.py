@@ -13,6 +13,7 @@ failure is an incompatibility, reported with the field fastavro names.
 from __future__ import annotations
 
 import io
+import itertools
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.utils import generate_many
@@ -59,6 +60,6 @@ def store_problems(store: SchemaStore, rules: dict[str, str]) -> list[str]:
     problems = [f"{n}: no compatibility rule declared" for n in store.names() if n not in rules]
     for name in store.names():
         versions = store.versions(name)
-        for old, new in zip(versions, versions[1:], strict=False):
+        for old, new in itertools.pairwise(versions):
             problems += check_rule(old, new, rules.get(name, "BACKWARD"))
     return problems

@@ -1,8 +1,9 @@
 """The hot-path runner: a batched confluent-kafka consume → process → produce loop.
 
-Each batch is one Kafka transaction: the outputs and the input offsets commit
-together (exactly-once), or neither does and the batch is read again. The
-processing itself is a pure function of the batch (see :mod:`records`).
+Each batch is one Kafka transaction: the outputs, the state changes (changelog
+records) and the input offsets commit together (exactly-once), or none do and
+the batch is read again. The processing itself is a pure function of the batch
+and the state (see :class:`Processor`).
 """
 
 from __future__ import annotations
@@ -12,21 +13,33 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tripwire.connectors.kafka import consumer as make_consumer
+from tripwire.connectors.kafka import create_topics
 from tripwire.connectors.kafka import producer as make_producer
 from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.topics import topic
+from tripwire.streams.state import StateManager
+from tripwire.streams.topics import TopicSpec, topic
 
 __all__ = ["BatchLoop", "LoopStats", "Processor"]
 
 logger = logging.getLogger(__name__)
 
-Processor = Callable[[Sequence[InRecord], int], list[OutRecord]]
+
+class Processor(Protocol):
+    """A pure stage: outputs (and state writes) from a batch, the time and the state."""
+
+    name: str
+    stores: tuple[str, ...]
+
+    def process(self, batch: Sequence[InRecord], now_ms: int,
+                state: StateManager) -> list[OutRecord]: ...
 
 
 @dataclass
@@ -34,6 +47,7 @@ class LoopStats:
     consumed: int = 0
     batches: int = 0
     aborted: int = 0
+    restored: int = 0
     produced: Counter[str] = field(default_factory=Counter)
     last_batch_at: float = 0.0
 
@@ -45,41 +59,123 @@ def _to_record(msg: Message) -> InRecord:
 
 
 class BatchLoop:
-    """Run ``process`` over ``inputs`` in transactional batches until stopped."""
+    """Run ``processor`` over ``inputs`` in transactional batches until stopped."""
 
     def __init__(
         self,
         bootstrap: str,
         group_id: str,
         inputs: Sequence[str],
-        process: Processor,
+        processor: Processor,
         *,
         namespace: str = "",
         batch_size: int = 500,
         poll_timeout: float = 0.1,
         transactional_id: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        self.bootstrap = bootstrap
         self.inputs = list(inputs)
-        self.process = process
+        self.processor = processor
         self.namespace = namespace
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.stats = LoopStats()
+        self.state = StateManager(processor.name, list(processor.stores), namespace, state_dir)
         self._topics: dict[str, str] = {}
+        # changelog (topic, partition) -> (store, input tp), for delivery reports
+        self._changelog_keys: dict[tuple[str | None, int | None],
+                                   tuple[str, tuple[str, int]]] = {}
         self.consumer = make_consumer(bootstrap, group_id)
         self.producer = make_producer(
             bootstrap,
             **{"transactional.id": transactional_id or f"{group_id}-{uuid.uuid4().hex[:12]}",
                "linger.ms": 2},
         )
+        self._create_changelogs()
         self.producer.init_transactions(30)
         self._assigned_at: float | None = None
-        self.consumer.subscribe(self.inputs, on_assign=self._on_assign)
+        self.consumer.subscribe(self.inputs, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
 
-    def _on_assign(self, _consumer: object, partitions: list[TopicPartition]) -> None:
+    # -- state ------------------------------------------------------------------
+    def _create_changelogs(self) -> None:
+        if not self.state.store_names:
+            return
+        md = self.consumer.list_topics(timeout=30)
+        specs = []
+        for t in self.inputs:
+            if t not in md.topics or md.topics[t].error is not None:
+                raise KafkaException(f"input topic {t} does not exist; run `tripwire topics "
+                                     "create` first")
+            n = len(md.topics[t].partitions)
+            specs += [TopicSpec(name, name, f"changelog of {s} for {t}", partitions=n,
+                                cleanup="compact")
+                      for s in self.state.store_names
+                      if (name := self.state.changelog(s, t))]
+        create_topics(self.bootstrap, "", specs)
+
+    def _on_assign(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        self._restore([(tp.topic, tp.partition) for tp in partitions])
         self._assigned_at = time.monotonic()
         logger.info("assigned %d partitions", len(partitions))
 
+    def _on_revoke(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.state.close_partition((tp.topic, tp.partition), clean=True)
+
+    def _on_lost(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.state.discard((tp.topic, tp.partition))
+
+    def _restore(self, tps: list[tuple[str, int]]) -> None:
+        if not self.state.store_names or not tps:
+            return
+        restorer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "unused",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "enable.partition.eof": True,
+                             "logger": logging.getLogger("tripwire.librdkafka")})
+        try:
+            for tp in tps:
+                for store, start in self.state.open_partition(tp).items():
+                    self.stats.restored += self._restore_one(restorer, store, tp, start)
+        finally:
+            restorer.close()
+
+    def _restore_one(self, c: Consumer, store: str, tp: tuple[str, int], start: int) -> int:
+        ctp = TopicPartition(self.state.changelog(store, tp[0]), tp[1], start)
+        _, high = c.get_watermark_offsets(ctp, timeout=30)
+        if high <= start:
+            return 0
+        c.assign([ctp])
+        n = 0
+        idle_since = time.monotonic()
+        while True:
+            msgs = c.consume(1000, 0.2)
+            at_end = False
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    self.state.apply(store, tp, m.key() or b"", m.value(), m.offset() or 0)
+                    n += 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end = True
+                else:
+                    raise KafkaException(err)
+            pos = c.position([ctp])[0].offset
+            if at_end or pos >= high:
+                break
+            if msgs:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 10:
+                logger.warning("restore of %s stalled at %d/%d (open transaction?)",
+                               ctp.topic, pos, high)
+                break
+        c.unassign()
+        logger.info("restored %d records of %s[%d]", n, ctp.topic, tp[1])
+        return n
+
+    # -- processing -------------------------------------------------------------
     def _topic(self, key: str) -> str:
         name = self._topics.get(key)
         if name is None:
@@ -116,21 +212,34 @@ class BatchLoop:
         logger.warning("consumer error: %s", err)
         return False
 
+    def _on_changelog_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            key = self._changelog_keys.get((msg.topic(), msg.partition()))
+            if key is not None:
+                prev = self.state.offsets.get(key, -1)
+                self.state.offsets[key] = max(prev, msg.offset() or 0)
+
     def _run_batch(self, msgs: list[Message]) -> None:
         records = [_to_record(m) for m in msgs]
-        outputs = self.process(records, int(time.time() * 1000))
+        outputs = self.processor.process(records, int(time.time() * 1000), self.state)
         offsets: dict[tuple[str, int], int] = {}
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1
+        pending, self.state.pending = self.state.pending, []
         try:
             self.producer.begin_transaction()
             for o in outputs:
                 self.producer.produce(self._topic(o.topic_key), o.value, o.key)
-                self.stats.produced[o.topic_key] += 1
+            for store, tp, key, value in pending:
+                name = self.state.changelog(store, tp[0])
+                self._changelog_keys[(name, tp[1])] = (store, tp)
+                self.producer.produce(name, value, key, partition=tp[1],
+                                      on_delivery=self._on_changelog_delivery)
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
                 self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
+            self.producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
             err = exc.args[0]
             if not err.txn_requires_abort():
@@ -138,8 +247,14 @@ class BatchLoop:
             logger.warning("transaction aborted, batch will be re-read: %s", err)
             self.producer.abort_transaction(30)
             self.stats.aborted += 1
+            touched = list(offsets)
+            for tp in touched:
+                self.state.discard(tp)
+            self._restore(touched)
             self._rewind(offsets)
             return
+        for o in outputs:
+            self.stats.produced[o.topic_key] += 1
         self.stats.consumed += len(records)
         self.stats.batches += 1
         self.stats.last_batch_at = time.time()
@@ -152,6 +267,7 @@ class BatchLoop:
 
     def close(self) -> None:
         try:
-            self.consumer.close()
+            self.consumer.close()  # revokes: stores are checkpointed and closed
         finally:
             self.producer.flush(10)
+            self.state.close()

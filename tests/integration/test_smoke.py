@@ -54,7 +54,7 @@ def test_card_payment_end_to_end_through_the_decision_loop(kafka: KafkaCluster,
     assert prod.flush() == len(events) + 1
 
     loop = BatchLoop(kafka.bootstrap, f"{topics}decisions", [topic("card_payments", topics)],
-                     path.process, namespace=topics, batch_size=4)
+                     path, namespace=topics, batch_size=4)
     stats = loop.run(threading.Event(), idle_exit=3.0)
     assert stats.consumed == len(events) + 1
     assert stats.produced == {"decisions": len(events), "quarantine": 1}
@@ -74,7 +74,7 @@ def test_card_payment_end_to_end_through_the_decision_loop(kafka: KafkaCluster,
 
     # offsets were committed inside the transactions: a restarted loop has nothing left
     again = BatchLoop(kafka.bootstrap, f"{topics}decisions", [topic("card_payments", topics)],
-                      path.process, namespace=topics)
+                      path, namespace=topics)
     assert again.run(threading.Event(), idle_exit=3.0).consumed == 0
 
 

@@ -1,26 +1,40 @@
+import pytest
+
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
+    FPS_SCHEMA,
+    fps_messages,
     magstripe_contactless_attack,
     normal_card_payments,
 )
 from tripwire.streams.decision_path import DECISION_SCHEMA, DecisionPath
-from tripwire.streams.records import InRecord
+from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.state import StateManager
 
 PATH = DecisionPath.default()
 T0 = 1_790_000_000_000
 
 
-def _rec(value: bytes | None, offset: int = 0) -> InRecord:
-    return InRecord("payments.card.v1", 0, offset, b"k", value, T0)
+@pytest.fixture
+def state() -> StateManager:
+    return StateManager(PATH.name, list(PATH.stores))
 
 
-def _decode(out):  # type: ignore[no-untyped-def]
+def _rec(value: bytes | None, offset: int = 0, topic: str = "payments.card.v1") -> InRecord:
+    return InRecord(topic, 0, offset, b"k", value, T0)
+
+
+def _decode(out: OutRecord) -> dict:
     return PATH.codec.decode(out.value)[1]
 
 
-def test_everyday_payment_is_allowed_with_its_features() -> None:
+def _card(ev: dict, offset: int = 0) -> InRecord:
+    return _rec(PATH.codec.encode(CARD_SCHEMA, ev), offset)
+
+
+def test_everyday_payment_is_allowed_with_its_features(state: StateManager) -> None:
     ev = next(normal_card_payments(1, T0, 1))
-    (out,) = PATH.process([_rec(PATH.codec.encode(CARD_SCHEMA, ev))], T0 + 3)
+    (out,) = PATH.process([_card(ev)], T0 + 3, state)
     d = _decode(out)
     assert out.topic_key == "decisions" and out.key == ev["card_token"].encode()
     assert d["outcome"] == "ALLOW" and d["actions"] == [] and d["rule_hits"] == []
@@ -30,9 +44,9 @@ def test_everyday_payment_is_allowed_with_its_features() -> None:
     assert d["control_versions"] == PATH.controls.versions()
 
 
-def test_magstripe_contactless_abroad_is_denied_with_reason() -> None:
+def test_magstripe_contactless_abroad_is_denied_with_reason(state: StateManager) -> None:
     ev = next(magstripe_contactless_attack(2, T0, 1))
-    (out,) = PATH.process([_rec(PATH.codec.encode(CARD_SCHEMA, ev))], T0)
+    (out,) = PATH.process([_card(ev)], T0, state)
     d = _decode(out)
     assert d["outcome"] == "DENY"
     assert d["actions"] == ["BLOCK_CARD", "CUSTOMER_ALERT"]
@@ -40,22 +54,63 @@ def test_magstripe_contactless_abroad_is_denied_with_reason() -> None:
     assert ev["merchant_country"] in d["rule_hits"][0]["reason"]
 
 
-def test_same_event_same_decision_id() -> None:
+def test_repeat_gets_the_same_decision_and_conflict_is_quarantined(
+        state: StateManager) -> None:
     ev = next(normal_card_payments(5, T0, 1))
-    a = _decode(PATH.process([_rec(PATH.codec.encode(CARD_SCHEMA, ev))], T0)[0])
-    b = _decode(PATH.process([_rec(PATH.codec.encode(CARD_SCHEMA, ev), 9)], T0 + 50)[0])
-    assert a["decision_id"] == b["decision_id"]
+    (first,) = PATH.process([_card(ev, 1)], T0, state)
+    (again,) = PATH.process([_card(ev, 2)], T0 + 50, state)
+    a, b = _decode(first), _decode(again)
+    assert b["repeat"] is True
+    assert {**b, "repeat": False} == a  # same decision, same time, same versions
+    (conflict,) = PATH.process([_card({**ev, "amount_minor": ev["amount_minor"] + 1}, 3)],
+                               T0 + 60, state)
+    q = _decode(conflict)
+    assert conflict.topic_key == "quarantine"
+    assert q["reasons"][0]["code"] == "DUPLICATE_CONFLICT"
+    assert q["reasons"][0]["field"] == "event_id"
 
 
-def test_every_input_gives_exactly_one_output() -> None:
+def test_every_input_gives_exactly_one_output(state: StateManager) -> None:
     events = list(normal_card_payments(9, T0, 20))
-    batch = [_rec(PATH.codec.encode(CARD_SCHEMA, e), i) for i, e in enumerate(events)]
+    batch = [_card(e, i) for i, e in enumerate(events)]
     batch.insert(5, _rec(b"not avro at all", 99))
-    # a decision is valid Avro but not an event to decide: refused, not dropped
-    decision = _decode(PATH.process(batch[:1], T0)[0])
+    decision = _decode(PATH.process(batch[:1], T0, StateManager(PATH.name, list(PATH.stores))
+                                    )[0])
     batch.insert(7, _rec(PATH.codec.encode(DECISION_SCHEMA, decision), 100))
-    outs = PATH.process(batch, T0)
+    batch.insert(9, _card({**events[3], "event_id": "not-a-uuid"}, 101))
+    outs = PATH.process(batch, T0, state)
     assert len(outs) == len(batch)
     q = [_decode(o) for o in outs if o.topic_key == "quarantine"]
-    assert [r["reasons"][0]["code"] for r in q] == ["BAD_MAGIC", "UNEXPECTED_TYPE"]
+    assert [r["reasons"][0]["code"] for r in q] == ["BAD_MAGIC", "UNEXPECTED_TYPE",
+                                                     "INVALID_ID"]
     assert q[0]["original"] == b"not avro at all" and q[0]["source_offset"] == 99
+    assert q[2]["reasons"][0]["field"] == "event_id" and q[2]["stage"] == "validate"
+
+
+def test_fps_response_needs_a_known_original(state: StateManager) -> None:
+    req, resp = list(fps_messages(3, T0, 1))[:2]
+    enc = PATH.codec.encode
+    (orphan,) = PATH.process([_rec(enc(FPS_SCHEMA, resp), 1, "payments.fps.v1")], T0, state)
+    assert _decode(orphan)["reasons"][0]["code"] == "UNKNOWN_ORIGINAL"
+    outs = PATH.process([_rec(enc(FPS_SCHEMA, req), 2, "payments.fps.v1"),
+                         _rec(enc(FPS_SCHEMA, resp), 3, "payments.fps.v1")], T0, state)
+    assert [o.topic_key for o in outs] == ["decisions", "decisions"]
+    # a scheme repeat: new message id and time, same transaction → same decision
+    rep = {**req, "event_id": resp["event_id"][:-1] + "0", "event_time": req["event_time"] + 9,
+           "is_repeat": True}
+    (again,) = PATH.process([_rec(enc(FPS_SCHEMA, rep), 4, "payments.fps.v1")], T0, state)
+    assert _decode(again)["repeat"] is True
+    assert _decode(again)["decision_id"] == _decode(outs[0])["decision_id"]
+
+
+def test_identities_expire_after_the_ttl_in_event_time() -> None:
+    path = DecisionPath(PATH.codec, PATH.controls, dedup_ttl_ms=1000)
+    st = StateManager(path.name, list(path.stores))
+    a, b = list(normal_card_payments(4, T0, 2))
+    b = {**b, "event_time": a["event_time"] + 5000}
+    path.process([_card(a, 1)], T0, st)
+    view = st.view("payments.card.v1", 0)
+    assert len(list(view.items("dedup.v1"))) == 2
+    path.process([_card(b, 2)], T0, st)  # b is > 1 s of event time after a
+    keys = [k for k, _ in view.items("dedup.v1", b"d:")]
+    assert keys == [f"CardPayment:{b['event_id']}".encode().join([b"d:", b""])]

@@ -1,8 +1,10 @@
+import itertools
+
 import pytest
 
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.schemas.codec import AvroCodec
-from tripwire.schemas.compat import store_problems, check_rule
+from tripwire.schemas.compat import check_rule, store_problems
 from tripwire.schemas.registry import AvroSchema, SchemaStore, load_compatibility
 
 STORE = SchemaStore.default()
@@ -17,7 +19,7 @@ def test_every_schema_declares_a_rule_and_every_version_follows_it() -> None:
 @pytest.mark.parametrize("name", [n for n in STORE.names() if len(STORE.versions(n)) > 1])
 def test_each_change_follows_its_declared_rule(name: str) -> None:
     versions = STORE.versions(name)
-    for old, new in zip(versions, versions[1:], strict=False):
+    for old, new in itertools.pairwise(versions):
         assert check_rule(old, new, RULES[name]) == []
 
 

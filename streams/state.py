@@ -1,0 +1,236 @@
+"""Per-partition key-value state, backed by compacted changelog topics.
+
+A processor sees a :class:`StateView`: ``get``/``put``/``delete`` on named stores
+for the input partition it is processing. The loop that runs it records every
+write and produces it to the store's changelog topic inside the same Kafka
+transaction as the outputs and input offsets, so state, outputs and progress
+move together. When a partition is assigned, its store is restored from the
+changelog (from a checkpoint when the local copy was closed cleanly, from the
+beginning otherwise), so a restart, a rebalance or a wiped disk give the same
+state.
+
+Store and changelog names are explicit and versioned (``dedup.v1``), never
+derived from parameters:
+
+    changelog topic = <namespace>tripwire.<processor>.<store>.<input topic>.changelog
+
+>>> mem = MemoryStore()
+>>> mem.put(b"k", b"v"); mem.get(b"k")
+b'v'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+__all__ = [
+    "KeyValueStore",
+    "MemoryStore",
+    "RocksStore",
+    "StateManager",
+    "StateView",
+    "changelog_topic",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class KeyValueStore(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def put(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> None: ...
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A dict; for tests, backtests and small state."""
+
+    def __init__(self) -> None:
+        self._d: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._d.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._d[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._d.pop(key, None)
+
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        for k in sorted(self._d):
+            if k.startswith(prefix):
+                yield k, self._d[k]
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def close(self) -> None:
+        pass
+
+
+class RocksStore:
+    """A RocksDB store (rocksdict) in raw bytes mode."""
+
+    def __init__(self, path: Path) -> None:
+        from rocksdict import Options, Rdict
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = Rdict(str(path), Options(raw_mode=True))
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db[key] = value
+
+    def delete(self, key: bytes) -> None:
+        del self._db[key]
+
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid():
+            k = it.key()
+            if not k.startswith(prefix):
+                break
+            yield k, it.value()
+            it.next()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def changelog_topic(namespace: str, processor: str, store: str, input_topic: str) -> str:
+    """The explicit changelog topic name of one store for one input topic."""
+    base = input_topic[len(namespace):] if namespace and input_topic.startswith(namespace) \
+        else input_topic
+    return f"{namespace}tripwire.{processor}.{store}.{base}.changelog"
+
+
+class StateView:
+    """What a processor sees while it handles one input partition."""
+
+    def __init__(self, manager: StateManager, topic: str, partition: int) -> None:
+        self._m = manager
+        self._tp = (topic, partition)
+
+    def get(self, store: str, key: bytes) -> bytes | None:
+        return self._m.store(store, self._tp).get(key)
+
+    def put(self, store: str, key: bytes, value: bytes) -> None:
+        self._m.store(store, self._tp).put(key, value)
+        self._m.pending.append((store, self._tp, key, value))
+
+    def delete(self, store: str, key: bytes) -> None:
+        self._m.store(store, self._tp).delete(key)
+        self._m.pending.append((store, self._tp, key, None))
+
+    def items(self, store: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        return self._m.store(store, self._tp).items(prefix)
+
+
+TP = tuple[str, int]
+
+
+class StateManager:
+    """Owns the stores of one processor: open, restore, record writes, checkpoint.
+
+    ``root`` None keeps state in memory (restored from the changelog all the same).
+    """
+
+    def __init__(self, processor: str, stores: list[str], namespace: str = "",
+                 root: Path | None = None) -> None:
+        self.processor = processor
+        self.store_names = list(stores)
+        self.namespace = namespace
+        self.root = root
+        self._stores: dict[tuple[str, TP], KeyValueStore] = {}
+        self.pending: list[tuple[str, TP, bytes, bytes | None]] = []
+        # highest changelog offset applied or written, per (store, tp)
+        self.offsets: dict[tuple[str, TP], int] = {}
+
+    def view(self, topic: str, partition: int) -> StateView:
+        return StateView(self, topic, partition)
+
+    def changelog(self, store: str, topic: str) -> str:
+        return changelog_topic(self.namespace, self.processor, store, topic)
+
+    def _dir(self, store: str, tp: TP) -> Path:
+        assert self.root is not None
+        return self.root / self.processor / store / f"{tp[0]}-{tp[1]}"
+
+    def store(self, name: str, tp: TP) -> KeyValueStore:
+        s = self._stores.get((name, tp))
+        if s is None:
+            if name not in self.store_names:
+                raise KeyError(f"{self.processor} declares no store {name!r}")
+            s = self._open(name, tp)
+        return s
+
+    def _open(self, name: str, tp: TP) -> KeyValueStore:
+        s: KeyValueStore = MemoryStore() if self.root is None else \
+            RocksStore(self._dir(name, tp) / "db")
+        self._stores[(name, tp)] = s
+        return s
+
+    # -- lifecycle driven by the loop -------------------------------------------
+    def open_partition(self, tp: TP) -> dict[str, int]:
+        """Open the stores of ``tp``; returns, per store, the changelog offset to
+        restore from (a clean checkpoint, or 0 after wiping an unclean copy)."""
+        start: dict[str, int] = {}
+        for name in self.store_names:
+            checkpoint = None
+            if self.root is not None:
+                d = self._dir(name, tp)
+                marker = d / "checkpoint.json"
+                if marker.exists():
+                    with contextlib.suppress(ValueError, OSError):
+                        checkpoint = int(json.loads(marker.read_text())["next_offset"])
+                    marker.unlink()  # from now on the copy is dirty until closed cleanly
+                if checkpoint is None and d.exists():
+                    shutil.rmtree(d)  # unclean: rebuild from the changelog
+            self._open(name, tp)
+            start[name] = checkpoint or 0
+            self.offsets[(name, tp)] = (checkpoint or 0) - 1
+        return start
+
+    def apply(self, name: str, tp: TP, key: bytes, value: bytes | None, offset: int) -> None:
+        """Apply one changelog record during restore."""
+        s = self.store(name, tp)
+        if value is None:
+            s.delete(key)
+        else:
+            s.put(key, value)
+        self.offsets[(name, tp)] = offset
+
+    def close_partition(self, tp: TP, clean: bool = True) -> None:
+        for name in self.store_names:
+            s = self._stores.pop((name, tp), None)
+            if s is None:
+                continue
+            s.close()
+            off = self.offsets.pop((name, tp), None)
+            if self.root is not None and clean and off is not None:
+                (self._dir(name, tp) / "checkpoint.json").write_text(
+                    json.dumps({"next_offset": off + 1}))
+
+    def discard(self, tp: TP) -> None:
+        """Drop local state of ``tp`` (after an aborted transaction); it is restored again."""
+        self.close_partition(tp, clean=False)
+
+    def partitions(self) -> set[TP]:
+        return {tp for (_, tp) in self._stores}
+
+    def close(self) -> None:
+        for tp in self.partitions():
+            self.close_partition(tp)
