@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -124,7 +125,8 @@ def run_decision_path(
     settings = Settings()
     ns = settings.topic_namespace
     inputs = [topic(k, ns) for k in INPUTS]
-    loop = BatchLoop(_bootstrap(settings), f"{ns}{group}", inputs, DecisionPath.default(),
+    loop = BatchLoop(_bootstrap(settings), f"{ns}{group}", inputs,
+                     DecisionPath.default(settings.schema_registry_url),
                      namespace=ns, batch_size=settings.batch_size,
                      state_dir=settings.state_dir / "stores" / f"{ns}{group}")
     stop = threading.Event()
@@ -133,6 +135,66 @@ def run_decision_path(
     err_console.print(f"decision path running on {', '.join(inputs)} (group {ns}{group})")
     stats = loop.run(stop)
     err_console.print(f"stopped after {stats.consumed} events in {stats.batches} batches")
+
+
+ingest_app = typer.Typer(help="Signed HTTP ingest for webhooks.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+
+
+@ingest_app.command("serve")
+def ingest_serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080)) -> None:
+    """Serve POST /v1/events (keys from TRIPWIRE_INGEST_KEYS)."""
+    import uvicorn
+
+    from tripwire.connectors.http_ingest import IngestConfig, create_app, parse_keys
+    from tripwire.connectors.sdk import TripwireProducer
+    from tripwire.schemas.codec import AvroCodec
+
+    settings = Settings()
+    if not settings.ingest_keys:
+        raise TripwireError("set TRIPWIRE_INGEST_KEYS (key-id:secret[,key-id:secret...])")
+    try:
+        keys = parse_keys(settings.ingest_keys)
+    except ValueError as exc:
+        raise TripwireError(f"TRIPWIRE_INGEST_KEYS: {exc}") from None
+    prod = TripwireProducer(_bootstrap(settings), namespace=settings.topic_namespace,
+                            codec=AvroCodec.from_url(settings.schema_registry_url))
+    app_ = create_app(prod, IngestConfig(keys, tolerance_s=settings.ingest_tolerance_s))
+    err_console.print(f"ingest on http://{host}:{port}/v1/events with keys {sorted(keys)}")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def produce(
+    file: Path = typer.Option(..., "--file", "-f", exists=True, dir_okay=False,
+                              help="JSON Lines, one event per line with an event_type"),
+    refused: Path | None = typer.Option(None, help="where refused lines go "
+                                        "(default: FILE.refused.jsonl)"),
+) -> None:
+    """Validate and publish events from a JSON Lines file, with a summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from tripwire.connectors.files import publish_jsonl
+    from tripwire.connectors.sdk import TripwireProducer
+    from tripwire.schemas.codec import AvroCodec
+
+    settings = Settings()
+    prod = TripwireProducer(_bootstrap(settings), namespace=settings.topic_namespace,
+                            codec=AvroCodec.from_url(settings.schema_registry_url))
+    total = sum(1 for _ in file.open("rb"))
+    refused = refused or file.with_suffix(".refused.jsonl")
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task(f"publishing {file.name}", total=total)
+        summary = publish_jsonl(file, prod, refused, lambda n: bar.advance(task, n))
+    console.print(f"{summary.lines} events: {summary.delivered} accepted by Kafka, "
+                  f"{summary.refused} refused, {len(summary.failed)} delivery failures")
+    for code, n in summary.reasons.most_common():
+        console.print(f"  refused {n:>6}  {code}")
+    if summary.refused_path:
+        console.print(f"refused lines with their reasons: {summary.refused_path}")
+    if summary.refused or summary.failed or summary.delivered != summary.sent:
+        raise typer.Exit(1)
 
 
 @app.command()

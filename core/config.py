@@ -60,3 +60,7 @@ class Settings(BaseSettings):
     default_partitions: int = Field(default=6, ge=1)
     batch_size: int = Field(default=500, ge=1, le=100_000)
     log_level: str = "INFO"
+    ingest_keys: str = Field(
+        default="", repr=False,
+        description="HTTP ingest HMAC keys: 'key-id:secret,key-id2:secret2' (rotation).")
+    ingest_tolerance_s: int = Field(default=300, ge=1, le=3600)

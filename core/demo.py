@@ -49,7 +49,7 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         ns = f"demo-{int(time.time())}."
         create_topics(cluster.bootstrap, ns)
         console.print(f"Topics created under namespace [cyan]{ns}[/cyan]")
-        path = DecisionPath.default()
+        path = DecisionPath.default(settings.schema_registry_url)
         loop = BatchLoop(cluster.bootstrap, f"{ns}decision-path",
                          [topic(k, ns) for k in INPUTS], path, namespace=ns)
         stop = threading.Event()

@@ -1,26 +1,44 @@
-"""Avro single-object encoding (Avro spec): ``C3 01`` + 8-byte CRC-64-AVRO
-fingerprint (little-endian) + the binary body.
+"""Avro on the wire, in one of two framings:
 
-Decoding never raises anything but :class:`DecodeError`, whose ``reason`` is a
-stable code for the quarantine record.
+* **Avro single-object encoding** (the embedded default, Avro spec): ``C3 01`` +
+  8-byte CRC-64-AVRO fingerprint (little-endian) + the binary body.
+* **Confluent Schema Registry wire format** (when ``SCHEMA_REGISTRY_URL`` is set):
+  ``00`` + 4-byte big-endian schema id + the binary body, so Confluent tooling
+  reads tripwire's topics. Subjects follow the record-name strategy (the
+  record's full name).
+
+The decoder accepts both framings whatever it writes. Decoding never raises
+anything but :class:`DecodeError` (a stable ``reason`` code for the quarantine
+record) or :class:`RegistryUnavailable` (not the message's fault: retry).
 
 >>> codec = AvroCodec(SchemaStore.default())
->>> rec = {"x": 1}  # doctest: +SKIP
+>>> codec.decode(b"\\x00\\x00\\x00\\x00\\x07rest")[0]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
 from tripwire.schemas.registry import AvroSchema, SchemaStore, UnknownSchemaError
 
-__all__ = ["SINGLE_OBJECT_MAGIC", "AvroCodec", "DecodeError", "EncodeError"]
+__all__ = [
+    "CONFLUENT_MAGIC",
+    "SINGLE_OBJECT_MAGIC",
+    "AvroCodec",
+    "DecodeError",
+    "EncodeError",
+    "RegistryFraming",
+    "RegistryUnavailable",
+]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
 _HEADER = 10
+_CONFLUENT_HEADER = 5
 
 
 class DecodeError(ValueError):
@@ -36,19 +54,95 @@ class EncodeError(ValueError):
     """A record that does not fit its schema."""
 
 
+class RegistryUnavailable(RuntimeError):
+    """The schema registry did not answer; the message is not at fault."""
+
+
+class RegistryFraming:
+    """Schema ids from a Confluent-compatible registry (confluent-kafka's client).
+
+    ``mock://`` URLs give confluent-kafka's in-process mock registry.
+    """
+
+    def __init__(self, url_or_client: Any, store: SchemaStore) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        if isinstance(url_or_client, str):
+            conf = {"url": url_or_client}
+            self.client = SchemaRegistryClient.new_client(conf) \
+                if hasattr(SchemaRegistryClient, "new_client") else SchemaRegistryClient(conf)
+        else:
+            self.client = url_or_client
+        self.store = store
+        self._ids: dict[bytes, int] = {}
+        self._writers: dict[int, AvroSchema] = {}
+
+    def schema_id(self, schema: AvroSchema) -> int:
+        sid = self._ids.get(schema.fingerprint)
+        if sid is None:
+            from confluent_kafka.schema_registry import Schema
+
+            try:
+                sid = self.client.register_schema(schema.name,
+                                                  Schema(json.dumps(schema.source), "AVRO"))
+            except Exception as exc:
+                raise RegistryUnavailable(f"registering {schema.name}: {exc}") from exc
+            self._ids[schema.fingerprint] = sid
+            self._writers[sid] = schema
+        return sid
+
+    def writer(self, schema_id: int) -> AvroSchema:
+        known = self._writers.get(schema_id)
+        if known is not None:
+            return known
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            registered = self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if getattr(exc, "http_status_code", None) == 404:
+                raise DecodeError("UNKNOWN_SCHEMA", f"schema id {schema_id} is not in the "
+                                  "registry") from None
+            raise RegistryUnavailable(f"schema id {schema_id}: {exc}") from exc
+        except Exception as exc:
+            raise RegistryUnavailable(f"schema id {schema_id}: {exc}") from exc
+        try:
+            schema = AvroSchema.from_json(json.loads(registered.schema_str or "null"),
+                                          f"registry id {schema_id}")
+            known = self.store.by_fingerprint(schema.fingerprint)
+        except (UnknownSchemaError, ValueError) as exc:
+            raise DecodeError("UNKNOWN_SCHEMA", f"schema id {schema_id} is not one of "
+                              f"tripwire's schemas: {exc}") from None
+        self._writers[schema_id] = known
+        return known
+
+
 class AvroCodec:
     """Encode and decode records of the schemas in one :class:`SchemaStore`."""
 
-    def __init__(self, store: SchemaStore) -> None:
+    def __init__(self, store: SchemaStore, registry: RegistryFraming | None = None) -> None:
         self.store = store
+        self.registry = registry
+
+    @classmethod
+    def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
+            -> AvroCodec:
+        store = store or SchemaStore.default()
+        if not schema_registry_url:
+            return cls(store)
+        return cls(store, RegistryFraming(schema_registry_url, store))
 
     def encode(self, schema_name: str, record: dict[str, Any], version: int | None = None) \
             -> bytes:
         """Encode with the newest version of ``schema_name`` (or the given ``version``)."""
         schema = self.store.get(schema_name, version)
         buf = io.BytesIO()
-        buf.write(SINGLE_OBJECT_MAGIC)
-        buf.write(schema.fingerprint)
+        if self.registry is None:
+            buf.write(SINGLE_OBJECT_MAGIC)
+            buf.write(schema.fingerprint)
+        else:
+            buf.write(bytes([CONFLUENT_MAGIC]))
+            buf.write(self.registry.schema_id(schema).to_bytes(4, "big"))
         try:
             schemaless_writer(buf, schema.parsed, record, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -58,16 +152,28 @@ class AvroCodec:
     def decode(self, data: bytes | None) -> tuple[AvroSchema, dict[str, Any]]:
         if data is None:
             raise DecodeError("EMPTY", "message has no value (tombstone)")
+        if data[:1] == b"\x00":
+            return self._decode_confluent(data)
         if len(data) < _HEADER:
             raise DecodeError("TRUNCATED", f"{len(data)} bytes, shorter than the 10-byte header")
         if data[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError("BAD_MAGIC", f"header {data[:2].hex()} is not c301 "
-                              "(Avro single-object encoding)")
+            raise DecodeError("BAD_MAGIC", f"header {data[:2].hex()} is neither c301 (Avro "
+                              "single-object encoding) nor 00 (Confluent wire format)")
         try:
             schema = self.store.by_fingerprint(data[2:_HEADER])
         except UnknownSchemaError as exc:
             raise DecodeError("UNKNOWN_SCHEMA", str(exc)) from None
         return self._body(schema, data, _HEADER)
+
+    def _decode_confluent(self, data: bytes) -> tuple[AvroSchema, dict[str, Any]]:
+        if len(data) < _CONFLUENT_HEADER:
+            raise DecodeError("TRUNCATED", f"{len(data)} bytes, shorter than the 5-byte "
+                              "Confluent header")
+        schema_id = int.from_bytes(data[1:5], "big")
+        if self.registry is None:
+            raise DecodeError("UNKNOWN_SCHEMA", f"Confluent wire format (schema id "
+                              f"{schema_id}) but no SCHEMA_REGISTRY_URL is configured")
+        return self._body(self.registry.writer(schema_id), data, _CONFLUENT_HEADER)
 
     def _body(self, writer: AvroSchema, data: bytes, start: int) \
             -> tuple[AvroSchema, dict[str, Any]]:

@@ -95,8 +95,10 @@ class DecisionPath:
         self._version_tag = ",".join(f"{k}={v}" for k, v in sorted(self._versions.items()))
 
     @classmethod
-    def default(cls) -> DecisionPath:
-        return cls(AvroCodec(SchemaStore.default()), ControlSet.from_dir())
+    def default(cls, schema_registry_url: str | None = None) -> DecisionPath:
+        """The shipped schemas and controls; the Confluent framing when a registry is set."""
+        return cls(AvroCodec.from_url(schema_registry_url, SchemaStore.default()),
+                   ControlSet.from_dir())
 
     # -- the stage ----------------------------------------------------------------
     def process(self, batch: Sequence[InRecord], now_ms: int,

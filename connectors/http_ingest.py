@@ -1,0 +1,228 @@
+"""Signed HTTP ingest for webhooks (an ASGI app, starlette).
+
+``POST /v1/events`` with a JSON event (``event_type`` + fields) and headers:
+
+* ``X-Tripwire-Key-Id``: which shared key signed it (several can be active: rotation);
+* ``X-Tripwire-Timestamp``: Unix seconds; refused outside ``tolerance_s`` of now;
+* ``X-Tripwire-Signature``: ``v1=`` + hex HMAC-SHA256 over ``"<timestamp>." + body``;
+* ``Idempotency-Key`` (optional; defaults to the event id): a replay gets the
+  original response and nothing is written twice.
+
+Answers: ``202`` only after Kafka acknowledged the write; ``401`` for signature
+problems, ``422`` for invalid events, ``409`` when an idempotency key is reused
+for a different body — each with machine-readable ``reasons``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tripwire.connectors.sdk import InvalidEvent, TripwireProducer
+
+__all__ = ["IngestConfig", "create_app", "parse_keys", "sign"]
+
+logger = logging.getLogger(__name__)
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={mac}"
+
+
+def parse_keys(text: str) -> dict[str, bytes]:
+    """``"kid1:secret1,kid2:secret2"`` → {key id: secret}."""
+    keys = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kid, sep, secret = part.partition(":")
+        if not sep or not kid or len(secret) < 16:
+            raise ValueError(f"ingest key {kid or part!r}: use <key id>:<secret of 16+ chars>")
+        keys[kid] = secret.encode()
+    return keys
+
+
+@dataclass
+class IngestConfig:
+    keys: Mapping[str, bytes]
+    tolerance_s: int = 300
+    idempotency_ttl_s: int = 24 * 3600
+    idempotency_max: int = 100_000
+    ack_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class _Stored:
+    body_hash: bytes
+    status: int
+    payload: bytes
+    at: float
+
+
+class _IdempotencyCache:
+    """Responses by idempotency key, bounded by count and age."""
+
+    def __init__(self, ttl_s: int, max_items: int, clock: Callable[[], float]) -> None:
+        self.ttl, self.max, self.clock = ttl_s, max_items, clock
+        self._d: OrderedDict[str, _Stored] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[_Stored]] = {}
+
+    def get(self, key: str) -> _Stored | None:
+        s = self._d.get(key)
+        if s is not None and self.clock() - s.at > self.ttl:
+            del self._d[key]
+            return None
+        return s
+
+    def put(self, key: str, stored: _Stored) -> None:
+        self._d[key] = stored
+        self._d.move_to_end(key)
+        while len(self._d) > self.max:
+            self._d.popitem(last=False)
+
+
+def _reply(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
+    return status, orjson.dumps(body)
+
+
+def _problem(status: int, error: str, reasons: list[tuple[str, str | None, str]]) \
+        -> tuple[int, bytes]:
+    return _reply(status, {"error": error, "reasons": [
+        {"code": c, "field": f, "detail": d} for c, f, d in reasons]})
+
+
+def create_app(producer: TripwireProducer, config: IngestConfig,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    cache = _IdempotencyCache(config.idempotency_ttl_s, config.idempotency_max, clock)
+    stop = threading.Event()
+
+    def pump() -> None:  # serves delivery reports while the app runs
+        while not stop.is_set():
+            producer.poll(0.05)
+
+    def authenticate(request: Request, body: bytes) -> tuple[int, bytes] | None:
+        kid = request.headers.get("x-tripwire-key-id", "")
+        ts = request.headers.get("x-tripwire-timestamp", "")
+        sig = request.headers.get("x-tripwire-signature", "")
+        secret = config.keys.get(kid)
+        if secret is None:
+            return _problem(401, "unauthenticated", [("UNKNOWN_KEY", "X-Tripwire-Key-Id",
+                                                      f"no active key {kid!r}")])
+        if not ts.isdigit():
+            return _problem(401, "unauthenticated", [("BAD_TIMESTAMP", "X-Tripwire-Timestamp",
+                                                      "Unix seconds expected")])
+        skew = clock() - int(ts)
+        if abs(skew) > config.tolerance_s:
+            return _problem(401, "unauthenticated", [(
+                "STALE_TIMESTAMP", "X-Tripwire-Timestamp",
+                f"{abs(skew):.0f}s from the server's clock (tolerance {config.tolerance_s}s)")])
+        if not hmac.compare_digest(sign(secret, ts, body), sig):
+            return _problem(401, "unauthenticated", [("BAD_SIGNATURE", "X-Tripwire-Signature",
+                                                      "HMAC-SHA256 does not match the body")])
+        return None
+
+    async def ingest(request: Request) -> Response:
+        body = await request.body()
+        denied = authenticate(request, body)
+        if denied is not None:
+            return Response(denied[1], denied[0], media_type="application/json")
+        body_hash = hashlib.sha256(body).digest()
+        key = request.headers.get("idempotency-key")
+        if not key:
+            try:
+                key = "event:" + str(orjson.loads(body).get("event_id", ""))
+            except (orjson.JSONDecodeError, AttributeError):
+                key = "body:" + body_hash.hex()
+        status, payload = await _once(key, body_hash, lambda: _publish(body))
+        return Response(payload, status, media_type="application/json",
+                        headers={"Idempotency-Key": key})
+
+    async def _once(key: str, body_hash: bytes,
+                    work: Callable[[], Any]) -> tuple[int, bytes]:
+        while True:
+            stored = cache.get(key)
+            if stored is not None:
+                if stored.body_hash != body_hash:
+                    return _problem(409, "conflict", [(
+                        "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key",
+                        "this key was used for a different body")])
+                return stored.status, stored.payload
+            pending = cache._inflight.get(key)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # a concurrent first request: wait for its answer
+        fut: asyncio.Future[_Stored] = asyncio.get_running_loop().create_future()
+        cache._inflight[key] = fut
+        try:
+            status, payload = await work()
+            stored = _Stored(body_hash, status, payload, clock())
+            if status < 500:  # a retry after a server-side failure may succeed
+                cache.put(key, stored)
+            fut.set_result(stored)
+            return status, payload
+        except BaseException as exc:
+            fut.set_exception(exc)
+            raise
+        finally:
+            cache._inflight.pop(key, None)
+
+    async def _publish(body: bytes) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[tuple[str | None, int, int]] = loop.create_future()
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            result = (None if err is None else str(err), msg.partition(), msg.offset())
+
+            def settle() -> None:
+                if not acked.done():
+                    acked.set_result(result)
+
+            loop.call_soon_threadsafe(settle)
+
+        try:
+            model = producer.send(body, on_delivery=on_delivery)
+        except InvalidEvent as exc:
+            return _problem(422, "invalid_event", exc.reasons)
+        try:
+            err, partition, offset = await asyncio.wait_for(acked, config.ack_timeout_s)
+        except TimeoutError:
+            return _problem(503, "not_acknowledged", [(
+                "KAFKA_TIMEOUT", None, f"Kafka did not acknowledge in {config.ack_timeout_s}s; "
+                "retry with the same Idempotency-Key")])
+        if err is not None:
+            return _problem(503, "not_acknowledged", [("KAFKA_ERROR", None, err)])
+        return _reply(202, {"status": "accepted", "event_id": model.event_id,
+                            "event_type": model.event_type, "partition": partition,
+                            "offset": offset})
+
+    async def health(_: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        pumper = threading.Thread(target=pump, name="ingest-delivery-reports", daemon=True)
+        pumper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            pumper.join(5)
+            producer.flush(10)
+
+    return Starlette(routes=[Route("/v1/events", ingest, methods=["POST"]),
+                             Route("/healthz", health)], lifespan=lifespan)
