@@ -4,6 +4,7 @@ import sys
 
 BENCHES = {
     "passthrough": "bench.passthrough",
+    "validation": "bench.validation",
 }
 
 

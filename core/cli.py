@@ -165,6 +165,43 @@ def ingest_serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option
 
 
 @app.command()
+def quarantine(
+    limit: int = typer.Option(100_000, help="read at most this many records"),
+    show: int = typer.Option(5, help="print the newest N records in full"),
+    timeout: float = typer.Option(10.0, help="seconds to wait for records"),
+) -> None:
+    """Count quarantined messages per stage and reason, and show the newest."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from tripwire.connectors.events import read_topic
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.topics import topic
+
+    settings = Settings()
+    codec = AvroCodec.from_url(settings.schema_registry_url)
+    msgs = read_topic(_bootstrap(settings), [topic("quarantine", settings.topic_namespace)],
+                      limit, timeout=timeout)
+    records = [codec.decode(m.value())[1] for m in msgs]
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for r in records:
+        for reason in r["reasons"]:
+            counts[(r["stage"], reason["code"], reason["field"] or "-")] += 1
+    table = Table(title=f"{len(records)} quarantined messages")
+    for col in ("stage", "reason", "field", "count"):
+        table.add_column(col, justify="right" if col == "count" else "left")
+    for (stage, code, field_), n in counts.most_common():
+        table.add_row(stage, code, field_, str(n))
+    console.print(table)
+    for r in records[-show:]:
+        reasons = "; ".join(f"{x['code']} {x['field'] or ''}: {x['detail']}"
+                            for x in r["reasons"])
+        console.print(f"{r['quarantine_id']}  {r['schema_name'] or '?'}  {reasons}",
+                      markup=False, highlight=False)
+
+
+@app.command()
 def produce(
     file: Path = typer.Option(..., "--file", "-f", exists=True, dir_okay=False,
                               help="JSON Lines, one event per line with an event_type"),
@@ -209,8 +246,8 @@ def demo(
     result = run_demo(Settings(), console, normal=normal, attack=attack,
                       keep_broker=keep_broker)
     if result.decisions != result.events:
-        raise TripwireError(f"{result.events} events published but {result.decisions} "
-                            "decisions read back")
+        raise TripwireError(f"{result.events} messages published but only {result.decisions} "
+                            "decisions and quarantine records read back")
 
 
 def main() -> None:

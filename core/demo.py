@@ -20,6 +20,9 @@ from tripwire.connectors.events import EventProducer, read_topic
 from tripwire.connectors.kafka import create_topics
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
+    FPS_SCHEMA,
+    corrupt_dates,
+    fps_messages,
     magstripe_contactless_attack,
     normal_card_payments,
 )
@@ -58,40 +61,67 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         worker.start()
 
         now = int(time.time() * 1000)
-        events = list(normal_card_payments(7, now - 60_000, normal))
-        events += list(magstripe_contactless_attack(11, now - 5_000, attack))
+        cards = list(normal_card_payments(7, now - 60_000, normal))
+        cards += list(magstripe_contactless_attack(11, now - 5_000, attack))
+        fps, corrupted = corrupt_dates(list(fps_messages(5, now - 120_000, 10)), 0.2, seed=2)
+        repeats = cards[:3]  # the card processor resends three authorisations
         prod = EventProducer(cluster.bootstrap, path.codec)
-        for e in events:
+        for e in cards + repeats:
             prod.send(topic("card_payments", ns), CARD_SCHEMA, e, e["card_token"])
-        prod.flush()
-        console.print(f"Published {len(events)} card payments "
-                      f"({normal} everyday, {attack} magstripe-contactless abroad)")
+        for m in fps:
+            prod.send(topic("fps", ns), FPS_SCHEMA, m, m["account_id"])
+        prod.send_raw(topic("card_payments", ns), b'{"amount": 100}', "tok-json")
+        sent = prod.flush()
+        console.print(f"Published {sent} messages: {normal} everyday card payments, {attack} "
+                      f"magstripe-contactless abroad, {len(repeats)} resent, {len(fps)} FPS "
+                      f"messages ({len(corrupted)} with corrupted dates), 1 JSON by mistake")
 
-        msgs = read_topic(cluster.bootstrap, [topic("decisions", ns)], len(events), timeout=60)
+        answers = read_topic(cluster.bootstrap, [topic("decisions", ns), topic("quarantine", ns)],
+                             sent, timeout=60)
         stop.set()
         worker.join(30)
-        decisions = [path.codec.decode(m.value())[1] for m in msgs]
-        _print_decisions(console, decisions)
+        decoded = [(m.topic(), path.codec.decode(m.value())[1]) for m in answers]
+        decisions = [d for t, d in decoded if t == topic("decisions", ns)]
+        refused = [d for t, d in decoded if t == topic("quarantine", ns)]
+        _print_decisions(console, [d for d in decisions
+                                   if d["event_type"].endswith("CardPayment")])
+        _print_quarantine(console, refused)
         outcomes = Counter(d["outcome"] for d in decisions)
-        console.print(f"{len(decisions)} decisions: " +
-                      ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-        return DemoResult(len(events), len(decisions), outcomes, cluster.bootstrap)
+        console.print(f"{sent} messages in, {len(decisions)} decisions "
+                      f"({sum(d['repeat'] for d in decisions)} repeats answered with the "
+                      f"original decision) and {len(refused)} quarantined: nothing dropped. "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+        return DemoResult(sent, len(decisions) + len(refused), outcomes, cluster.bootstrap)
     finally:
         cluster.close()
 
 
+def _print_quarantine(console: Console, refused: list[dict]) -> None:
+    table = Table(title="Quarantined (tripwire.quarantine.v1)")
+    for col in ("source", "stage", "reason", "field"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for q in refused:
+        for r in q["reasons"]:
+            table.add_row(q["quarantine_id"].split(".", 1)[-1], q["stage"], r["code"],
+                          r["field"] or "-", r["detail"])
+    console.print(table)
+
+
 def _print_decisions(console: Console, decisions: list[dict]) -> None:
     table = Table(title="Decisions (tripwire.decisions.v1)", show_lines=False)
-    for col in ("card", "amount", "where", "entry mode", "outcome", "actions"):
+    for col in ("card", "amount", "where", "entry mode", "outcome", "actions", "repeat"):
         table.add_column(col, no_wrap=True)
     table.add_column("why", overflow="fold")
     colour = {"ALLOW": "green", "STEP_UP": "yellow", "MANUAL_REVIEW": "yellow", "DENY": "red"}
     shown = [d for d in decisions if d["outcome"] != "ALLOW"] + \
-            [d for d in decisions if d["outcome"] == "ALLOW"][:5]
+            [d for d in decisions if d["outcome"] == "ALLOW"][:5] + \
+            [d for d in decisions if d["repeat"]]
     for d in shown:
         f = d["features"]
         why = "; ".join(f"{h['control_id']}: {h['reason']}" for h in d["rule_hits"]) or "-"
         table.add_row(d["entity_key"], f"£{f.get('amount_gbp_minor', 0) / 100:,.2f}",
                       "GB" if f.get("domestic") else "abroad", str(f.get("entry_mode")).lower(),
-                      f"[{colour[d['outcome']]}]{d['outcome']}[/]", ",".join(d["actions"]), why)
+                      f"[{colour[d['outcome']]}]{d['outcome']}[/]", ",".join(d["actions"]),
+                      "yes" if d["repeat"] else "", why)
     console.print(table)

@@ -107,8 +107,11 @@ class _Checks:
         if not isinstance(t, int) or isinstance(t, bool):
             self.fail("INVALID_DATE", "event_time", f"{t!r} is not a timestamp")
         elif t > now_ms + policy.max_clock_skew_ms:
-            self.fail("INVALID_DATE", "event_time",
-                      f"{t} is {(t - now_ms) / 60_000:.1f} minutes in the future")
+            ahead = t - now_ms
+            when = f"{ahead / DAY_MS:.1f} days" if ahead > DAY_MS else \
+                f"{ahead / 60_000:.1f} minutes"
+            self.fail("INVALID_DATE", "event_time", f"{t} is {when} in the future "
+                      f"(clock skew allowed: {policy.max_clock_skew_ms // 1000}s)")
         elif policy.max_event_age_ms is not None and t < now_ms - policy.max_event_age_ms:
             self.fail("INVALID_DATE", "event_time",
                       f"{t} is {(now_ms - t) / DAY_MS:.1f} days old "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,6 +75,16 @@ def test_fps_feed_with_a_quarter_of_dates_corrupted(kafka: KafkaCluster, topics:
     assert {i for i, codes in q_ids.items() if codes == {"UNKNOWN_ORIGINAL"}} == orphaned
     assert decided_ids == set(by_id) - corrupted - orphaned  # all others decided
     assert len(decided_ids) + len(q_ids) == len(feed)
+
+    # analysts see the counts per reason
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": topics}
+    res = subprocess.run([sys.executable, "-m", "tripwire", "quarantine", "--timeout", "5"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(quarantined)} quarantined messages" in res.stdout
+    orphan_rows = [ln for ln in res.stdout.splitlines() if "UNKNOWN_ORIGINAL" in ln]
+    assert orphan_rows and orphan_rows[0].split("│")[-2].strip() == str(len(orphaned))
 
 
 @pytest.mark.parametrize("wipe_local_state", [False, True])
