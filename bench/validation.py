@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             state = StateManager(path.name, list(path.stores), root=Path(d))
             state.open_partition(("bench", 0))
             rounds["decision path (rocksdict)"].append(
-                _time_each(records, lambda r: path.process([r], now, state)))
+                _time_each(records, lambda r, st=state: path.process([r], now, st)))
             state.close()
 
     def stats(samples: list[list[int]]) -> tuple[float, float, float]:
