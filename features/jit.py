@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 HOME_COUNTRY = "GB"
+SMALL_AMOUNT_GBP_MINOR = 200  # card testers probe with amounts under £2
 
 # Reference rates for scoring only (GBP per unit of currency). A batch feature
 # node replaces this table with the treasury's daily rates.
@@ -38,8 +39,10 @@ class FeatureError(ValueError):
 def card_features(event: Mapping[str, Any]) -> dict[str, Any]:
     """Features of a card payment that need nothing but the event."""
     rate = GBP_PER_UNIT.get(event["currency"])
+    gbp = None if rate is None else round(event["amount_minor"] * rate)
     return {
-        "amount_gbp_minor": None if rate is None else round(event["amount_minor"] * rate),
+        "amount_gbp_minor": gbp,
+        "small_amount": gbp is not None and gbp < SMALL_AMOUNT_GBP_MINOR,
         "domestic": event["merchant_country"] == HOME_COUNTRY,
         "entry_mode": event["entry_mode"],
         "card_not_present": not event["card_present"],
@@ -49,9 +52,12 @@ def card_features(event: Mapping[str, Any]) -> dict[str, Any]:
 
 def fps_features(event: Mapping[str, Any]) -> dict[str, Any]:
     """Features of an FPS message that need nothing but the message."""
+    outbound = event["direction"] == "OUTBOUND"
+    side = "beneficiary" if outbound else "sender"
     return {
         "amount_gbp_minor": event["amount_minor"],
-        "outbound": event["direction"] == "OUTBOUND",
+        "outbound": outbound,
+        "counterparty": f"{event[side + '_sort_code']}-{event[side + '_account_number']}",
         "message_type": event["message_type"],
         "is_repeat": event["is_repeat"],
         "hour_of_day": (event["event_time"] // 3_600_000) % 24,
@@ -62,6 +68,8 @@ def login_features(event: Mapping[str, Any]) -> dict[str, Any]:
     """Features of a login or account-security event that need nothing but the event."""
     return {
         "login_type": event["type"],
+        "counterparty": f"{event['payee_sort_code']}-{event['payee_account_number']}"
+        if event["type"] == "PAYEE_ADDED" else None,
         "method": event["method"],
         "has_device": event["device_id"] is not None,
         "hour_of_day": (event["event_time"] // 3_600_000) % 24,

@@ -1,0 +1,87 @@
+"""Exact sliding-window aggregation over one entity key, as pure functions.
+
+The state of one entity key is a dict: ``{"wm": newest event time seen,
+<feature state_key>: [[t, v], ...] sorted by t}``. For an event at time t the
+value of a feature is its aggregate over matching events in (t - window, t],
+the event itself included. Events older than ``wm - allowed_lateness`` are late:
+they are reported and get a value, but do not change the state. Entries that no
+future on-time event can see (t <= wm - lateness - window) are dropped, and no
+key keeps more than ``max_entries`` per feature (the oldest go first, reported).
+
+>>> from tripwire.features.spec import FeatureSpec
+>>> f = FeatureSpec("n", "card", "count", "1m")
+>>> state = {}
+>>> update(state, [f], {"event_type": "CardPayment"}, 1000)[0]["n"]
+1
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tripwire.features.spec import FeatureSpec
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "EntityState", "update", "value_of"]
+
+EntityState = dict[str, Any]
+DEFAULT_MAX_ENTRIES = 20_000
+
+
+def value_of(spec: FeatureSpec, entries: Sequence[Sequence[Any]], t: int,
+             exclude_self: bool = False) -> Any:
+    """The aggregate of ``entries`` (sorted [t, v] pairs) in (t - window, t]."""
+    times = [e[0] for e in entries]
+    hi = bisect.bisect_right(times, t)
+    if spec.aggregate == "since_last":
+        if exclude_self:
+            hi -= 1  # the event itself was just added: look before it
+        lo = bisect.bisect_right(times, t - spec.window_ms)
+        return t - times[hi - 1] if hi > lo else None
+    lo = bisect.bisect_right(times, t - spec.window_ms)
+    window = entries[lo:hi]
+    if spec.aggregate == "count":
+        return len(window)
+    if spec.aggregate == "sum":
+        return sum(e[1] for e in window)
+    if spec.aggregate == "distinct":
+        return len({e[1] for e in window})
+    if spec.aggregate == "max":
+        return max((e[1] for e in window), default=None)
+    raise ValueError(spec.aggregate)
+
+
+def update(state: EntityState, specs: Sequence[FeatureSpec], view: Mapping[str, Any], t: int,
+           max_entries: int = DEFAULT_MAX_ENTRIES) -> tuple[dict[str, Any], list[str]]:
+    """Add the event at time ``t`` to ``state`` (in place) and return
+    (values per feature name, notes). Notes report lateness and truncation."""
+    notes: list[str] = []
+    wm = state.get("wm")
+    late_by = (wm - t) if wm is not None else 0
+    values: dict[str, Any] = {}
+    new_wm = t if wm is None else max(wm, t)
+    for spec in specs:
+        entries: list[list[Any]] = state.setdefault(spec.state_key, [])
+        late = late_by > spec.lateness_ms
+        added = False
+        if not late and spec.matches(view):
+            item = 1 if spec.aggregate in ("count", "since_last") else view.get(spec.field or "")
+            if item is not None:
+                bisect.insort(entries, [t, item], key=lambda e: e[0])
+                added = True
+        if late:
+            notes.append(f"{spec.name}: event {late_by} ms behind the newest "
+                         f"(allowed {spec.lateness_ms} ms): counted as late, state unchanged")
+        values[spec.name] = value_of(spec, entries, t, exclude_self=added)
+        horizon = new_wm - spec.lateness_ms - spec.window_ms
+        if entries and entries[0][0] <= horizon:
+            del entries[:bisect.bisect_right([e[0] for e in entries], horizon)]
+        if len(entries) > max_entries:
+            del entries[:len(entries) - max_entries]
+            notes.append(f"{spec.name}: more than {max_entries} events in the window; "
+                         "oldest dropped, value is a lower bound")
+        if not entries:
+            del state[spec.state_key]
+    state["wm"] = new_wm
+    return values, notes

@@ -1,0 +1,136 @@
+"""Exact sliding windows against a brute-force oracle, including out-of-order
+and late events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tripwire.features.spec import FeatureSpec, parse_duration
+from tripwire.features.window import update
+
+SPECS = [
+    FeatureSpec("n_1m", "card", "count", "1m", allowed_lateness="30s"),
+    FeatureSpec("declines_5m", "card", "count", "5m", where={"response": "DECLINED"},
+                allowed_lateness="30s"),
+    FeatureSpec("amount_2m", "card", "sum", "2m", field="amount", allowed_lateness="30s"),
+    FeatureSpec("merchants_3m", "card", "distinct", "3m", field="merchant",
+                allowed_lateness="30s"),
+    FeatureSpec("max_1m", "card", "max", "1m", field="amount", allowed_lateness="30s"),
+    FeatureSpec("since_decline", "card", "since_last", "10m",
+                where={"response": "DECLINED"}, allowed_lateness="30s"),
+]
+
+
+def oracle(events: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per event (in arrival order): the value every spec must have, by brute force."""
+    out = []
+    for i, (t, view) in enumerate(events):
+        before = events[:i]
+        wm = max((tt for tt, _ in before), default=None)
+        row = {}
+        for s in SPECS:
+            w, late_ms = s.window_ms, s.lateness_ms
+            late = wm is not None and wm - t > late_ms
+
+            def on_time(j: int, s: FeatureSpec = s, late_ms: int = late_ms) -> bool:
+                tj = events[j][0]
+                wj = max((tt for tt, _ in events[:j]), default=None)
+                return wj is None or wj - tj <= late_ms
+
+            horizon = None if wm is None else wm - late_ms - w
+            pool = [(tt, v) for j, (tt, v) in enumerate(before)
+                    if on_time(j) and s.matches(v) and (horizon is None or tt > horizon)]
+            if not late and s.matches(view) and s.aggregate != "since_last":
+                pool.append((t, view))
+            inside = [(tt, v) for tt, v in pool if t - w < tt <= t]
+            if s.aggregate == "count":
+                row[s.name] = len(inside)
+            elif s.aggregate == "sum":
+                row[s.name] = sum(v[s.field] for _, v in inside)
+            elif s.aggregate == "distinct":
+                row[s.name] = len({v[s.field] for _, v in inside})
+            elif s.aggregate == "max":
+                row[s.name] = max((v[s.field] for _, v in inside), default=None)
+            else:
+                row[s.name] = t - max(tt for tt, _ in inside) if inside else None
+        out.append(row)
+    return out
+
+
+event = st.tuples(
+    st.integers(0, 900_000),  # ms within 15 minutes: windows of 1-10 min overlap a lot
+    st.fixed_dictionaries({
+        "response": st.sampled_from(["APPROVED", "DECLINED"]),
+        "amount": st.integers(1, 10_000),
+        "merchant": st.sampled_from(["m1", "m2", "m3", "m4"]),
+    }),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(event, max_size=60))
+def test_values_equal_the_oracle_in_any_arrival_order(events: list) -> None:
+    state: dict[str, Any] = {}
+    got = [update(state, SPECS, v, t)[0] for t, v in events]
+    assert got == oracle(events)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(event, min_size=1, max_size=60))
+def test_in_order_events_are_never_late(events: list) -> None:
+    events = sorted(events, key=lambda e: e[0])
+    state: dict[str, Any] = {}
+    for t, v in events:
+        _, notes = update(state, SPECS, v, t)
+        assert not notes
+    # state is bounded by the window horizon
+    newest = events[-1][0]
+    for s in SPECS:
+        for tt, _ in state.get(s.state_key, []):
+            assert tt > newest - s.lateness_ms - s.window_ms
+
+
+def test_window_is_half_open_and_includes_the_event() -> None:
+    spec = FeatureSpec("n", "card", "count", "1m")
+    state: dict[str, Any] = {}
+    assert update(state, [spec], {}, 0)[0]["n"] == 1
+    assert update(state, [spec], {}, 59_999)[0]["n"] == 2
+    assert update(state, [spec], {}, 60_000)[0]["n"] == 2  # t=0 is outside (0, 60000]
+
+
+def test_late_event_is_reported_and_leaves_state_unchanged() -> None:
+    spec = FeatureSpec("n", "card", "count", "10m", allowed_lateness="1m")
+    state: dict[str, Any] = {}
+    update(state, [spec], {}, 600_000)
+    before = {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+    values, notes = update(state, [spec], {}, 500_000)  # 100 s behind, 60 s allowed
+    assert values["n"] == 0 and "late" in notes[0]
+    assert state == before
+
+
+def test_entries_per_key_are_capped_and_reported() -> None:
+    spec = FeatureSpec("n", "card", "count", "1h")
+    state: dict[str, Any] = {}
+    for t in range(10):
+        values, notes = update(state, [spec], {}, t, max_entries=5)
+    assert values["n"] == 6 and "lower bound" in notes[0]  # 5 kept + this event
+    assert len(state["n@1"]) == 5
+
+
+@pytest.mark.parametrize(("text", "ms"), [("500ms", 500), ("30s", 30_000), ("10m", 600_000),
+                                          ("1h", 3_600_000), ("7d", 604_800_000), (42, 42)])
+def test_durations(text: str | int, ms: int) -> None:
+    assert parse_duration(text) == ms
+
+
+def test_bad_definitions_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown entity"):
+        FeatureSpec("x", "planet", "count", "1m")
+    with pytest.raises(ValueError, match="needs a field"):
+        FeatureSpec("x", "card", "sum", "1m")
+    with pytest.raises(ValueError, match="duration"):
+        FeatureSpec("x", "card", "count", "ten minutes")
