@@ -11,9 +11,9 @@ aggregate, a window and a filter. No stream code is written per feature.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
