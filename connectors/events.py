@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, Message
 from tripwire.connectors.kafka import consumer, producer
 from tripwire.schemas.codec import AvroCodec
 
-__all__ = ["DeliveryError", "EventProducer", "read_topic"]
+__all__ = ["DeliveryError", "EventProducer", "read_to_end", "read_topic"]
 
 
 class DeliveryError(RuntimeError):
@@ -72,3 +72,35 @@ def read_topic(bootstrap: str, topics: Iterable[str], count: int, timeout: float
     finally:
         c.close()
     return out
+
+
+def read_to_end(bootstrap: str, name: str, timeout: float = 60.0) -> list[Message]:
+    """Every committed message of ``name``, in offset order per partition, read up to
+    the end offsets as they were when called."""
+    from confluent_kafka import TopicPartition
+
+    c = consumer(bootstrap, f"tripwire-reader-{uuid.uuid4().hex[:8]}")
+    try:
+        md = c.list_topics(name, timeout=10).topics[name]
+        ends = {}
+        for p in md.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        c.assign([TopicPartition(name, p, 0) for p in ends])
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                if m.error() is not None:
+                    continue
+                out.append(m)
+                if (m.offset() or 0) + 1 >= ends.get(m.partition() or 0, 0):
+                    ends.pop(m.partition() or 0, None)
+            if ends:  # transaction markers may end a partition: compare positions
+                for tp in c.position([TopicPartition(name, p) for p in list(ends)]):
+                    if tp.offset >= ends[tp.partition]:
+                        ends.pop(tp.partition, None)
+        return out
+    finally:
+        c.close()

@@ -33,7 +33,13 @@ logger = logging.getLogger(__name__)
 
 
 class Processor(Protocol):
-    """A pure stage: outputs (and state writes) from a batch, the time and the state."""
+    """A pure stage: outputs (and state writes) from a batch, the time and the state.
+
+    Optional hooks, used when present: ``tick(now_ms, state) -> outputs`` (called
+    between batches, for timeouts), ``safe_offsets(offsets) -> offsets`` (commit
+    no further than work still held in memory) and ``drop(tps)`` (partitions
+    revoked: forget in-memory work for them).
+    """
 
     name: str
     stores: tuple[str, ...]
@@ -120,13 +126,27 @@ class BatchLoop:
         self._assigned_at = time.monotonic()
         logger.info("assigned %d partitions", len(partitions))
 
+    @property
+    def assigned_at(self) -> float | None:
+        """When partitions were last assigned (monotonic clock), None before that."""
+        return self._assigned_at
+
     def _on_revoke(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.state.close_partition((tp.topic, tp.partition), clean=True)
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        for tp in tps:
+            self.state.close_partition(tp, clean=True)
+        self._drop(tps)
 
     def _on_lost(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.state.discard((tp.topic, tp.partition))
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        for tp in tps:
+            self.state.discard(tp)
+        self._drop(tps)
+
+    def _drop(self, tps: list[tuple[str, int]]) -> None:
+        drop = getattr(self.processor, "drop", None)
+        if drop is not None:
+            drop(tps)
 
     def _restore(self, tps: list[tuple[str, int]]) -> None:
         if not self.state.store_names or not tps:
@@ -191,6 +211,7 @@ class BatchLoop:
                 msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
                 batch = [m for m in msgs if self._usable(m)]
                 if not batch:
+                    self._tick()
                     if idle_exit is not None and self._assigned_at is not None and \
                             time.monotonic() - max(last_data, self._assigned_at) > idle_exit:
                         break
@@ -219,12 +240,33 @@ class BatchLoop:
                 prev = self.state.offsets.get(key, -1)
                 self.state.offsets[key] = max(prev, msg.offset() or 0)
 
+    def _tick(self) -> None:
+        tick = getattr(self.processor, "tick", None)
+        if tick is None:
+            return
+        outputs = tick(int(time.time() * 1000), self.state)
+        if outputs or self.state.pending:
+            self._commit(outputs, {}, [])
+
     def _run_batch(self, msgs: list[Message]) -> None:
         records = [_to_record(m) for m in msgs]
         outputs = self.processor.process(records, int(time.time() * 1000), self.state)
         offsets: dict[tuple[str, int], int] = {}
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1
+        touched = list(offsets)
+        safe = getattr(self.processor, "safe_offsets", None)
+        if safe is not None:
+            offsets = safe(offsets)
+        if self._commit(outputs, offsets, touched):
+            self.stats.consumed += len(records)
+            self.stats.batches += 1
+            self.stats.last_batch_at = time.time()
+
+    def _commit(self, outputs: list[OutRecord], offsets: dict[tuple[str, int], int],
+                touched: list[tuple[str, int]]) -> bool:
+        """One transaction: outputs, changelog records, input offsets. False if aborted
+        (state of ``touched`` partitions is restored and the inputs are read again)."""
         pending, self.state.pending = self.state.pending, []
         try:
             self.producer.begin_transaction()
@@ -235,9 +277,10 @@ class BatchLoop:
                 self._changelog_keys[(name, tp[1])] = (store, tp)
                 self.producer.produce(name, value, key, partition=tp[1],
                                       on_delivery=self._on_changelog_delivery)
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
-                self.consumer.consumer_group_metadata(), 30)
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, off) for (t, p), off in offsets.items()],
+                    self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
             self.producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
@@ -247,21 +290,22 @@ class BatchLoop:
             logger.warning("transaction aborted, batch will be re-read: %s", err)
             self.producer.abort_transaction(30)
             self.stats.aborted += 1
-            touched = list(offsets)
+            touched = sorted(set(touched) | {tp for _, tp, _, _ in pending})
             for tp in touched:
                 self.state.discard(tp)
+            self._drop(touched)
             self._restore(touched)
-            self._rewind(offsets)
-            return
+            self._rewind(touched)
+            return False
         for o in outputs:
             self.stats.produced[o.topic_key] += 1
-        self.stats.consumed += len(records)
-        self.stats.batches += 1
-        self.stats.last_batch_at = time.time()
+        return True
 
-    def _rewind(self, offsets: dict[tuple[str, int], int]) -> None:
+    def _rewind(self, tps: list[tuple[str, int]]) -> None:
+        if not tps:
+            return
         committed = self.consumer.committed(
-            [TopicPartition(t, p) for (t, p) in offsets], timeout=30)
+            [TopicPartition(t, p) for (t, p) in tps], timeout=30)
         for tp in committed:
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
 

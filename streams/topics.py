@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tripwire.features.spec import ENTITIES
+
 __all__ = ["TOPICS", "TopicSpec", "spec", "topic"]
 
 DAY_MS = 24 * 3600 * 1000
@@ -36,7 +38,7 @@ class TopicSpec:
         return cfg
 
 
-TOPICS: tuple[TopicSpec, ...] = (
+_PUBLIC: tuple[TopicSpec, ...] = (
     TopicSpec("card_payments", "payments.card.v1",
               "Card authorisations and card top-ups from the card processor",
               schema="tripwire.events.CardPayment", keyed_by="card_token"),
@@ -71,7 +73,18 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("controls", "tripwire.controls.v1",
               "Control plane: the active version of every control, latest wins",
               partitions=1, cleanup="compact", keyed_by="control_id"),
+    TopicSpec("gather", "tripwire.gather.v1",
+              "Internal: validated events and their feature fragments, gathered per event",
+              retention_ms=DAY_MS, keyed_by="identity"),
 )
+_FEATURE_NODES = tuple(
+    TopicSpec(f"features_{entity}", f"tripwire.features.{entity}.v1",
+              f"Internal: feature requests for the {entity} node, keyed by {entity}",
+              partitions=1 if entity == "system" else 6, retention_ms=DAY_MS,
+              keyed_by=entity)
+    for entity in ENTITIES
+)
+TOPICS: tuple[TopicSpec, ...] = (*_PUBLIC, *_FEATURE_NODES)
 
 _BY_KEY = {t.key: t for t in TOPICS}
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle import brute_force
 
 from tripwire.features.spec import FeatureSpec, parse_duration
 from tripwire.features.window import update
@@ -26,39 +27,7 @@ SPECS = [
 
 
 def oracle(events: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per event (in arrival order): the value every spec must have, by brute force."""
-    out = []
-    for i, (t, view) in enumerate(events):
-        before = events[:i]
-        wm = max((tt for tt, _ in before), default=None)
-        row = {}
-        for s in SPECS:
-            w, late_ms = s.window_ms, s.lateness_ms
-            late = wm is not None and wm - t > late_ms
-
-            def on_time(j: int, s: FeatureSpec = s, late_ms: int = late_ms) -> bool:
-                tj = events[j][0]
-                wj = max((tt for tt, _ in events[:j]), default=None)
-                return wj is None or wj - tj <= late_ms
-
-            horizon = None if wm is None else wm - late_ms - w
-            pool = [(tt, v) for j, (tt, v) in enumerate(before)
-                    if on_time(j) and s.matches(v) and (horizon is None or tt > horizon)]
-            if not late and s.matches(view) and s.aggregate != "since_last":
-                pool.append((t, view))
-            inside = [(tt, v) for tt, v in pool if t - w < tt <= t]
-            if s.aggregate == "count":
-                row[s.name] = len(inside)
-            elif s.aggregate == "sum":
-                row[s.name] = sum(v[s.field] for _, v in inside)
-            elif s.aggregate == "distinct":
-                row[s.name] = len({v[s.field] for _, v in inside})
-            elif s.aggregate == "max":
-                row[s.name] = max((v[s.field] for _, v in inside), default=None)
-            else:
-                row[s.name] = t - max(tt for tt, _ in inside) if inside else None
-        out.append(row)
-    return out
+    return brute_force(SPECS, events)
 
 
 event = st.tuples(

@@ -1,0 +1,83 @@
+"""The last stage of every decision path: controls over (event, features) → the
+decision record, and the memory of decisions that answers repeats."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from tripwire import __version__
+from tripwire.controls.engine import OUTCOMES, ControlSet
+from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.intake import DAY_MS, EventKind, Expiring
+from tripwire.streams.records import OutRecord
+from tripwire.streams.state import StateView
+
+__all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider"]
+
+ENGINE_VERSION = f"tripwire-{__version__}"
+DECISION_SCHEMA = "tripwire.decisions.Decision"
+DECISIONS_STORE = "decisions.v1"
+_SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
+
+
+class Decider:
+    """Runs the controls and builds the decision; remembers it for repeats."""
+
+    def __init__(self, codec: AvroCodec, controls: ControlSet,
+                 ttl_ms: int = 7 * DAY_MS) -> None:
+        self.codec = codec
+        self.controls = controls
+        self.ttl_ms = ttl_ms
+        self.memory = Expiring(DECISIONS_STORE)
+        self._versions = controls.versions()
+        self._version_tag = ",".join(f"{k}={v}" for k, v in sorted(self._versions.items()))
+
+    def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
+               feature_errors: dict[str, str], now_ms: int, arrived_ms: int) \
+            -> dict[str, Any]:
+        """One decision record (a dict of the Decision schema)."""
+        results = self.controls.evaluate(kind.short, event, features)
+        hits = [r for r in results if r.outcome is not None]
+        outcome = max((r.outcome for r in hits if r.outcome), key=_SEVERITY.__getitem__,
+                      default="ALLOW")
+        actions: list[str] = []
+        for r in hits:
+            actions.extend(a for a in r.actions if a not in actions)
+        digest = hashlib.sha256(f"{event['event_id']}|{self._version_tag}".encode()).hexdigest()
+        return {
+            "decision_id": digest[:32],
+            "event_id": event["event_id"],
+            "event_type": kind.schema,
+            "entity_key": event[kind.entity_field],
+            "event_time": event["event_time"],
+            "decided_at": now_ms,
+            "outcome": outcome,
+            "actions": actions,
+            "rule_hits": [{"control_id": r.control_id, "control_version": r.version,
+                           "reason": r.reason, "score": r.score} for r in hits],
+            "features": features,
+            "feature_errors": feature_errors,
+            "control_errors": {r.control_id: r.error for r in results if r.error},
+            "control_versions": self._versions,
+            "engine_version": ENGINE_VERSION,
+            "latency_us": max(0, (now_ms - arrived_ms) * 1000),
+            "repeat": False,
+        }
+
+    def emit(self, identity: str, decision: dict[str, Any], view: StateView) -> OutRecord:
+        """Encode, remember for repeats, and return the decision output."""
+        encoded = self.codec.encode(DECISION_SCHEMA, decision)
+        self.memory.put(view, identity.encode(), encoded, decision["event_time"] + self.ttl_ms)
+        return OutRecord("decisions", decision["entity_key"].encode(), encoded)
+
+    def recall(self, identity: str, view: StateView) -> OutRecord | None:
+        """The remembered decision of ``identity``, marked as a repeat."""
+        stored = self.memory.get(view, identity.encode())
+        if stored is None:
+            return None
+        _, previous = self.codec.decode(stored)
+        previous["repeat"] = True
+        return OutRecord("decisions", previous["entity_key"].encode(),
+                         self.codec.encode(DECISION_SCHEMA, previous))

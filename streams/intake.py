@@ -1,0 +1,159 @@
+"""Intake: decode → validate → route → dedup, as a pure function of the record,
+the time and the state. The first stage of every decision path.
+
+Idempotency: the first message of an identity (event id; for FPS the transaction
+reference) is remembered for ``ttl_ms`` of event time with a hash of its content.
+A repeat with identical content is a :class:`Repeat` (it gets the first decision
+again, and never counts twice in a feature); with different content it is
+refused as ``DUPLICATE_CONFLICT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tripwire.features.jit import card_features, fps_features, login_features
+from tripwire.schemas.codec import AvroCodec, DecodeError
+from tripwire.schemas.validate import Reason, Validator
+from tripwire.streams.quarantine import quarantine
+from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.state import StateView
+
+__all__ = ["DAY_MS", "DEDUP_STORE", "EVENT_KINDS", "Accepted", "EventKind", "Expiring",
+           "Intake", "Repeat"]
+
+DAY_MS = 86_400_000
+DEDUP_STORE = "dedup.v1"
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """How one inbound event type is keyed, identified and featurised."""
+
+    schema: str
+    short: str
+    entity_field: str
+    identity_field: str  # repeats share this value
+    volatile: frozenset[str]  # fields a legitimate repeat may change
+    jit: Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+EVENT_KINDS: dict[str, EventKind] = {k.schema: k for k in (
+    EventKind("tripwire.events.CardPayment", "CardPayment", "card_token", "event_id",
+              frozenset(), card_features),
+    EventKind("tripwire.events.LoginEvent", "LoginEvent", "user_id", "event_id",
+              frozenset(), login_features),
+    # An FPS repeat is a new message (new id and time, is_repeat set) carrying the
+    # same transaction: everything else must match.
+    EventKind("tripwire.events.FpsMessage", "FpsMessage", "account_id",
+              "transaction_reference", frozenset({"event_id", "event_time", "is_repeat"}),
+              fps_features),
+)}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    kind: EventKind
+    event: dict[str, Any]
+    identity: str
+    rec: InRecord
+
+
+@dataclass(frozen=True)
+class Repeat:
+    kind: EventKind
+    event: dict[str, Any]
+    identity: str
+    rec: InRecord
+
+
+class Expiring:
+    """Entries of one store that expire at an event time: ``d:<key>`` holds the
+    value, ``x:<expiry><key>`` indexes it for :meth:`expire`."""
+
+    _X = struct.Struct(">q")
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+
+    def get(self, view: StateView, key: bytes) -> bytes | None:
+        return view.get(self.store, b"d:" + key)
+
+    def put(self, view: StateView, key: bytes, value: bytes, expiry: int) -> None:
+        view.put(self.store, b"d:" + key, value)
+        view.put(self.store, b"x:" + self._X.pack(expiry) + key, b"")
+
+    def expire(self, view: StateView, watermark: int) -> int:
+        """Forget entries whose expiry is at or before ``watermark``."""
+        done = list(self._due(view.items(self.store, b"x:"), watermark))
+        for key in done:
+            view.delete(self.store, key)
+            view.delete(self.store, b"d:" + key[10:])
+        return len(done)
+
+    def _due(self, items: Iterator[tuple[bytes, bytes]], watermark: int) -> Iterator[bytes]:
+        for key, _ in items:
+            if self._X.unpack_from(key, 2)[0] > watermark:
+                return
+            yield key
+
+
+def _content_hash(kind: EventKind, event: Mapping[str, Any]) -> bytes:
+    h = hashlib.sha256()
+    for k in sorted(event):
+        if k not in kind.volatile:
+            h.update(f"{k}={event[k]!r};".encode())
+    return h.digest()
+
+
+class Intake:
+    """Decode, validate, route and deduplicate one record at a time."""
+
+    def __init__(self, codec: AvroCodec, validator: Validator | None = None,
+                 ttl_ms: int = 7 * DAY_MS) -> None:
+        self.codec = codec
+        self.validator = validator or Validator()
+        self.ttl_ms = ttl_ms
+        self.seen = Expiring(DEDUP_STORE)
+
+    def admit(self, rec: InRecord, now_ms: int, view: StateView) \
+            -> Accepted | Repeat | OutRecord:
+        """The event, a repeat of one, or the quarantine record refusing it."""
+        def refuse(stage: str, reasons: list[Reason], schema: str | None = None) -> OutRecord:
+            return quarantine(self.codec, rec, stage, reasons, now_ms, schema)
+
+        try:
+            schema, event = self.codec.decode(rec.value)
+        except DecodeError as exc:
+            return refuse("decode", [(exc.reason, None, exc.detail)])
+        kind = EVENT_KINDS.get(schema.name)
+        if kind is None:
+            return refuse("route", [("UNEXPECTED_TYPE", None,
+                                     f"{schema.name} is not decided on topic {rec.topic}")],
+                          schema.name)
+        reasons = self.validator.validate(schema.name, event, now_ms)
+        if reasons:
+            return refuse("validate", reasons, schema.name)
+        identity = f"{kind.short}:{event[kind.identity_field]}"
+        digest = _content_hash(kind, event)
+        seen = self.seen.get(view, identity.encode())
+        if seen is not None:
+            if seen != digest:
+                return refuse("dedup", [(
+                    "DUPLICATE_CONFLICT", kind.identity_field,
+                    f"{event[kind.identity_field]} was already received with different "
+                    "content; the first message's decision stands")], schema.name)
+            return Repeat(kind, event, identity, rec)
+        original = event.get("original_reference") if kind.short == "FpsMessage" else None
+        if original is not None and self.seen.get(view, f"FpsMessage:{original}".encode()) \
+                is None:
+            return refuse("validate", [(
+                "UNKNOWN_ORIGINAL", "original_reference",
+                f"{event['message_type']} refers to {original}, which was never received "
+                "(or has expired)")], schema.name)
+        self.seen.put(view, identity.encode(), digest, event["event_time"] + self.ttl_ms)
+        return Accepted(kind, event, identity, rec)

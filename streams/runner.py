@@ -1,0 +1,108 @@
+"""Running the live pipeline's stages: each in its own thread here, or one
+stage per process (``tripwire run intake|features|decide``) to scale out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tripwire.controls.engine import ControlSet
+from tripwire.features.engine import FeatureLibrary
+from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.decision_path import INPUTS
+from tripwire.streams.loop import BatchLoop, LoopStats, Processor
+from tripwire.streams.pipeline import DecisionStage, FeatureStage, IntakeStage
+from tripwire.streams.topics import topic
+
+__all__ = ["STAGES", "Pipeline", "stage_loop", "stage_topics"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("intake", "features", "decide")
+
+
+def stage_topics(stage: str, namespace: str, library: FeatureLibrary,
+                 entities: Sequence[str] | None = None) -> list[str]:
+    """The topics a stage consumes (``entities``: the feature nodes to serve)."""
+    if stage == "intake":
+        return [topic(k, namespace) for k in INPUTS]
+    if stage == "features":
+        return [topic(f"features_{e}", namespace) for e in (entities or library.entities())]
+    if stage == "decide":
+        return [topic("gather", namespace)]
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
+               controls: ControlSet, library: FeatureLibrary, state_dir: Path | None,
+               batch_size: int = 500, node_timeout_ms: int = 250,
+               processor: Processor | None = None,
+               entities: Sequence[str] | None = None) -> BatchLoop:
+    """A ready-to-run loop for one stage (``processor`` overrides the default one;
+    ``entities`` limits a features loop to some nodes, which then scale apart)."""
+    if processor is None:
+        if stage == "intake":
+            processor = IntakeStage(codec, library)
+        elif stage == "features":
+            processor = FeatureStage(codec, library)
+        else:
+            processor = DecisionStage(codec, controls, node_timeout_ms)
+    group = f"{namespace}tripwire.{stage}"
+    if entities:
+        group += "." + "-".join(sorted(entities))
+    return BatchLoop(bootstrap, group, stage_topics(stage, namespace, library, entities),
+                     processor,
+                     namespace=namespace, batch_size=batch_size,
+                     state_dir=None if state_dir is None else state_dir / stage)
+
+
+@dataclass
+class Pipeline:
+    """Stage loops running in threads of this process."""
+
+    loops: dict[str, BatchLoop]
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    stats: dict[str, LoopStats] = field(default_factory=dict)
+
+    def wait_assigned(self, timeout: float = 60.0) -> None:
+        """Block until every loop has joined its group and been given partitions."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while any(loop.assigned_at is None for loop in self.loops.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("stages were not assigned partitions in time")
+            time.sleep(0.05)
+
+    @classmethod
+    def start(cls, loops: dict[str, BatchLoop]) -> Pipeline:
+        p = cls(loops)
+        for name, loop in loops.items():
+            def run(loop: BatchLoop = loop, name: str = name) -> None:
+                try:
+                    p.stats[name] = loop.run(p.stop_event)
+                except Exception:
+                    logger.exception("stage %s failed", name)
+                    raise
+            t = threading.Thread(target=run, name=f"stage-{name}", daemon=True)
+            t.start()
+            p.threads.append(t)
+        return p
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout)
+
+    @classmethod
+    def build(cls, bootstrap: str, namespace: str, *, codec: AvroCodec, controls: ControlSet,
+              library: FeatureLibrary, state_dir: Path | None, stages: Sequence[str] = STAGES,
+              batch_size: int = 500, node_timeout_ms: int = 250) -> Pipeline:
+        return cls.start({s: stage_loop(s, bootstrap, namespace, codec=codec,
+                                        controls=controls, library=library,
+                                        state_dir=state_dir, batch_size=batch_size,
+                                        node_timeout_ms=node_timeout_ms) for s in stages})

@@ -1,0 +1,224 @@
+"""The live pipeline (intake → features by entity → gather and decide) on the real
+broker: every feature of every event equals a brute-force oracle, with events
+out of order, two feature workers on multi-partition topics and a restart that
+wipes the workers' local state; and a slow feature node leaves a partial result."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oracle import brute_force
+
+from tripwire.broker import KafkaCluster
+from tripwire.connectors.events import EventProducer, read_to_end, read_topic
+from tripwire.controls.engine import ControlSet
+from tripwire.features.engine import FeatureLibrary, make_view
+from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.registry import SchemaStore
+from tripwire.streams.intake import EVENT_KINDS
+from tripwire.streams.pipeline import FeatureStage
+from tripwire.streams.runner import Pipeline, stage_loop
+from tripwire.streams.topics import topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CODEC = AvroCodec(SchemaStore.default())
+LIB = FeatureLibrary()
+CONTROLS = ControlSet.from_dir()
+TOPIC_OF = {"CardPayment": ("card_payments", "card_token"), "LoginEvent": ("logins", "user_id"),
+            "FpsMessage": ("fps", "account_id")}
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def mixed_traffic(seed: int, start_ms: int, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """Cards, logins and FPS payments over few accounts, devices, IPs and payees,
+    so every entity sees many events; sent out of order, a few of them very late."""
+    rng = random.Random(seed)
+    accounts = [f"acc-{i:04d}" for i in range(8)]
+    payees = [("401234", f"{i:08d}") for i in range(5)]
+    out = []
+    for _ in range(n):
+        t = start_ms + rng.randrange(20 * 60_000)
+        acc = rng.choice(accounts)
+        kind = rng.choices(["CardPayment", "LoginEvent", "FpsMessage"], [6, 2, 2])[0]
+        if kind == "CardPayment":
+            mode = rng.choice(["CHIP", "CONTACTLESS", "ECOMMERCE"])
+            declined = rng.random() < 0.2
+            ev: dict[str, Any] = {
+                "event_id": _uuid(rng), "event_time": t, "kind": rng.choice(
+                    ["AUTHORISATION"] * 9 + ["TOPUP"]),
+                "account_id": acc, "card_token": f"tok-{acc[-2:]}{rng.randrange(3)}",
+                "amount_minor": rng.choice([99, 150, 2500, 12000, 80000]), "currency": "GBP",
+                "merchant_id": f"m-{rng.randrange(6):03d}", "mcc": "5411",
+                "merchant_country": rng.choice(["GB", "GB", "FR"]),
+                "terminal_id": None, "entry_mode": mode, "card_present": mode != "ECOMMERCE",
+                "device_id": f"dev-{rng.randrange(5)}" if rng.random() < 0.7 else None,
+                "ip": f"10.0.0.{rng.randrange(4)}" if rng.random() < 0.7 else None,
+                "response": "DECLINED" if declined else "APPROVED",
+                "decline_reason": "DO_NOT_HONOUR" if declined else None,
+                "wallet": None, "three_ds": None}
+        elif kind == "LoginEvent":
+            typ = rng.choice(["LOGIN_SUCCEEDED", "LOGIN_FAILED", "LOGIN_FAILED",
+                              "PASSWORD_CHANGED", "DEVICE_ADDED", "PAYEE_ADDED"])
+            payee = rng.choice(payees)
+            ev = {"event_id": _uuid(rng), "event_time": t, "type": typ,
+                  "user_id": f"user-{acc[-4:]}", "account_id": acc,
+                  "device_id": f"dev-{rng.randrange(5)}", "ip": f"10.0.0.{rng.randrange(4)}",
+                  "method": "PASSWORD",
+                  "failure_reason": "WRONG_PASSWORD" if typ == "LOGIN_FAILED" else None,
+                  "payee_sort_code": payee[0] if typ == "PAYEE_ADDED" else None,
+                  "payee_account_number": payee[1] if typ == "PAYEE_ADDED" else None,
+                  "payee_name": "A PAYEE" if typ == "PAYEE_ADDED" else None}
+        else:
+            inbound = rng.random() < 0.5
+            other, ours = rng.choice(payees), ("040004", f"1{acc[-4:]}000")
+            sender, beneficiary = (other, ours) if inbound else (ours, other)
+            ev = {"event_id": _uuid(rng), "event_time": t, "message_type": "PAYMENT_REQUEST",
+                  "transaction_reference": f"FP{rng.getrandbits(64):020d}",
+                  "original_reference": None, "is_repeat": False,
+                  "direction": "INBOUND" if inbound else "OUTBOUND", "account_id": acc,
+                  "settlement_date": t // 86_400_000,
+                  "sender_sort_code": sender[0], "sender_account_number": sender[1],
+                  "beneficiary_sort_code": beneficiary[0],
+                  "beneficiary_account_number": beneficiary[1],
+                  "amount_minor": rng.choice([500, 25000, 99000]), "currency": "GBP",
+                  "payment_reference": "RENT", "response_status": None, "reject_reason": None}
+        out.append((kind, ev))
+    # arrival order: by event time, jittered up to 3 minutes; 3% arrive 9 minutes late
+    def arrival(item: tuple[str, dict[str, Any]]) -> float:
+        jitter = 9 * 60_000 if rng.random() < 0.03 else rng.randrange(3 * 60_000)
+        return item[1]["event_time"] + jitter
+    return sorted(out, key=arrival)
+
+
+def _publish(kafka: KafkaCluster, ns: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+    prod = EventProducer(kafka.bootstrap, CODEC)
+    for kind, ev in events:
+        key, field = TOPIC_OF[kind]
+        prod.send(topic(key, ns), EVENT_KINDS[f"tripwire.events.{kind}"].schema, ev, ev[field])
+    prod.flush()
+
+
+def _run_until(kafka: KafkaCluster, ns: str, loops: dict, decided: int,
+               timeout: float = 120) -> list[dict[str, Any]]:
+    pipeline = Pipeline.start(loops)
+    try:
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", ns)], decided, timeout=timeout)
+    finally:
+        pipeline.stop()
+    return [CODEC.decode(m.value())[1] for m in msgs]
+
+
+def _loops(kafka: KafkaCluster, ns: str, state: Path, feature_workers: int,
+           **kw: Any) -> dict:
+    common = dict(codec=CODEC, controls=CONTROLS, library=LIB, batch_size=100)
+    loops = {"intake": stage_loop("intake", kafka.bootstrap, ns, state_dir=state / "w0",
+                                  **common),
+             "decide": stage_loop("decide", kafka.bootstrap, ns, state_dir=state / "w0",
+                                  node_timeout_ms=kw.get("node_timeout_ms", 120_000), **common)}
+    for i in range(feature_workers):
+        loops[f"features-{i}"] = stage_loop("features", kafka.bootstrap, ns,
+                                            state_dir=state / f"w{i + 1}", **common)
+    return loops
+
+
+def test_features_equal_the_oracle_across_workers_and_a_restart(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    traffic = mixed_traffic(7, now - 30 * 60_000, 360)
+    first, second = traffic[:180], traffic[180:]
+
+    _publish(kafka, topics, first)
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2), len(first))
+    assert len(decisions) == len(first)
+    for d in (tmp_path / "w1", tmp_path / "w2"):
+        shutil.rmtree(d, ignore_errors=True)  # lose the feature workers' disks
+    _publish(kafka, topics, second)
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2), len(traffic))
+    assert len(decisions) == len(traffic)
+    by_event = {d["event_id"]: d for d in decisions}
+    assert len(by_event) == len(traffic) and not any(d["repeat"] for d in decisions)
+    odd = [d["feature_errors"] for d in decisions
+           if any("late" not in e for e in d["feature_errors"].values())]
+    assert not odd, odd[:3]
+
+    # the oracle: per entity key, the order in which its node saw the events
+    events = {ev["event_id"]: (kind, ev) for kind, ev in traffic}
+    order: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for entity in LIB.entities():
+        for m in read_to_end(kafka.bootstrap, topic(f"features_{entity}", topics)):
+            _, req = CODEC.decode(m.value())
+            order[(entity, req["entity_key"])].append(req["event_id"])
+    compared = 0
+    late_seen = 0
+    for (entity, _key), ids in order.items():
+        views = []
+        for eid in ids:
+            kind, ev = events[eid]
+            views.append((ev["event_time"], make_view(kind, ev,
+                                                      EVENT_KINDS[f"tripwire.events.{kind}"]
+                                                      .jit(ev))))
+        expected = brute_force(LIB.by_entity[entity], views)
+        for eid, want in zip(ids, expected, strict=True):
+            got = by_event[eid]["features"]
+            for name, value in want.items():
+                assert got[name] == value, (entity, eid, name)
+                compared += 1
+            late_seen += entity in by_event[eid]["feature_errors"]
+    assert compared > 3000 and late_seen > 0  # out-of-order and late events were exercised
+
+
+class SlowNode(FeatureStage):
+    """A feature node that takes 3 s per request."""
+
+    def compute(self, req: dict[str, Any], state: dict[str, Any]) \
+            -> tuple[dict[str, Any], list[str]]:
+        time.sleep(3.0)
+        return super().compute(req, state)
+
+
+def test_a_slow_node_leaves_a_partial_result_and_the_decision_goes_ahead(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    common = dict(codec=CODEC, controls=CONTROLS, library=LIB, batch_size=100)
+    others = [e for e in LIB.entities() if e != "ip"]
+    pipeline = Pipeline.start({
+        "intake": stage_loop("intake", kafka.bootstrap, topics, state_dir=tmp_path, **common),
+        "decide": stage_loop("decide", kafka.bootstrap, topics, state_dir=tmp_path,
+                             node_timeout_ms=500, **common),
+        "features": stage_loop("features", kafka.bootstrap, topics, state_dir=tmp_path,
+                               entities=others, **common),
+        "features-ip": stage_loop("features", kafka.bootstrap, topics, state_dir=tmp_path,
+                                  entities=["ip"], processor=SlowNode(CODEC, LIB), **common),
+    })
+    try:
+        pipeline.wait_assigned()
+        now = int(time.time() * 1000)
+        traffic = [(k, ev) for k, ev in mixed_traffic(3, now - 600_000, 60)
+                   if k == "CardPayment" and ev["ip"] is not None][:3]
+        sent = time.monotonic()
+        _publish(kafka, topics, traffic)
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(traffic),
+                          timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        pipeline.stop()
+    decisions = [CODEC.decode(m.value())[1] for m in msgs]
+    assert len(decisions) == len(traffic)
+    assert waited < 2.5  # decided on the timeout, not after the slow node's 3 s
+    for d in decisions:
+        assert d["feature_errors"]["ip"] == "no answer within 500 ms"
+        assert "ip_distinct_cards_1h" not in d["features"]  # missing, not invented
+        assert d["features"]["card_auths_1h"] >= 1  # the other nodes answered
+        assert d["features"]["device_distinct_cards_1h"] is not None or d["features"].get(
+            "device_distinct_cards_1h") is None
+        assert d["outcome"] in {"ALLOW", "DENY", "STEP_UP", "MANUAL_REVIEW"}

@@ -1,0 +1,55 @@
+"""A brute-force feature oracle, written independently of tripwire.features.window:
+for each event, scan every earlier event of the same entity key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tripwire.features.spec import FeatureSpec
+
+
+def brute_force(specs: Sequence[FeatureSpec],
+                events: Sequence[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per event (in processing order) of ONE entity key: every spec's value.
+
+    Semantics: window (t - W, t] including the event itself (since_last excludes
+    it); an event more than the allowed lateness behind the newest earlier event
+    is late: it does not count for anyone, and only events newer than
+    (newest earlier event - lateness - W) are still known."""
+    out = []
+    for i, (t, view) in enumerate(events):
+        before = events[:i]
+        wm = max((tt for tt, _ in before), default=None)
+        row: dict[str, Any] = {}
+        for s in specs:
+            w, lateness = s.window_ms, s.lateness_ms
+            late = wm is not None and wm - t > lateness
+
+            def on_time(j: int, lateness: int = lateness) -> bool:
+                wj = max((tt for tt, _ in events[:j]), default=None)
+                return wj is None or wj - events[j][0] <= lateness
+
+            def counts(v: dict[str, Any], s: FeatureSpec = s) -> bool:
+                if not s.matches(v):
+                    return False
+                return s.aggregate in ("count", "since_last") or v.get(s.field or "") is not None
+
+            horizon = None if wm is None else wm - lateness - w
+            pool = [(tt, v) for j, (tt, v) in enumerate(before)
+                    if on_time(j) and counts(v) and (horizon is None or tt > horizon)]
+            if not late and counts(view) and s.aggregate != "since_last":
+                pool.append((t, view))
+            inside = [(tt, v) for tt, v in pool if t - w < tt <= t]
+            if s.aggregate == "count":
+                row[s.name] = len(inside)
+            elif s.aggregate == "sum":
+                row[s.name] = sum(v[s.field] for _, v in inside)
+            elif s.aggregate == "distinct":
+                row[s.name] = len({v[s.field] for _, v in inside})
+            elif s.aggregate == "max":
+                row[s.name] = max((v[s.field] for _, v in inside), default=None)
+            else:
+                row[s.name] = t - max(tt for tt, _ in inside) if inside else None
+        out.append(row)
+    return out
