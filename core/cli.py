@@ -25,7 +25,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 
 # Wide enough for the decision tables when output is a file or a CI log.
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = Console(width=None if sys.stdout.isatty() else 170)
 err_console = Console(stderr=True)
 
 
@@ -110,31 +110,53 @@ run_app = typer.Typer(help="Run a stream processor until stopped (SIGTERM/Ctrl-C
 app.add_typer(run_app, name="run")
 
 
-@run_app.command("decision-path")
-def run_decision_path(
-    group: str = typer.Option("tripwire.decision-path", help="consumer group id"),
+@run_app.command("stage")
+def run_stage(
+    stages: list[str] = typer.Argument(
+        ..., help="intake, features, decide, or all (several run as threads of one process)"),
+    entities: str = typer.Option("", help="features only: serve these nodes (comma list)"),
+    node_timeout_ms: int = typer.Option(250, help="decide: wait this long for a feature node"),
 ) -> None:
-    """Decode, validate, compute features, run controls and emit decisions."""
-    import signal
-    import threading
+    """Run stages of the live decision path until SIGTERM/Ctrl-C.
 
-    from tripwire.streams.decision_path import INPUTS, DecisionPath
-    from tripwire.streams.loop import BatchLoop
-    from tripwire.streams.topics import topic
+    One process per stage scales out: more processes, more partitions.
+    """
+    import signal
+
+    from tripwire.controls.engine import ControlSet
+    from tripwire.features.batch import BatchTable
+    from tripwire.features.engine import FeatureLibrary
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.runner import STAGES, Pipeline, stage_loop
 
     settings = Settings()
-    ns = settings.topic_namespace
-    inputs = [topic(k, ns) for k in INPUTS]
-    loop = BatchLoop(_bootstrap(settings), f"{ns}{group}", inputs,
-                     DecisionPath.default(settings.schema_registry_url),
-                     namespace=ns, batch_size=settings.batch_size,
-                     state_dir=settings.state_dir / "stores" / f"{ns}{group}")
-    stop = threading.Event()
+    wanted = list(STAGES) if stages == ["all"] else stages
+    unknown = set(wanted) - set(STAGES)
+    if unknown:
+        raise TripwireError(f"unknown stage(s) {sorted(unknown)}; use {', '.join(STAGES)}, all")
+    bootstrap, ns = _bootstrap(settings), settings.topic_namespace
+    library = FeatureLibrary()
+    nodes = [e.strip() for e in entities.split(",") if e.strip()] or None
+    loops = {s: stage_loop(s, bootstrap, ns, codec=AvroCodec.from_url(
+        settings.schema_registry_url), controls=ControlSet.from_dir(), library=library,
+        state_dir=settings.state_dir / "stores" / (ns or "default"),
+        batch_size=settings.batch_size, node_timeout_ms=node_timeout_ms,
+        entities=nodes if s == "features" else None,
+        batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
+        if settings.batch_table else None) for s in wanted}
+    pipeline = Pipeline.start(loops)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    err_console.print(f"decision path running on {', '.join(inputs)} (group {ns}{group})")
-    stats = loop.run(stop)
-    err_console.print(f"stopped after {stats.consumed} events in {stats.batches} batches")
+        signal.signal(sig, lambda *_: pipeline.stop_event.set())
+    err_console.print(f"running {', '.join(wanted)} on {bootstrap} (namespace {ns!r})")
+    while any(t.is_alive() for t in pipeline.threads):
+        pipeline.stop_event.wait(5)
+        for name, loop in loops.items():
+            st = loop.stats
+            err_console.print(f"[dim]{name}: {st.consumed} in, "
+                              f"{sum(st.produced.values())} out, {st.aborted} aborted[/dim]")
+        if pipeline.stop_event.is_set():
+            break
+    pipeline.stop()
 
 
 ingest_app = typer.Typer(help="Signed HTTP ingest for webhooks.", no_args_is_help=True)

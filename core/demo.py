@@ -5,11 +5,12 @@ Runs on its own topic namespace, so repeated runs never see each other's data.
 
 from __future__ import annotations
 
-import threading
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -26,8 +27,10 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
-from tripwire.streams.decision_path import INPUTS, DecisionPath
-from tripwire.streams.loop import BatchLoop
+from tripwire.controls.engine import ControlSet
+from tripwire.features.engine import FeatureLibrary
+from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.runner import Pipeline
 from tripwire.streams.topics import topic
 
 __all__ = ["DemoResult", "run_demo"]
@@ -52,48 +55,55 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         ns = f"demo-{int(time.time())}."
         create_topics(cluster.bootstrap, ns)
         console.print(f"Topics created under namespace [cyan]{ns}[/cyan]")
-        path = DecisionPath.default(settings.schema_registry_url)
-        loop = BatchLoop(cluster.bootstrap, f"{ns}decision-path",
-                         [topic(k, ns) for k in INPUTS], path, namespace=ns)
-        stop = threading.Event()
-        worker = threading.Thread(target=loop.run, args=(stop,), name="decision-path",
-                                  daemon=True)
-        worker.start()
-
-        now = int(time.time() * 1000)
-        cards = list(normal_card_payments(7, now - 60_000, normal))
-        cards += list(magstripe_contactless_attack(11, now - 5_000, attack))
-        fps, corrupted = corrupt_dates(list(fps_messages(5, now - 120_000, 10)), 0.2, seed=2)
-        repeats = cards[:3]  # the card processor resends three authorisations
-        prod = EventProducer(cluster.bootstrap, path.codec)
-        for e in cards + repeats:
-            prod.send(topic("card_payments", ns), CARD_SCHEMA, e, e["card_token"])
-        for m in fps:
-            prod.send(topic("fps", ns), FPS_SCHEMA, m, m["account_id"])
-        prod.send_raw(topic("card_payments", ns), b'{"amount": 100}', "tok-json")
-        sent = prod.flush()
-        console.print(f"Published {sent} messages: {normal} everyday card payments, {attack} "
-                      f"magstripe-contactless abroad, {len(repeats)} resent, {len(fps)} FPS "
-                      f"messages ({len(corrupted)} with corrupted dates), 1 JSON by mistake")
-
-        answers = read_topic(cluster.bootstrap, [topic("decisions", ns), topic("quarantine", ns)],
-                             sent, timeout=60)
-        stop.set()
-        worker.join(30)
-        decoded = [(m.topic(), path.codec.decode(m.value())[1]) for m in answers]
-        decisions = [d for t, d in decoded if t == topic("decisions", ns)]
-        refused = [d for t, d in decoded if t == topic("quarantine", ns)]
-        _print_decisions(console, [d for d in decisions
-                                   if d["event_type"].endswith("CardPayment")])
-        _print_quarantine(console, refused)
-        outcomes = Counter(d["outcome"] for d in decisions)
-        console.print(f"{sent} messages in, {len(decisions)} decisions "
-                      f"({sum(d['repeat'] for d in decisions)} repeats answered with the "
-                      f"original decision) and {len(refused)} quarantined: nothing dropped. "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-        return DemoResult(sent, len(decisions) + len(refused), outcomes, cluster.bootstrap)
+        codec = AvroCodec.from_url(settings.schema_registry_url)
+        with tempfile.TemporaryDirectory(prefix="tripwire-demo-") as state_dir:
+            pipeline = Pipeline.build(cluster.bootstrap, ns, codec=codec,
+                                      controls=ControlSet.from_dir(), library=FeatureLibrary(),
+                                      state_dir=Path(state_dir))
+            try:
+                pipeline.wait_assigned()
+                console.print("Pipeline running: intake → feature nodes "
+                              f"({', '.join(FeatureLibrary().entities())}) → decide")
+                return _traffic(console, cluster.bootstrap, ns, codec, normal, attack)
+            finally:
+                pipeline.stop()
     finally:
         cluster.close()
+
+
+def _traffic(console: Console, bootstrap: str, ns: str, codec: AvroCodec, normal: int,
+             attack: int) -> DemoResult:
+    """Everyday traffic, an attack, resends and bad messages; prints what came out."""
+    now = int(time.time() * 1000)
+    cards = list(normal_card_payments(7, now - 60_000, normal))
+    cards += list(magstripe_contactless_attack(11, now - 5_000, attack))
+    fps, corrupted = corrupt_dates(list(fps_messages(5, now - 120_000, 10)), 0.2, seed=2)
+    repeats = cards[:3]  # the card processor resends three authorisations
+    prod = EventProducer(bootstrap, codec)
+    for e in cards + repeats:
+        prod.send(topic("card_payments", ns), CARD_SCHEMA, e, e["card_token"])
+    for m in fps:
+        prod.send(topic("fps", ns), FPS_SCHEMA, m, m["account_id"])
+    prod.send_raw(topic("card_payments", ns), b'{"amount": 100}', "tok-json")
+    sent = prod.flush()
+    console.print(f"Published {sent} messages: {normal} everyday card payments, {attack} "
+                  f"magstripe-contactless abroad, {len(repeats)} resent, {len(fps)} FPS "
+                  f"messages ({len(corrupted)} with corrupted dates), 1 JSON by mistake")
+
+    answers = read_topic(bootstrap, [topic("decisions", ns), topic("quarantine", ns)],
+                         sent, timeout=60)
+    decoded = [(m.topic(), codec.decode(m.value())[1]) for m in answers]
+    decisions = [d for t, d in decoded if t == topic("decisions", ns)]
+    refused = [d for t, d in decoded if t == topic("quarantine", ns)]
+    _print_decisions(console, [d for d in decisions
+                               if d["event_type"].endswith("CardPayment")])
+    _print_quarantine(console, refused)
+    outcomes = Counter(d["outcome"] for d in decisions)
+    console.print(f"{sent} messages in, {len(decisions)} decisions "
+                  f"({sum(d['repeat'] for d in decisions)} repeats answered with the "
+                  f"original decision) and {len(refused)} quarantined: nothing dropped. "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    return DemoResult(sent, len(decisions) + len(refused), outcomes, bootstrap)
 
 
 def _print_quarantine(console: Console, refused: list[dict]) -> None:
@@ -110,10 +120,12 @@ def _print_quarantine(console: Console, refused: list[dict]) -> None:
 
 def _print_decisions(console: Console, decisions: list[dict]) -> None:
     table = Table(title="Decisions (tripwire.decisions.v1)", show_lines=False)
-    for col in ("card", "amount", "where", "entry mode", "outcome", "actions", "repeat"):
+    for col in ("card", "amount", "where", "entry mode", "card auths 1h",
+                "magstripe abroad 10m (system)", "outcome", "actions", "repeat"):
         table.add_column(col, no_wrap=True)
     table.add_column("why", overflow="fold")
     colour = {"ALLOW": "green", "STEP_UP": "yellow", "MANUAL_REVIEW": "yellow", "DENY": "red"}
+    decisions = sorted(decisions, key=lambda d: d["event_time"])
     shown = [d for d in decisions if d["outcome"] != "ALLOW"] + \
             [d for d in decisions if d["outcome"] == "ALLOW"][:5] + \
             [d for d in decisions if d["repeat"]]
@@ -122,6 +134,8 @@ def _print_decisions(console: Console, decisions: list[dict]) -> None:
         why = "; ".join(f"{h['control_id']}: {h['reason']}" for h in d["rule_hits"]) or "-"
         table.add_row(d["entity_key"], f"£{f.get('amount_gbp_minor', 0) / 100:,.2f}",
                       "GB" if f.get("domestic") else "abroad", str(f.get("entry_mode")).lower(),
+                      str(f.get("card_auths_1h", "-")),
+                      str(f.get("system_magstripe_abroad_10m", "-")),
                       f"[{colour[d['outcome']]}]{d['outcome']}[/]", ",".join(d["actions"]),
                       "yes" if d["repeat"] else "", why)
     console.print(table)

@@ -26,9 +26,10 @@ class Decider:
     """Runs the controls and builds the decision; remembers it for repeats."""
 
     def __init__(self, codec: AvroCodec, controls: ControlSet,
-                 ttl_ms: int = 7 * DAY_MS) -> None:
+                 ttl_ms: int = 7 * DAY_MS, provenance: Mapping[str, str] | None = None) -> None:
         self.codec = codec
         self.controls = controls
+        self.provenance = dict(provenance or {})
         self.ttl_ms = ttl_ms
         self.memory = Expiring(DECISIONS_STORE)
         self._versions = controls.versions()
@@ -59,6 +60,7 @@ class Decider:
                            "reason": r.reason, "score": r.score} for r in hits],
             "features": features,
             "feature_errors": feature_errors,
+            "feature_provenance": {k: v for k, v in self.provenance.items() if k in features},
             "control_errors": {r.control_id: r.error for r in results if r.error},
             "control_versions": self._versions,
             "engine_version": ENGINE_VERSION,

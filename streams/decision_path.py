@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tripwire.controls.engine import ControlSet
+from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary, decode_state, encode_state, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
@@ -31,7 +32,7 @@ from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager, StateView
 
 __all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "FEATURES_STORE",
-           "INPUTS", "DecisionPath", "EventKind", "local_features"]
+           "INPUTS", "DecisionPath", "EventKind", "event_features", "local_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,29 @@ INPUTS = ("card_payments", "logins", "fps")  # topic keys the decision path read
 FEATURES_STORE = "features.v1"
 
 
-def local_features(library: FeatureLibrary, accepted: Accepted, view: StateView) \
-        -> tuple[dict[str, Any], dict[str, str]]:
-    """Every feature of an accepted event, computed here; (values, errors/notes)."""
-    jit = accepted.kind.jit(accepted.event)
-    fview = make_view(accepted.kind.short, accepted.event, jit)
+def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | None) \
+        -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The nodes computed where the event is: just-in-time and batch.
+    Returns (view for the velocity nodes, values, errors per node)."""
+    jit = kind.jit(event)
+    view = make_view(kind.short, event, jit)
     values: dict[str, Any] = dict(jit)
     errors: dict[str, str] = {}
+    if batch is not None:
+        try:
+            got, error = batch.features(view)
+        except Exception as exc:  # a broken node must not stop the decision
+            got, error = {}, f"{type(exc).__name__}: {exc}"
+        values.update(got)
+        if error:
+            errors["batch"] = error
+    return view, values, errors
+
+
+def local_features(library: FeatureLibrary, accepted: Accepted, view: StateView,
+                   batch: BatchTable | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every feature of an accepted event, computed here; (values, errors/notes)."""
+    fview, values, errors = event_features(accepted.kind, accepted.event, batch)
     t = accepted.event["event_time"]
     for entity, key in library.entities_of(fview).items():
         skey = f"{entity}|{key}".encode()
@@ -66,12 +83,14 @@ class DecisionPath:
 
     def __init__(self, codec: AvroCodec, controls: ControlSet,
                  validator: Validator | None = None, dedup_ttl_ms: int = 7 * DAY_MS,
-                 features: FeatureLibrary | None = None) -> None:
+                 features: FeatureLibrary | None = None, batch: BatchTable | None = None) \
+            -> None:
         self.codec = codec
         self.controls = controls
         self.intake = Intake(codec, validator, dedup_ttl_ms)
-        self.decider = Decider(codec, controls, dedup_ttl_ms)
         self.features = features or FeatureLibrary()
+        self.batch = batch
+        self.decider = Decider(codec, controls, dedup_ttl_ms, self.features.feature_meta())
 
     @property
     def validator(self) -> Validator:
@@ -101,7 +120,7 @@ class DecisionPath:
                     "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
                     "longer kept")], now_ms, admitted.kind.schema))
                 continue
-            values, errors = local_features(self.features, admitted, view)
+            values, errors = local_features(self.features, admitted, view, self.batch)
             decision = self.decider.decide(admitted.kind, admitted.event, values, errors,
                                            now_ms, rec.timestamp_ms)
             out.append(self.decider.emit(admitted.identity, decision, view))

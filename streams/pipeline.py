@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tripwire.controls.engine import ControlSet
+from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary, decode_state, encode_state, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.validate import Validator
 from tripwire.streams.decider import DECISIONS_STORE, Decider
-from tripwire.streams.decision_path import FEATURES_STORE
+from tripwire.streams.decision_path import FEATURES_STORE, event_features
 from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Accepted, Intake
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
@@ -156,9 +157,12 @@ class DecisionStage:
     stores: tuple[str, ...] = (DECISIONS_STORE,)
 
     def __init__(self, codec: AvroCodec, controls: ControlSet, node_timeout_ms: int = 250,
-                 ttl_ms: int = 7 * DAY_MS) -> None:
+                 ttl_ms: int = 7 * DAY_MS, library: FeatureLibrary | None = None,
+                 batch: BatchTable | None = None) -> None:
         self.codec = codec
-        self.decider = Decider(codec, controls, ttl_ms)
+        self.batch = batch
+        self.decider = Decider(codec, controls, ttl_ms,
+                               (library or FeatureLibrary()).feature_meta())
         self.node_timeout_ms = node_timeout_ms
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
@@ -225,8 +229,7 @@ class DecisionStage:
         assert p.request is not None
         schema, event = self.codec.decode(p.request["event"])
         kind = EVENT_KINDS[schema.name]
-        features: dict[str, Any] = dict(kind.jit(event))
-        errors: dict[str, str] = {}
+        _, features, errors = event_features(kind, event, self.batch)
         for node in p.request["nodes"]:
             frag = p.fragments.get(node)
             if frag is None:

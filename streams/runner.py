@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tripwire.controls.engine import ControlSet
+from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.decision_path import INPUTS
@@ -40,7 +41,8 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                controls: ControlSet, library: FeatureLibrary, state_dir: Path | None,
                batch_size: int = 500, node_timeout_ms: int = 250,
                processor: Processor | None = None,
-               entities: Sequence[str] | None = None) -> BatchLoop:
+               entities: Sequence[str] | None = None,
+               batch: BatchTable | None = None) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
     ``entities`` limits a features loop to some nodes, which then scale apart)."""
     if processor is None:
@@ -49,7 +51,8 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
         elif stage == "features":
             processor = FeatureStage(codec, library)
         else:
-            processor = DecisionStage(codec, controls, node_timeout_ms)
+            processor = DecisionStage(codec, controls, node_timeout_ms, library=library,
+                                      batch=batch)
     group = f"{namespace}tripwire.{stage}"
     if entities:
         group += "." + "-".join(sorted(entities))

@@ -29,7 +29,11 @@ def test_every_tripwire_service_runs_a_real_cli_command_with_valid_settings() ->
         assert cmd[0] == "tripwire", name
         group = cli
         for word in cmd[1:]:
-            group = group.commands[word]  # type: ignore[attr-defined]
+            if not hasattr(group, "commands"):  # reached the command: the rest are arguments
+                from tripwire.streams.runner import STAGES
+                assert word in (*STAGES, "all"), (name, word)
+                continue
+            group = group.commands[word]
         env = {k: str(v) for k, v in svc["environment"].items()}
         assert env["KAFKA_BOOTSTRAP_SERVERS"] in internal, name
         settings = Settings(**{"KAFKA_BOOTSTRAP_SERVERS": env["KAFKA_BOOTSTRAP_SERVERS"]},
