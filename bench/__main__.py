@@ -5,6 +5,7 @@ import sys
 BENCHES = {
     "passthrough": "bench.passthrough",
     "validation": "bench.validation",
+    "features": "bench.features",
 }
 
 

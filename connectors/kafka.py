@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,7 +83,25 @@ def create_topics(
                     result[name] = "exists"
                 else:
                     raise
+        _wait_for_leaders(client, [t.topic for t in todo], timeout)
     return result
+
+
+def _wait_for_leaders(client: AdminClient, names: list[str], timeout: float) -> None:
+    """New topics are usable once every partition has a leader."""
+    deadline = time.monotonic() + timeout
+    waiting = set(names)
+    while waiting and time.monotonic() < deadline:
+        md = client.list_topics(timeout=timeout)
+        for name in list(waiting):
+            t = md.topics.get(name)
+            if t is not None and t.error is None and t.partitions and \
+                    all(p.leader >= 0 and p.error is None for p in t.partitions.values()):
+                waiting.discard(name)
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        raise KafkaException(f"topics without a leader after {timeout}s: {sorted(waiting)}")
 
 
 def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -> None:

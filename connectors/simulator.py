@@ -23,6 +23,7 @@ __all__ = [
     "fps_messages",
     "logins",
     "magstripe_contactless_attack",
+    "mixed_traffic",
     "normal_card_payments",
 ]
 
@@ -184,3 +185,72 @@ def logins(seed: int, start_ms: int, count: int, users: int = 500,
             "failure_reason": "WRONG_PASSWORD" if failed else None,
             "payee_sort_code": None, "payee_account_number": None, "payee_name": None,
         }
+
+
+def _ip(i: int) -> str:
+    return f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+
+
+def mixed_traffic(seed: int, start_ms: int, n: int, *, accounts: int = 8, devices: int = 5,
+                  ips: int = 4, payees: int = 5, merchants: int = 6
+                  ) -> list[tuple[str, dict[str, Any]]]:
+    """Cards, logins and FPS payments; by default over few accounts, devices, IPs
+    and payees, so every entity sees many events (raise the counts for realistic
+    cardinalities). Sent out of order, a few of them very late."""
+    rng = random.Random(seed)
+    n_dev, n_ip, n_merchant = devices, ips, merchants
+    accounts_ = [f"acc-{i:06d}" for i in range(accounts)]
+    payees_ = [("401234", f"{i:08d}") for i in range(payees)]
+    out = []
+    for _ in range(n):
+        t = start_ms + rng.randrange(20 * 60_000)
+        acc = rng.choice(accounts_)
+        kind = rng.choices(["CardPayment", "LoginEvent", "FpsMessage"], [6, 2, 2])[0]
+        if kind == "CardPayment":
+            mode = rng.choice(["CHIP", "CONTACTLESS", "ECOMMERCE"])
+            declined = rng.random() < 0.2
+            ev: dict[str, Any] = {
+                "event_id": _uuid(rng), "event_time": t, "kind": rng.choice(
+                    ["AUTHORISATION"] * 9 + ["TOPUP"]),
+                "account_id": acc, "card_token": f"tok-{acc[4:]}-{rng.randrange(3)}",
+                "amount_minor": rng.choice([99, 150, 2500, 12000, 80000]), "currency": "GBP",
+                "merchant_id": f"m-{rng.randrange(n_merchant):05d}", "mcc": "5411",
+                "merchant_country": rng.choice(["GB", "GB", "FR"]),
+                "terminal_id": None, "entry_mode": mode, "card_present": mode != "ECOMMERCE",
+                "device_id": f"dev-{rng.randrange(n_dev)}" if rng.random() < 0.7 else None,
+                "ip": _ip(rng.randrange(n_ip)) if rng.random() < 0.7 else None,
+                "response": "DECLINED" if declined else "APPROVED",
+                "decline_reason": "DO_NOT_HONOUR" if declined else None,
+                "wallet": None, "three_ds": None}
+        elif kind == "LoginEvent":
+            typ = rng.choice(["LOGIN_SUCCEEDED", "LOGIN_FAILED", "LOGIN_FAILED",
+                              "PASSWORD_CHANGED", "DEVICE_ADDED", "PAYEE_ADDED"])
+            payee = rng.choice(payees_)
+            ev = {"event_id": _uuid(rng), "event_time": t, "type": typ,
+                  "user_id": f"user-{acc[4:]}", "account_id": acc,
+                  "device_id": f"dev-{rng.randrange(n_dev)}", "ip": _ip(rng.randrange(n_ip)),
+                  "method": "PASSWORD",
+                  "failure_reason": "WRONG_PASSWORD" if typ == "LOGIN_FAILED" else None,
+                  "payee_sort_code": payee[0] if typ == "PAYEE_ADDED" else None,
+                  "payee_account_number": payee[1] if typ == "PAYEE_ADDED" else None,
+                  "payee_name": "A PAYEE" if typ == "PAYEE_ADDED" else None}
+        else:
+            inbound = rng.random() < 0.5
+            other, ours = rng.choice(payees_), ("040004", f"1{acc[-6:]}0")
+            sender, beneficiary = (other, ours) if inbound else (ours, other)
+            ev = {"event_id": _uuid(rng), "event_time": t, "message_type": "PAYMENT_REQUEST",
+                  "transaction_reference": f"FP{rng.getrandbits(64):020d}",
+                  "original_reference": None, "is_repeat": False,
+                  "direction": "INBOUND" if inbound else "OUTBOUND", "account_id": acc,
+                  "settlement_date": t // 86_400_000,
+                  "sender_sort_code": sender[0], "sender_account_number": sender[1],
+                  "beneficiary_sort_code": beneficiary[0],
+                  "beneficiary_account_number": beneficiary[1],
+                  "amount_minor": rng.choice([500, 25000, 99000]), "currency": "GBP",
+                  "payment_reference": "RENT", "response_status": None, "reject_reason": None}
+        out.append((kind, ev))
+    # arrival order: by event time, jittered up to 3 minutes; 3% arrive 9 minutes late
+    def arrival(item: tuple[str, dict[str, Any]]) -> float:
+        jitter = 9 * 60_000 if rng.random() < 0.03 else rng.randrange(3 * 60_000)
+        return item[1]["event_time"] + jitter
+    return sorted(out, key=arrival)

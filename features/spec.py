@@ -12,6 +12,7 @@ aggregate, a window and a filter. No stream code is written per feature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,27 +105,30 @@ class FeatureSpec:
         parse_duration(self.window)
         parse_duration(self.allowed_lateness)
 
-    @property
+    @functools.cached_property
     def window_ms(self) -> int:
         return parse_duration(self.window)
 
-    @property
+    @functools.cached_property
     def lateness_ms(self) -> int:
         return parse_duration(self.allowed_lateness)
 
-    @property
+    @functools.cached_property
     def state_key(self) -> str:
         """Where its state lives: named and versioned, never derived from parameters.
         Change the window or filter → bump ``version`` → fresh state."""
         return f"{self.name}@{self.version}"
 
+    @functools.cached_property
+    def _conditions(self) -> tuple[tuple[str, bool, Any], ...]:
+        return tuple((k, isinstance(w, (list, tuple, set, frozenset)),
+                      frozenset(w) if isinstance(w, (list, tuple, set, frozenset)) else w)
+                     for k, w in self.where.items())
+
     def matches(self, view: Mapping[str, Any]) -> bool:
-        for k, want in self.where.items():
+        for k, is_set, want in self._conditions:
             got = view.get(k)
-            if isinstance(want, (list, tuple, set, frozenset)):
-                if got not in want:
-                    return False
-            elif got != want:
+            if (got not in want) if is_set else (got != want):
                 return False
         return True
 

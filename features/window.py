@@ -18,6 +18,7 @@ key keeps more than ``max_entries`` per feature (the oldest go first, reported).
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,22 +28,21 @@ __all__ = ["DEFAULT_MAX_ENTRIES", "EntityState", "update", "value_of"]
 
 EntityState = dict[str, Any]
 DEFAULT_MAX_ENTRIES = 20_000
+_time = operator.itemgetter(0)
 
 
 def value_of(spec: FeatureSpec, entries: Sequence[Sequence[Any]], t: int,
              exclude_self: bool = False) -> Any:
     """The aggregate of ``entries`` (sorted [t, v] pairs) in (t - window, t]."""
-    times = [e[0] for e in entries]
-    hi = bisect.bisect_right(times, t)
+    hi = bisect.bisect_right(entries, t, key=_time)
+    lo = bisect.bisect_right(entries, t - spec.window_ms, 0, hi, key=_time)
     if spec.aggregate == "since_last":
         if exclude_self:
             hi -= 1  # the event itself was just added: look before it
-        lo = bisect.bisect_right(times, t - spec.window_ms)
-        return t - times[hi - 1] if hi > lo else None
-    lo = bisect.bisect_right(times, t - spec.window_ms)
-    window = entries[lo:hi]
+        return t - entries[hi - 1][0] if hi > lo else None
     if spec.aggregate == "count":
-        return len(window)
+        return hi - lo
+    window = entries[lo:hi]
     if spec.aggregate == "sum":
         return sum(e[1] for e in window)
     if spec.aggregate == "distinct":
@@ -50,6 +50,15 @@ def value_of(spec: FeatureSpec, entries: Sequence[Sequence[Any]], t: int,
     if spec.aggregate == "max":
         return max((e[1] for e in window), default=None)
     raise ValueError(spec.aggregate)
+
+
+_EMPTY: dict[str, Any] = {"count": 0, "sum": 0, "distinct": 0, "max": None,
+                          "since_last": None}
+
+
+def _late_note(spec: FeatureSpec, late_by: int) -> str:
+    return (f"{spec.name}: event {late_by} ms behind the newest (allowed "
+            f"{spec.lateness_ms} ms): counted as late, state unchanged")
 
 
 def update(state: EntityState, specs: Sequence[FeatureSpec], view: Mapping[str, Any], t: int,
@@ -62,21 +71,28 @@ def update(state: EntityState, specs: Sequence[FeatureSpec], view: Mapping[str, 
     values: dict[str, Any] = {}
     new_wm = t if wm is None else max(wm, t)
     for spec in specs:
-        entries: list[list[Any]] = state.setdefault(spec.state_key, [])
         late = late_by > spec.lateness_ms
+        matched = not late and spec.matches(view)
+        entries: list[list[Any]] | None = state.get(spec.state_key)
+        if entries is None:
+            if not matched:  # nothing kept, nothing to add: the empty aggregate
+                values[spec.name] = _EMPTY[spec.aggregate]
+                if late:
+                    notes.append(_late_note(spec, late_by))
+                continue
+            entries = state[spec.state_key] = []
         added = False
-        if not late and spec.matches(view):
+        if matched:
             item = 1 if spec.aggregate in ("count", "since_last") else view.get(spec.field or "")
             if item is not None:
-                bisect.insort(entries, [t, item], key=lambda e: e[0])
+                bisect.insort(entries, [t, item], key=_time)
                 added = True
         if late:
-            notes.append(f"{spec.name}: event {late_by} ms behind the newest "
-                         f"(allowed {spec.lateness_ms} ms): counted as late, state unchanged")
+            notes.append(_late_note(spec, late_by))
         values[spec.name] = value_of(spec, entries, t, exclude_self=added)
         horizon = new_wm - spec.lateness_ms - spec.window_ms
         if entries and entries[0][0] <= horizon:
-            del entries[:bisect.bisect_right([e[0] for e in entries], horizon)]
+            del entries[:bisect.bisect_right(entries, horizon, key=_time)]
         if len(entries) > max_entries:
             del entries[:len(entries) - max_entries]
             notes.append(f"{spec.name}: more than {max_entries} events in the window; "

@@ -26,7 +26,7 @@ from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.schemas.validate import Validator
 from tripwire.streams.decider import DECISION_SCHEMA, DECISIONS_STORE, ENGINE_VERSION, Decider
-from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Accepted, EventKind, Intake
+from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, EventKind, Intake
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager, StateView
@@ -59,7 +59,7 @@ def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | N
     return view, values, errors
 
 
-def local_features(library: FeatureLibrary, accepted: Accepted, view: StateView,
+def local_features(library: FeatureLibrary, accepted: Admitted, view: StateView,
                    batch: BatchTable | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Every feature of an accepted event, computed here; (values, errors/notes)."""
     fview, values, errors = event_features(accepted.kind, accepted.event, batch)
@@ -105,27 +105,18 @@ class DecisionPath:
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
-        watermarks: dict[tuple[str, int], int] = {}
-        for rec in batch:
-            view = state.view(rec.topic, rec.partition)
-            admitted = self.intake.admit(rec, now_ms, view)
+        for view, admitted in self.intake.admit_all(batch, now_ms, state,
+                                                    (self.decider.memory,)):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
-                continue
-            tp = (rec.topic, rec.partition)
-            watermarks[tp] = max(watermarks.get(tp, 0), admitted.event["event_time"])
-            if not isinstance(admitted, Accepted):  # a repeat: the first decision again
+            elif admitted.repeat:  # the first decision again
                 again = self.decider.recall(admitted.identity, view)
-                out.append(again or quarantine(self.codec, rec, "dedup", [(
+                out.append(again or quarantine(self.codec, admitted.rec, "dedup", [(
                     "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
                     "longer kept")], now_ms, admitted.kind.schema))
-                continue
-            values, errors = local_features(self.features, admitted, view, self.batch)
-            decision = self.decider.decide(admitted.kind, admitted.event, values, errors,
-                                           now_ms, rec.timestamp_ms)
-            out.append(self.decider.emit(admitted.identity, decision, view))
-        for (t, p), mark in watermarks.items():
-            view = state.view(t, p)
-            self.intake.seen.expire(view, mark)
-            self.decider.memory.expire(view, mark)
+            else:
+                values, errors = local_features(self.features, admitted, view, self.batch)
+                decision = self.decider.decide(admitted.kind, admitted.event, values, errors,
+                                               now_ms, admitted.rec.timestamp_ms)
+                out.append(self.decider.emit(admitted.identity, decision, view))
         return out

@@ -3,8 +3,8 @@ the time and the state. The first stage of every decision path.
 
 Idempotency: the first message of an identity (event id; for FPS the transaction
 reference) is remembered for ``ttl_ms`` of event time with a hash of its content.
-A repeat with identical content is a :class:`Repeat` (it gets the first decision
-again, and never counts twice in a feature); with different content it is
+A repeat with identical content is admitted with ``repeat`` set (it gets the
+first decision again, and never counts twice in a feature); with different content it is
 refused as ``DUPLICATE_CONFLICT``.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,10 @@ from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.validate import Reason, Validator
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateView
+from tripwire.streams.state import StateManager, StateView
 
-__all__ = ["DAY_MS", "DEDUP_STORE", "EVENT_KINDS", "Accepted", "EventKind", "Expiring",
-           "Intake", "Repeat"]
+__all__ = ["DAY_MS", "DEDUP_STORE", "EVENT_KINDS", "Admitted", "EventKind", "Expiring",
+           "Intake"]
 
 DAY_MS = 86_400_000
 DEDUP_STORE = "dedup.v1"
@@ -56,19 +56,14 @@ EVENT_KINDS: dict[str, EventKind] = {k.schema: k for k in (
 
 
 @dataclass(frozen=True)
-class Accepted:
+class Admitted:
+    """A valid event; ``repeat`` when its identity was seen before with the same content."""
+
     kind: EventKind
     event: dict[str, Any]
     identity: str
     rec: InRecord
-
-
-@dataclass(frozen=True)
-class Repeat:
-    kind: EventKind
-    event: dict[str, Any]
-    identity: str
-    rec: InRecord
+    repeat: bool = False
 
 
 class Expiring:
@@ -120,8 +115,24 @@ class Intake:
         self.ttl_ms = ttl_ms
         self.seen = Expiring(DEDUP_STORE)
 
-    def admit(self, rec: InRecord, now_ms: int, view: StateView) \
-            -> Accepted | Repeat | OutRecord:
+    def admit_all(self, batch: Sequence[InRecord], now_ms: int, state: StateManager,
+                  also_expire: Sequence[Expiring] = ()) \
+            -> Iterator[tuple[StateView, Admitted | OutRecord]]:
+        """:meth:`admit` over a batch; afterwards, identities (and ``also_expire``)
+        older than each partition's newest event time minus the TTL are forgotten."""
+        marks: dict[tuple[str, int], int] = {}
+        for rec in batch:
+            view = state.view(rec.topic, rec.partition)
+            admitted = self.admit(rec, now_ms, view)
+            if isinstance(admitted, Admitted):
+                tp = (rec.topic, rec.partition)
+                marks[tp] = max(marks.get(tp, 0), admitted.event["event_time"])
+            yield view, admitted
+        for (t, p), mark in marks.items():
+            for store in (self.seen, *also_expire):
+                store.expire(state.view(t, p), mark)
+
+    def admit(self, rec: InRecord, now_ms: int, view: StateView) -> Admitted | OutRecord:
         """The event, a repeat of one, or the quarantine record refusing it."""
         def refuse(stage: str, reasons: list[Reason], schema: str | None = None) -> OutRecord:
             return quarantine(self.codec, rec, stage, reasons, now_ms, schema)
@@ -147,7 +158,7 @@ class Intake:
                     "DUPLICATE_CONFLICT", kind.identity_field,
                     f"{event[kind.identity_field]} was already received with different "
                     "content; the first message's decision stands")], schema.name)
-            return Repeat(kind, event, identity, rec)
+            return Admitted(kind, event, identity, rec, repeat=True)
         original = event.get("original_reference") if kind.short == "FpsMessage" else None
         if original is not None and self.seen.get(view, f"FpsMessage:{original}".encode()) \
                 is None:
@@ -156,4 +167,4 @@ class Intake:
                 f"{event['message_type']} refers to {original}, which was never received "
                 "(or has expired)")], schema.name)
         self.seen.put(view, identity.encode(), digest, event["event_time"] + self.ttl_ms)
-        return Accepted(kind, event, identity, rec)
+        return Admitted(kind, event, identity, rec)

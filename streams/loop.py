@@ -162,9 +162,25 @@ class BatchLoop:
         finally:
             restorer.close()
 
+    @staticmethod
+    def _end_offset(c: Consumer, ctp: TopicPartition, timeout: float = 60.0) -> int:
+        """The changelog's end offset, retrying while leadership settles."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return int(c.get_watermark_offsets(ctp, timeout=10)[1])
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in (
+                        KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART)) or time.monotonic() > deadline:
+                    raise
+                logger.info("waiting for %s[%d]: %s", ctp.topic, ctp.partition, err)
+                time.sleep(0.2)
+
     def _restore_one(self, c: Consumer, store: str, tp: tuple[str, int], start: int) -> int:
         ctp = TopicPartition(self.state.changelog(store, tp[0]), tp[1], start)
-        _, high = c.get_watermark_offsets(ctp, timeout=30)
+        high = self._end_offset(c, ctp)
         if high <= start:
             return 0
         c.assign([ctp])

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from tripwire.controls.engine import ControlSet
 from tripwire.features.batch import BatchTable
@@ -33,7 +36,7 @@ from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.validate import Validator
 from tripwire.streams.decider import DECISIONS_STORE, Decider
 from tripwire.streams.decision_path import FEATURES_STORE, event_features
-from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Accepted, Intake
+from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, Intake
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
@@ -64,27 +67,21 @@ class IntakeStage:
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
-        marks: dict[TP, int] = {}
-        for rec in batch:
-            view = state.view(rec.topic, rec.partition)
-            admitted = self.intake.admit(rec, now_ms, view)
+        for _, admitted in self.intake.admit_all(batch, now_ms, state):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
                 continue
-            tp = (rec.topic, rec.partition)
-            marks[tp] = max(marks.get(tp, 0), admitted.event["event_time"])
             nodes: list[str] = []
-            if isinstance(admitted, Accepted):
+            if not admitted.repeat:  # a repeat never counts twice in a feature
                 out += self._requests(admitted, nodes)
+            rec = admitted.rec
             out.append(OutRecord("gather", admitted.identity.encode(), self.codec.encode(
                 DECISION_REQUEST, {"identity": admitted.identity, "event": rec.value,
                                    "nodes": nodes, "arrived_ms": rec.timestamp_ms,
-                                   "repeat": not isinstance(admitted, Accepted)})))
-        for (t, p), mark in marks.items():
-            self.intake.seen.expire(state.view(t, p), mark)
+                                   "repeat": admitted.repeat})))
         return out
 
-    def _requests(self, a: Accepted, nodes: list[str]) -> list[OutRecord]:
+    def _requests(self, a: Admitted, nodes: list[str]) -> list[OutRecord]:
         view = make_view(a.kind.short, a.event, a.kind.jit(a.event))
         out = []
         for entity, key in sorted(self.library.entities_of(view).items()):
@@ -93,24 +90,35 @@ class IntakeStage:
             out.append(OutRecord(f"features_{entity}", key.encode(), self.codec.encode(
                 FEATURE_REQUEST, {"identity": a.identity, "event_id": a.event["event_id"],
                                   "entity": entity, "entity_key": key,
-                                  "event_time": a.event["event_time"], "fields": fields})))
+                                  "event_time": a.event["event_time"],
+                                  "fields_json": orjson.dumps(fields)})))
         return out
 
 
 class FeatureStage:
-    """One entity key's windows live on one partition: exact for any worker count."""
+    """One entity key's windows live on one partition: exact for any worker count.
+
+    Entity states are cached decoded in memory and written back once per batch
+    (a hot key such as the system-wide one is encoded once per batch, not once
+    per event); the write-back happens inside the batch's transaction.
+    """
 
     name = "features"
     stores: tuple[str, ...] = (FEATURES_STORE,)
 
-    def __init__(self, codec: AvroCodec, library: FeatureLibrary) -> None:
+    def __init__(self, codec: AvroCodec, library: FeatureLibrary,
+                 cache_keys: int = 100_000) -> None:
         self.codec = codec
         self.library = library
+        self.cache_keys = cache_keys
+        self._cache: OrderedDict[tuple[TP, bytes], dict[str, Any]] = OrderedDict()
+        self._dirty: set[tuple[TP, bytes]] = set()
 
     def compute(self, req: dict[str, Any], state: dict[str, Any]) \
             -> tuple[dict[str, Any], list[str]]:
         """The feature values of one request (the node's work; tests slow it down)."""
-        return self.library.compute(req["entity"], state, req["fields"], req["event_time"])
+        return self.library.compute(req["entity"], state, orjson.loads(req["fields_json"]),
+                                    req["event_time"])
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
@@ -122,16 +130,33 @@ class FeatureStage:
             if req["entity"] not in self.library.by_entity:
                 values, notes = {}, [f"no features are defined for {req['entity']}"]
             else:
-                view = state.view(rec.topic, rec.partition)
-                skey = f"{req['entity']}|{req['entity_key']}".encode()
-                st = decode_state(view.get(FEATURES_STORE, skey))
+                key = ((rec.topic, rec.partition),
+                       f"{req['entity']}|{req['entity_key']}".encode())
+                st = self._cache.get(key)
+                if st is None:
+                    st = decode_state(state.view(*key[0]).get(FEATURES_STORE, key[1]))
+                    self._cache[key] = st
+                else:
+                    self._cache.move_to_end(key)
                 values, notes = self.compute(req, st)
-                view.put(FEATURES_STORE, skey, encode_state(st))
+                self._dirty.add(key)
             out.append(OutRecord("gather", req["identity"].encode(), self.codec.encode(
                 FEATURE_FRAGMENT, {"identity": req["identity"], "entity": req["entity"],
-                                   "entity_key": req["entity_key"], "values": values,
-                                   "notes": notes})))
+                                   "entity_key": req["entity_key"],
+                                   "values_json": orjson.dumps(values), "notes": notes})))
+        for tp, skey in self._dirty:
+            state.view(*tp).put(FEATURES_STORE, skey, encode_state(self._cache[(tp, skey)]))
+        self._dirty.clear()
+        while len(self._cache) > self.cache_keys:
+            self._cache.popitem(last=False)
         return out
+
+    def drop(self, tps: Sequence[TP]) -> None:
+        """Partitions revoked or a transaction aborted: forget their cached states."""
+        gone = set(tps)
+        for key in [k for k in self._cache if k[0] in gone]:
+            del self._cache[key]
+        self._dirty -= {k for k in self._dirty if k[0] in gone}
 
 
 @dataclass
@@ -235,7 +260,7 @@ class DecisionStage:
             if frag is None:
                 errors[node] = f"no answer within {self.node_timeout_ms} ms"
                 continue
-            features.update(frag["values"])
+            features.update(orjson.loads(frag["values_json"]))
             if frag["notes"]:
                 errors[node] = "; ".join(frag["notes"])
         decision = self.decider.decide(kind, event, features, errors, now_ms, p.arrived_ms)

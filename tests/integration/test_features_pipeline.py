@@ -5,10 +5,8 @@ wipes the workers' local state; and a slow feature node leaves a partial result.
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from oracle import brute_force
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_to_end, read_topic
+from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
 from tripwire.schemas.codec import AvroCodec
@@ -34,71 +33,6 @@ LIB = FeatureLibrary()
 CONTROLS = ControlSet.from_dir()
 TOPIC_OF = {"CardPayment": ("card_payments", "card_token"), "LoginEvent": ("logins", "user_id"),
             "FpsMessage": ("fps", "account_id")}
-
-
-def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-
-def mixed_traffic(seed: int, start_ms: int, n: int) -> list[tuple[str, dict[str, Any]]]:
-    """Cards, logins and FPS payments over few accounts, devices, IPs and payees,
-    so every entity sees many events; sent out of order, a few of them very late."""
-    rng = random.Random(seed)
-    accounts = [f"acc-{i:04d}" for i in range(8)]
-    payees = [("401234", f"{i:08d}") for i in range(5)]
-    out = []
-    for _ in range(n):
-        t = start_ms + rng.randrange(20 * 60_000)
-        acc = rng.choice(accounts)
-        kind = rng.choices(["CardPayment", "LoginEvent", "FpsMessage"], [6, 2, 2])[0]
-        if kind == "CardPayment":
-            mode = rng.choice(["CHIP", "CONTACTLESS", "ECOMMERCE"])
-            declined = rng.random() < 0.2
-            ev: dict[str, Any] = {
-                "event_id": _uuid(rng), "event_time": t, "kind": rng.choice(
-                    ["AUTHORISATION"] * 9 + ["TOPUP"]),
-                "account_id": acc, "card_token": f"tok-{acc[-2:]}{rng.randrange(3)}",
-                "amount_minor": rng.choice([99, 150, 2500, 12000, 80000]), "currency": "GBP",
-                "merchant_id": f"m-{rng.randrange(6):03d}", "mcc": "5411",
-                "merchant_country": rng.choice(["GB", "GB", "FR"]),
-                "terminal_id": None, "entry_mode": mode, "card_present": mode != "ECOMMERCE",
-                "device_id": f"dev-{rng.randrange(5)}" if rng.random() < 0.7 else None,
-                "ip": f"10.0.0.{rng.randrange(4)}" if rng.random() < 0.7 else None,
-                "response": "DECLINED" if declined else "APPROVED",
-                "decline_reason": "DO_NOT_HONOUR" if declined else None,
-                "wallet": None, "three_ds": None}
-        elif kind == "LoginEvent":
-            typ = rng.choice(["LOGIN_SUCCEEDED", "LOGIN_FAILED", "LOGIN_FAILED",
-                              "PASSWORD_CHANGED", "DEVICE_ADDED", "PAYEE_ADDED"])
-            payee = rng.choice(payees)
-            ev = {"event_id": _uuid(rng), "event_time": t, "type": typ,
-                  "user_id": f"user-{acc[-4:]}", "account_id": acc,
-                  "device_id": f"dev-{rng.randrange(5)}", "ip": f"10.0.0.{rng.randrange(4)}",
-                  "method": "PASSWORD",
-                  "failure_reason": "WRONG_PASSWORD" if typ == "LOGIN_FAILED" else None,
-                  "payee_sort_code": payee[0] if typ == "PAYEE_ADDED" else None,
-                  "payee_account_number": payee[1] if typ == "PAYEE_ADDED" else None,
-                  "payee_name": "A PAYEE" if typ == "PAYEE_ADDED" else None}
-        else:
-            inbound = rng.random() < 0.5
-            other, ours = rng.choice(payees), ("040004", f"1{acc[-4:]}000")
-            sender, beneficiary = (other, ours) if inbound else (ours, other)
-            ev = {"event_id": _uuid(rng), "event_time": t, "message_type": "PAYMENT_REQUEST",
-                  "transaction_reference": f"FP{rng.getrandbits(64):020d}",
-                  "original_reference": None, "is_repeat": False,
-                  "direction": "INBOUND" if inbound else "OUTBOUND", "account_id": acc,
-                  "settlement_date": t // 86_400_000,
-                  "sender_sort_code": sender[0], "sender_account_number": sender[1],
-                  "beneficiary_sort_code": beneficiary[0],
-                  "beneficiary_account_number": beneficiary[1],
-                  "amount_minor": rng.choice([500, 25000, 99000]), "currency": "GBP",
-                  "payment_reference": "RENT", "response_status": None, "reject_reason": None}
-        out.append((kind, ev))
-    # arrival order: by event time, jittered up to 3 minutes; 3% arrive 9 minutes late
-    def arrival(item: tuple[str, dict[str, Any]]) -> float:
-        jitter = 9 * 60_000 if rng.random() < 0.03 else rng.randrange(3 * 60_000)
-        return item[1]["event_time"] + jitter
-    return sorted(out, key=arrival)
 
 
 def _publish(kafka: KafkaCluster, ns: str, events: list[tuple[str, dict[str, Any]]]) -> None:

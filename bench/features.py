@@ -1,0 +1,217 @@
+"""Cost of the feature stage with the starting library, next to a raw
+confluent-kafka pass-through measured in the same run.
+
+  1. raw pass-through: batched consume → produce of the same number of messages
+     as the feature stage reads (the baseline);
+  2. feature stage on the real broker: the feature nodes consume the requests the
+     intake writes for N events, keep exact windows in RocksDB with changelogs,
+     and write fragments; CPU per *event* (all its entity nodes);
+  3. the stage's own work per event, in process (decode requests, state get,
+     windows, put, encode fragments): median and p99 — what it adds to an
+     event's latency besides the Kafka hop;
+  4. state size: distinct card keys with a few events each, RocksDB on disk.
+
+    .venv/bin/python -m bench features --events 20000 --state-keys 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from tripwire.broker import acquire_cluster
+from tripwire.config import Settings
+from tripwire.connectors.kafka import create_topics, producer
+from tripwire.connectors.simulator import mixed_traffic
+from tripwire.features.engine import FeatureLibrary, encode_state
+from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.registry import SchemaStore
+from tripwire.streams.loop import BatchLoop
+from tripwire.streams.pipeline import FeatureStage, IntakeStage
+from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.state import RocksStore, StateManager
+from tripwire.streams.topics import topic
+
+__all__ = ["main"]
+
+
+class TimedStage(FeatureStage):
+    """The feature stage, noting when its first batch started."""
+
+    def __init__(self, codec: AvroCodec, lib: FeatureLibrary) -> None:
+        super().__init__(codec, lib)
+        self.marks: dict[str, float] = {}
+
+    def process(self, batch, now_ms, state):  # type: ignore[no-untyped-def]
+        if "wall" not in self.marks:
+            self.marks["wall"], self.marks["cpu"] = time.monotonic(), time.process_time()
+        return super().process(batch, now_ms, state)
+
+
+def _traffic(codec: AvroCodec, n: int, t0: int) -> list[InRecord]:
+    out = []
+    # a bank's cardinalities: every account, device, IP, payee and merchant is seen
+    # a few times; the system-wide key sees every event
+    traffic = mixed_traffic(11, t0, n, accounts=max(8, n // 3), devices=max(5, n // 4),
+                            ips=max(4, n // 5), payees=max(5, n // 10),
+                            merchants=max(6, n // 50))
+    for i, (kind, ev) in enumerate(traffic):
+        value = codec.encode(f"tripwire.events.{kind}", ev)
+        out.append(InRecord(f"in-{kind}", 0, i, b"k", value, t0))
+    return out
+
+
+def _requests(codec: AvroCodec, lib: FeatureLibrary, records: list[InRecord], now: int) \
+        -> tuple[list[OutRecord], dict[int, list[OutRecord]]]:
+    intake = IntakeStage(codec, lib)
+    state = StateManager("bench-intake", list(intake.stores))
+    reqs: list[OutRecord] = []
+    per_event: dict[int, list[OutRecord]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        for o in intake.process([rec], now, state):
+            if o.topic_key.startswith("features_"):
+                reqs.append(o)
+                per_event[i].append(o)
+    return reqs, per_event
+
+
+def _stage_in_process(codec: AvroCodec, lib: FeatureLibrary,
+                      per_event: dict[int, list[OutRecord]], batch: int = 50) -> list[float]:
+    """Time per batch of ``batch`` events (every event in it waits that long)."""
+    stage = FeatureStage(codec, lib)
+    events = [outs for _, outs in sorted(per_event.items())]
+    with tempfile.TemporaryDirectory() as d:
+        state = StateManager(stage.name, list(stage.stores), root=Path(d))
+        times = []
+        clock = time.perf_counter_ns
+        for i in range(0, len(events), batch):
+            recs = [InRecord(o.topic_key, 0, 0, o.key, o.value, 0)
+                    for outs in events[i:i + batch] for o in outs]
+            t = clock()
+            stage.process(recs, 0, state)
+            times.append((clock() - t) / 1000)
+            state.pending.clear()
+        state.close()
+    return times
+
+
+def _state_size(lib: FeatureLibrary, keys: int, t0: int) -> tuple[int, float]:
+    with tempfile.TemporaryDirectory() as d:
+        store = RocksStore(Path(d) / "db")
+        for i in range(keys):
+            state: dict = {}
+            for j in range(3):
+                view = {"event_type": "CardPayment", "kind": "AUTHORISATION",
+                        "merchant_id": f"m-{j}", "response": "APPROVED",
+                        "amount_gbp_minor": 1000 + j, "card_not_present": j == 2,
+                        "small_amount": False}
+                lib.compute("card", state, view, t0 + j * 1000)
+            store.put(f"card|tok-{i:09d}".encode(), encode_state(state))
+        store.close()
+        size = sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
+    return size, size / keys
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench features")
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--state-keys", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    import logging
+    logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
+    from bench.passthrough import confluent_loop, proc_cpu
+
+    codec, lib = AvroCodec(SchemaStore.default()), FeatureLibrary()
+    t0 = int(time.time() * 1000) - 3_600_000
+    records = _traffic(codec, args.events, t0)
+    reqs, per_event = _requests(codec, lib, records, t0 + 3_600_000)
+    print(f"{len(records)} events → {len(reqs)} feature requests "
+          f"({len(reqs) / len(records):.2f} entity nodes per event), "
+          f"{len(lib.specs)} features on {len(lib.entities())} entities; {os.cpu_count()} cores")
+
+    settings = Settings()
+    home = Path(tempfile.gettempdir()) / f"tripwire-bench-{os.getpid()}"
+    cluster = acquire_cluster(settings, home=home, stop_on_close=True, say=print)
+    rows: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    try:
+        from tripwire.broker.local import LocalBroker
+        info = LocalBroker(home, settings.cache_dir).read_record()
+        broker_pid = info.pid if info and cluster.source == "local" else None
+        for _ in range(args.repeats):
+            ns = f"bench-{uuid.uuid4().hex[:6]}."
+            create_topics(cluster.bootstrap, ns, partitions=3)
+            p = producer(cluster.bootstrap, **{"linger.ms": 20,
+                                               "queue.buffering.max.messages": 1_000_000})
+            for o in reqs:
+                p.produce(topic(o.topic_key, ns), o.value, o.key)
+                p.produce(f"{ns}raw-in", o.value, o.key)  # the same again, for the baseline
+                p.poll(0)
+            p.flush(60)
+
+            b0 = proc_cpu(broker_pid) if broker_pid else 0.0
+            wall, cpu = confluent_loop(cluster.bootstrap, f"{ns}raw-in", f"{ns}raw-out",
+                                       len(reqs), None)
+            bcpu = (proc_cpu(broker_pid) - b0) if broker_pid else 0.0
+            rows["raw pass-through (same messages)"].append((len(records) / wall,
+                                                             cpu / len(records) * 1e6,
+                                                             bcpu / len(records) * 1e6))
+
+            timed = TimedStage(codec, lib)
+            state_dir = Path(tempfile.mkdtemp(prefix="bench-features-"))
+            loop = BatchLoop(cluster.bootstrap, f"{ns}features",
+                             [topic(f"features_{e}", ns) for e in lib.entities()],
+                             timed, namespace=ns, batch_size=1000,
+                             state_dir=state_dir)
+            stop = threading.Event()
+            th = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+            b0 = proc_cpu(broker_pid) if broker_pid else 0.0
+            th.start()
+            while loop.stats.consumed < len(reqs):
+                if not th.is_alive():
+                    raise RuntimeError("the feature stage stopped (see the error above)")
+                time.sleep(0.01)
+            wall = time.monotonic() - timed.marks["wall"]
+            cpu = time.process_time() - timed.marks["cpu"]
+            bcpu = (proc_cpu(broker_pid) - b0) if broker_pid else 0.0
+            stop.set()
+            th.join(30)
+            shutil.rmtree(state_dir, ignore_errors=True)
+            rows["feature stage (Kafka, txn, rocksdict)"].append(
+                (len(records) / wall, cpu / len(records) * 1e6, bcpu / len(records) * 1e6))
+    finally:
+        cluster.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+    stage_times = [_stage_in_process(codec, lib, per_event) for _ in range(args.repeats)]
+    size, per_key = _state_size(lib, args.state_keys, t0)
+
+    print(f"\nmedians of {args.repeats} rounds; command: python -m bench features "
+          f"{' '.join(argv if argv is not None else sys.argv[2:])}")
+    print(f"{'case':40} {'events/s':>9} {'µs CPU/event':>13} {'+broker µs':>11} "
+          f"{'x raw':>6}")
+    base = statistics.median(r[1] for r in rows["raw pass-through (same messages)"])
+    for name, rs in rows.items():
+        rate = statistics.median(r[0] for r in rs)
+        cpu = statistics.median(r[1] for r in rs)
+        bro = statistics.median(r[2] for r in rs)
+        print(f"{name:40} {rate:>9,.0f} {cpu:>13.1f} {bro:>11.1f} {cpu / base:>6.2f}")
+    feat = statistics.median(r[1] for r in rows["feature stage (Kafka, txn, rocksdict)"])
+    print(f"feature stage adds {feat - base:.1f} µs CPU per event over the raw hop "
+          f"(target ≤ 100 µs)")
+    p50 = statistics.median(statistics.median(t) for t in stage_times)
+    p99 = statistics.median(sorted(t)[int(len(t) * 0.99)] for t in stage_times)
+    print(f"stage work in process, batches of 50 events (the latency each event in a batch "
+          f"waits): p50 {p50 / 1000:.2f} ms, p99 {p99 / 1000:.2f} ms; "
+          f"{p50 / 50:.1f} µs per event at p50")
+    print(f"state: {args.state_keys:,} card keys (3 events each) = {size / 1e6:.1f} MB on "
+          f"disk, {per_key:.0f} B/key → {per_key * 1e6 / 1e9:.2f} GB per million keys")
