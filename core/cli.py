@@ -157,6 +157,9 @@ def run_stage(
         if pipeline.stop_event.is_set():
             break
     pipeline.stop()
+    if pipeline.errors:
+        raise TripwireError("stage(s) failed: " + "; ".join(
+            f"{name}: {type(exc).__name__}: {exc}" for name, exc in pipeline.errors.items()))
 
 
 ingest_app = typer.Typer(help="Signed HTTP ingest for webhooks.", no_args_is_help=True)

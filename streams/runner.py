@@ -70,6 +70,7 @@ class Pipeline:
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     stats: dict[str, LoopStats] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
 
     def wait_assigned(self, timeout: float = 60.0) -> None:
         """Block until every loop has joined its group and been given partitions."""
@@ -77,6 +78,8 @@ class Pipeline:
 
         deadline = time.monotonic() + timeout
         while any(loop.assigned_at is None for loop in self.loops.values()):
+            if self.errors:
+                raise RuntimeError(f"stage failed while starting: {self.errors}")
             if time.monotonic() > deadline:
                 raise TimeoutError("stages were not assigned partitions in time")
             time.sleep(0.05)
@@ -88,9 +91,10 @@ class Pipeline:
             def run(loop: BatchLoop = loop, name: str = name) -> None:
                 try:
                     p.stats[name] = loop.run(p.stop_event)
-                except Exception:
+                except Exception as exc:
                     logger.exception("stage %s failed", name)
-                    raise
+                    p.errors[name] = exc
+                    p.stop_event.set()  # one stage down: stop the others, fail loudly
             t = threading.Thread(target=run, name=f"stage-{name}", daemon=True)
             t.start()
             p.threads.append(t)

@@ -1,0 +1,55 @@
+"""`tripwire run stage ...`: the production entry point, as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tripwire.broker import KafkaCluster
+from tripwire.connectors.events import EventProducer, read_topic
+from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.topics import topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def _env(kafka: KafkaCluster, ns: str, state: Path) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "TRIPWIRE_TOPIC_NAMESPACE": ns, "TRIPWIRE_STATE_DIR": str(state)}
+
+
+def test_all_stages_decide_and_stop_cleanly_on_sigterm(kafka: KafkaCluster, topics: str,
+                                                       tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all",
+                             "--node-timeout-ms", "2000"], env=_env(kafka, topics, tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        codec = AvroCodec.from_url(None)
+        events = list(normal_card_payments(4, int(time.time() * 1000) - 5_000, 10))
+        prod = EventProducer(kafka.bootstrap, codec)
+        for e in events:
+            prod.send(topic("card_payments", topics), CARD_SCHEMA, e, e["card_token"])
+        prod.flush()
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], 10, timeout=90)
+        decided = {codec.decode(m.value())[1]["event_id"] for m in msgs}
+        assert decided == {e["event_id"] for e in events}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "running intake, features, decide" in err
+    assert list((tmp_path / "stores").rglob("CURRENT"))  # RocksDB stores on disk
+
+
+def test_an_unknown_stage_is_a_clear_error(kafka: KafkaCluster, tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "tripwire", "run", "stage", "scoring"],
+                         env=_env(kafka, "x.", tmp_path), capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "unknown stage(s) ['scoring']" in res.stderr
