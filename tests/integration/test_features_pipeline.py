@@ -156,3 +156,23 @@ def test_a_slow_node_leaves_a_partial_result_and_the_decision_goes_ahead(
         assert d["features"]["device_distinct_cards_1h"] is not None or d["features"].get(
             "device_distinct_cards_1h") is None
         assert d["outcome"] in {"ALLOW", "DENY", "STEP_UP", "MANUAL_REVIEW"}
+
+
+def test_repeats_through_the_live_pipeline_get_the_first_decision(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    traffic = mixed_traffic(5, now - 30 * 60_000, 30)
+    _publish(kafka, topics, traffic)
+    resent = traffic[:6]
+    kind, card = next((k, e) for k, e in traffic[6:] if k == "CardPayment")
+    changed = [(kind, {**card, "amount_minor": card["amount_minor"] + 1})]
+    _publish(kafka, topics, resent + changed)
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 1), 36)
+    firsts = {d["event_id"]: d for d in decisions if not d["repeat"]}
+    repeats = [d for d in decisions if d["repeat"]]
+    assert len(firsts) == 30 and len(repeats) == 6
+    for r in repeats:  # the same decision, features included: nothing counted twice
+        assert {**r, "repeat": False} == firsts[r["event_id"]]
+    (q,) = read_topic(kafka.bootstrap, [topic("quarantine", topics)], 1, timeout=20)
+    rec = CODEC.decode(q.value())[1]
+    assert rec["reasons"][0]["code"] == "DUPLICATE_CONFLICT" and rec["stage"] == "dedup"
