@@ -134,7 +134,7 @@ class FeatureStage:
                        f"{req['entity']}|{req['entity_key']}".encode())
                 st = self._cache.get(key)
                 if st is None:
-                    st = decode_state(state.view(*key[0]).get(FEATURES_STORE, key[1]))
+                    st = decode_state(state.store(FEATURES_STORE, key[0]).get(key[1]))
                     self._cache[key] = st
                 else:
                     self._cache.move_to_end(key)
@@ -144,8 +144,11 @@ class FeatureStage:
                 FEATURE_FRAGMENT, {"identity": req["identity"], "entity": req["entity"],
                                    "entity_key": req["entity_key"],
                                    "values_json": orjson.dumps(values), "notes": notes})))
+        by_tp: dict[TP, list[tuple[bytes, bytes]]] = {}
         for tp, skey in self._dirty:
-            state.view(*tp).put(FEATURES_STORE, skey, encode_state(self._cache[(tp, skey)]))
+            by_tp.setdefault(tp, []).append((skey, encode_state(self._cache[(tp, skey)])))
+        for tp, items in by_tp.items():
+            state.put_many(FEATURES_STORE, tp, items)
         self._dirty.clear()
         while len(self._cache) > self.cache_keys:
             self._cache.popitem(last=False)

@@ -46,6 +46,7 @@ class KeyValueStore(Protocol):
     def put(self, key: bytes, value: bytes) -> None: ...
     def delete(self, key: bytes) -> None: ...
     def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -68,6 +69,9 @@ class MemoryStore:
         for k in sorted(self._d):
             if k.startswith(prefix):
                 yield k, self._d[k]
+
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        self._d.update(items)
 
     def __len__(self) -> int:
         return len(self._d)
@@ -95,6 +99,15 @@ class RocksStore:
 
     def delete(self, key: bytes) -> None:
         del self._db[key]
+
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        """One RocksDB write for many puts."""
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for k, v in items:
+            batch.put(k, v)
+        self._db.write(batch)
 
     def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()
@@ -223,6 +236,11 @@ class StateManager:
             if self.root is not None and clean and off is not None:
                 (self._dir(name, tp) / "checkpoint.json").write_text(
                     json.dumps({"next_offset": off + 1}))
+
+    def put_many(self, name: str, tp: TP, items: list[tuple[bytes, bytes]]) -> None:
+        """Many puts into one store of ``tp`` at once (recorded for the changelog)."""
+        self.store(name, tp).put_many(items)
+        self.pending.extend((name, tp, k, v) for k, v in items)
 
     def discard(self, tp: TP) -> None:
         """Drop local state of ``tp`` (after an aborted transaction); it is restored again."""
