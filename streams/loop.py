@@ -288,11 +288,18 @@ class BatchLoop:
             self.producer.begin_transaction()
             for o in outputs:
                 self.producer.produce(self._topic(o.topic_key), o.value, o.key)
-            for store, tp, key, value in pending:
-                name = self.state.changelog(store, tp[0])
-                self._changelog_keys[(name, tp[1])] = (store, tp)
-                self.producer.produce(name, value, key, partition=tp[1],
-                                      on_delivery=self._on_changelog_delivery)
+            last: dict[tuple[str, tuple[str, int]], int] = {}
+            for i, (store, tp, _, _) in enumerate(pending):
+                last[(store, tp)] = i  # the offset of a partition's last record is enough
+            produce, changelog = self.producer.produce, self.state.changelog
+            for i, (store, tp, key, value) in enumerate(pending):
+                name = changelog(store, tp[0])
+                if last[(store, tp)] == i:
+                    self._changelog_keys[(name, tp[1])] = (store, tp)
+                    produce(name, value, key, partition=tp[1],
+                            on_delivery=self._on_changelog_delivery)
+                else:
+                    produce(name, value, key, partition=tp[1])
             if offsets:
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, off) for (t, p), off in offsets.items()],

@@ -171,12 +171,17 @@ class StateManager:
         self.pending: list[tuple[str, TP, bytes, bytes | None]] = []
         # highest changelog offset applied or written, per (store, tp)
         self.offsets: dict[tuple[str, TP], int] = {}
+        self._changelogs: dict[tuple[str, str], str] = {}
 
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, topic, partition)
 
     def changelog(self, store: str, topic: str) -> str:
-        return changelog_topic(self.namespace, self.processor, store, topic)
+        name = self._changelogs.get((store, topic))
+        if name is None:
+            name = self._changelogs[(store, topic)] = changelog_topic(
+                self.namespace, self.processor, store, topic)
+        return name
 
     def _dir(self, store: str, tp: TP) -> Path:
         assert self.root is not None
