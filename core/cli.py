@@ -276,7 +276,12 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        level = Settings().log_level
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] invalid configuration: {exc}")
+        sys.exit(2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
     try:
         app()

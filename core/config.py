@@ -57,9 +57,8 @@ class Settings(BaseSettings):
         description="Prefix for every topic name (tests use a unique one per run).",
         pattern=r"^[A-Za-z0-9._-]*$",
     )
-    default_partitions: int = Field(default=6, ge=1)
     batch_size: int = Field(default=500, ge=1, le=100_000)
-    log_level: str = "INFO"
+    log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     ingest_keys: str = Field(
         default="", repr=False,
         description="HTTP ingest HMAC keys: 'key-id:secret,key-id2:secret2' (rotation).")

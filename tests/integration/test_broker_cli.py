@@ -106,3 +106,10 @@ def test_env_var_bootstrap_wins_for_the_cli(kafka: KafkaCluster, tmp_path: Path,
     # without it, the same command says clearly that there is no Kafka
     res = _run(["topics", "create"], _env(tmp_path))
     assert res.returncode == 2 and "no Kafka" in res.stderr
+
+
+def test_invalid_configuration_is_a_clear_error(tmp_path: Path) -> None:
+    res = _run(["broker", "status"], _env(tmp_path, TRIPWIRE_BROKER_PORT="70000"))
+    assert res.returncode == 2
+    assert "invalid configuration" in res.stderr and "broker_port" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -153,8 +153,6 @@ def test_a_slow_node_leaves_a_partial_result_and_the_decision_goes_ahead(
         assert d["feature_errors"]["ip"] == "no answer within 500 ms"
         assert "ip_distinct_cards_1h" not in d["features"]  # missing, not invented
         assert d["features"]["card_auths_1h"] >= 1  # the other nodes answered
-        assert d["features"]["device_distinct_cards_1h"] is not None or d["features"].get(
-            "device_distinct_cards_1h") is None
         assert d["outcome"] in {"ALLOW", "DENY", "STEP_UP", "MANUAL_REVIEW"}
 
 
