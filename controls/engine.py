@@ -1,11 +1,20 @@
-"""Starlark controls: compiled and frozen once at load, called per event.
+"""Starlark controls: compiled and frozen once at load, called per event with bounds.
 
 A control is a ``.star`` file defining ``evaluate(event, features)`` that returns
-``None`` (no opinion) or ``{"outcome", "reason", "actions", "score"}``. Errors are
-values: a failing control is recorded and the others still run.
+``None`` (no opinion) or ``{"outcome", "reason", "actions", "score"}``. Optional
+globals: ``APPLIES_TO`` (event type names), ``ON_ERROR`` (the outcome when the
+control fails: ``"IGNORE"`` by default, or one of the outcomes — fail safe) and
+``EXAMPLES`` (inputs with their expected outcome, run by ``tripwire controls test``
+and before a control is accepted).
 
->>> cs = ControlSet.from_dir(LIBRARY)            # doctest: +SKIP
->>> cs.evaluate({"amount_minor": 1}, {...})      # doctest: +SKIP
+Each call has a time budget (checked about every thousand Starlark steps) and a
+call-depth limit. Errors are values: a failing control is recorded, the others
+still run, and its ``ON_ERROR`` outcome applies. Starlark has no memory limit:
+one huge allocation is not stopped (run controls in worker processes with an
+address-space limit where that matters).
+
+>>> cs = ControlSet.from_dir(LIBRARY)                              # doctest: +SKIP
+>>> cs.evaluate("CardPayment", {"amount_minor": 1}, {...})         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -13,17 +22,20 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import starlark as sl
 
-__all__ = ["LIBRARY", "OUTCOMES", "Control", "ControlError", "ControlResult", "ControlSet"]
+__all__ = ["LIBRARY", "OUTCOMES", "Control", "ControlError", "ControlResult", "ControlSet",
+           "ExampleFailure"]
 
 OUTCOMES = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")  # least to most severe
 LIBRARY = Path(str(resources.files("tripwire.controls").joinpath("library")))
+DEFAULT_BUDGET_MS = 5.0
+MAX_CALL_DEPTH = 64
 
 
 class ControlError(ValueError):
@@ -43,15 +55,41 @@ class ControlResult:
 
 
 @dataclass(frozen=True)
+class ExampleFailure:
+    control_id: str
+    index: int
+    expected: str | None
+    got: str | None
+    error: str | None
+
+
+class _Budget:
+    """One EvalOptions shared by every call; the deadline is set before each."""
+
+    def __init__(self, budget_ms: float) -> None:
+        self.budget_ns = int(budget_ms * 1e6)
+        self.deadline = 0
+        self.options = sl.EvalOptions(check_cancelled=self._expired,
+                                      max_callstack_size=MAX_CALL_DEPTH)
+
+    def _expired(self) -> bool:
+        return time.perf_counter_ns() > self.deadline
+
+
+@dataclass(frozen=True)
 class Control:
     control_id: str
     version: str  # content hash of the source
     source: str
     module: Any = field(repr=False)
     applies_to: frozenset[str] = frozenset()  # event type short names; empty: all
+    on_error: str | None = None  # outcome when the control fails; None: no opinion
+    examples: tuple[dict[str, Any], ...] = ()
+    budget: _Budget = field(default_factory=lambda: _Budget(DEFAULT_BUDGET_MS), repr=False)
 
     @classmethod
-    def compile(cls, control_id: str, source: str) -> Control:
+    def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
+            -> Control:
         try:
             ast = sl.parse(f"{control_id}.star", source)
             module = sl.Module()
@@ -64,23 +102,42 @@ class Control:
         if applies is not None and (not isinstance(applies, list)
                                     or not all(isinstance(a, str) for a in applies)):
             raise ControlError(f"{control_id}: APPLIES_TO must be a list of event type names")
+        on_error = module["ON_ERROR"] or "IGNORE"
+        if on_error != "IGNORE" and on_error not in OUTCOMES:
+            raise ControlError(f"{control_id}: ON_ERROR must be IGNORE or one of {OUTCOMES}")
+        examples = module["EXAMPLES"] or []
+        if not isinstance(examples, list) or not all(
+                isinstance(e, dict) and {"event", "features"} <= set(e) for e in examples):
+            raise ControlError(f"{control_id}: EXAMPLES must be a list of dicts with event, "
+                               "features and outcome")
         frozen = module.freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
-        return cls(control_id, version, source, frozen, frozenset(applies or ()))
+        return cls(control_id, version, source, frozen, frozenset(applies or ()),
+                   None if on_error == "IGNORE" else on_error, tuple(examples),
+                   _Budget(budget_ms))
 
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to
 
     def run(self, event: Mapping[str, Any], features: Mapping[str, Any]) -> ControlResult:
         start = time.perf_counter_ns()
+        self.budget.deadline = start + self.budget.budget_ns
         try:
-            out = self.module.call("evaluate", event, features)
+            out = self.module.call_with(self.budget.options, "evaluate", event, features).value
             result = self._result(out)
         except Exception as exc:
-            result = ControlResult(self.control_id, self.version, None,
-                                   error=f"{type(exc).__name__}: {exc}")
-        dur = (time.perf_counter_ns() - start) // 1000
-        return ControlResult(**{**result.__dict__, "duration_us": dur})
+            message = str(exc)
+            if "cancelled" in message:
+                message = f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget"
+            elif "call stack" in message.lower() or "recursion" in message.lower():
+                message = f"exceeded the call depth limit of {MAX_CALL_DEPTH}"
+            else:
+                message = _summary(exc)
+            result = ControlResult(self.control_id, self.version, self.on_error,
+                                   reason=f"control failed ({message}); fail policy "
+                                   f"{self.on_error or 'IGNORE'}" if self.on_error else "",
+                                   error=message)
+        return replace(result, duration_us=(time.perf_counter_ns() - start) // 1000)
 
     def _result(self, out: Any) -> ControlResult:
         if out is None:
@@ -91,6 +148,27 @@ class Control:
         return ControlResult(self.control_id, self.version, out["outcome"],
                              str(out.get("reason", "")), tuple(out.get("actions", ())),
                              float(out.get("score", 1.0)))
+
+    def check_examples(self) -> list[ExampleFailure]:
+        """Run the control's own examples; the failures (empty: all pass)."""
+        failures = []
+        for i, ex in enumerate(self.examples):
+            got = self.run(ex["event"], ex["features"])
+            want = ex.get("outcome")
+            if got.error is not None or got.outcome != want:
+                failures.append(ExampleFailure(self.control_id, i, want, got.outcome,
+                                               got.error))
+        return failures
+
+
+def _summary(exc: Exception) -> str:
+    """Starlark's ``error: ...`` line and its ``--> file:line:col``, else the last line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    what = next((ln[len("error:"):].strip() for ln in lines if ln.startswith("error:")), None)
+    where = next((ln[3:].strip() for ln in lines if ln.startswith("-->")), None)
+    if what is None:
+        return f"{type(exc).__name__}: {(lines or [''])[-1][:300]}"
+    return f"{what} at {where}" if where else what
 
 
 def _defines_function(module: Any, name: str) -> bool:
@@ -110,11 +188,12 @@ class ControlSet:
         self._by_type: dict[str, list[Control]] = {}
 
     @classmethod
-    def from_dir(cls, directory: Path = LIBRARY) -> ControlSet:
+    def from_dir(cls, directory: Path = LIBRARY, budget_ms: float = DEFAULT_BUDGET_MS) \
+            -> ControlSet:
         paths = sorted(Path(directory).glob("*.star"))
         if not paths:
             raise ControlError(f"no .star controls in {directory}")
-        return cls(Control.compile(p.stem, p.read_text()) for p in paths)
+        return cls(Control.compile(p.stem, p.read_text(), budget_ms) for p in paths)
 
     def versions(self) -> dict[str, str]:
         return {c.control_id: c.version for c in self.controls}
@@ -130,3 +209,6 @@ class ControlSet:
     def evaluate(self, event_type: str, event: Mapping[str, Any],
                  features: Mapping[str, Any]) -> list[ControlResult]:
         return [c.run(event, features) for c in self.for_type(event_type)]
+
+    def check_examples(self) -> list[ExampleFailure]:
+        return [f for c in self.controls for f in c.check_examples()]

@@ -162,6 +162,41 @@ def run_stage(
             f"{name}: {type(exc).__name__}: {exc}" for name, exc in pipeline.errors.items()))
 
 
+controls_app = typer.Typer(help="The Starlark controls.", no_args_is_help=True)
+app.add_typer(controls_app, name="controls")
+
+
+@controls_app.command("test")
+def controls_test(
+    directory: Path | None = typer.Option(None, "--dir", help="controls folder "
+                                          "(default: the shipped library)"),
+) -> None:
+    """Compile every control and run its own EXAMPLES; exit 1 on any failure."""
+    from rich.table import Table
+
+    from tripwire.controls.engine import LIBRARY, ControlError, ControlSet
+
+    try:
+        controls = ControlSet.from_dir(directory or LIBRARY)
+    except ControlError as exc:
+        raise TripwireError(f"a control does not load: {exc}") from None
+    failures = controls.check_examples()
+    table = Table(title=f"controls in {directory or LIBRARY}")
+    for col in ("control", "version", "applies to", "on error", "examples", "result"):
+        table.add_column(col)
+    for c in controls.controls:
+        bad = [f for f in failures if f.control_id == c.control_id]
+        table.add_row(c.control_id, c.version, ", ".join(sorted(c.applies_to)) or "all",
+                      c.on_error or "IGNORE", str(len(c.examples)),
+                      "[green]pass[/]" if not bad else f"[red]{len(bad)} failed[/]")
+    console.print(table)
+    for f in failures:
+        console.print(f"[red]{f.control_id} example {f.index}:[/] expected {f.expected}, "
+                      f"got {f.got}" + (f" ({f.error})" if f.error else ""))
+    if failures:
+        raise typer.Exit(1)
+
+
 ingest_app = typer.Typer(help="Signed HTTP ingest for webhooks.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 
