@@ -7,8 +7,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from tripwire import __version__
-from tripwire.controls.engine import OUTCOMES, ControlSet
+from tripwire.controls.engine import OUTCOMES, ControlResult, ControlSet
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.intake import DAY_MS, EventKind, Expiring
 from tripwire.streams.records import OutRecord
@@ -19,6 +21,7 @@ __all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider"]
 ENGINE_VERSION = f"tripwire-{__version__}"
 DECISION_SCHEMA = "tripwire.decisions.Decision"
 DECISIONS_STORE = "decisions.v1"
+EXECUTION_SCHEMA = "tripwire.decisions.ControlExecution"
 _SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
 
 
@@ -37,9 +40,29 @@ class Decider:
 
     def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                feature_errors: dict[str, str], now_ms: int, arrived_ms: int) \
-            -> dict[str, Any]:
-        """One decision record (a dict of the Decision schema)."""
+            -> tuple[dict[str, Any], list[OutRecord]]:
+        """Run the controls: the decision record (a dict of the Decision schema; encode
+        and remember it with :meth:`emit`) and one execution record per control."""
         results = self.controls.evaluate(kind.short, event, features)
+        decision = self._decision(kind, event, features, feature_errors, results, now_ms,
+                                  arrived_ms)
+        inputs = orjson.dumps({"event": event, "features": features},
+                              option=orjson.OPT_NON_STR_KEYS, default=repr).decode()
+        executions = [OutRecord("control_executions", event["event_id"].encode(),
+                                self.codec.encode(EXECUTION_SCHEMA, {
+            "event_id": event["event_id"], "decision_id": decision["decision_id"],
+            "control_id": r.control_id, "control_version": r.version, "stage": "DETECTOR",
+            "mode": "ACTIVE", "inputs_json": inputs,
+            "output_json": None if r.outcome is None and r.error else orjson.dumps({
+                "outcome": r.outcome, "reason": r.reason, "actions": list(r.actions),
+                "score": r.score}).decode(),
+            "error": r.error, "duration_us": r.duration_us, "executed_at": now_ms}))
+            for r in results]
+        return decision, executions
+
+    def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
+                  feature_errors: dict[str, str], results: list[ControlResult], now_ms: int,
+                  arrived_ms: int) -> dict[str, Any]:
         hits = [r for r in results if r.outcome is not None]
         outcome = max((r.outcome for r in hits if r.outcome), key=_SEVERITY.__getitem__,
                       default="ALLOW")

@@ -116,7 +116,9 @@ class DecisionPath:
                     "longer kept")], now_ms, admitted.kind.schema))
             else:
                 values, errors = local_features(self.features, admitted, view, self.batch)
-                decision = self.decider.decide(admitted.kind, admitted.event, values, errors,
-                                               now_ms, admitted.rec.timestamp_ms)
+                decision, executions = self.decider.decide(
+                    admitted.kind, admitted.event, values, errors, now_ms,
+                    admitted.rec.timestamp_ms)
                 out.append(self.decider.emit(admitted.identity, decision, view))
+                out += executions
         return out

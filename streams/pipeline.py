@@ -266,9 +266,10 @@ class DecisionStage:
             features.update(orjson.loads(frag["values_json"]))
             if frag["notes"]:
                 errors[node] = "; ".join(frag["notes"])
-        decision = self.decider.decide(kind, event, features, errors, now_ms, p.arrived_ms)
+        decision, executions = self.decider.decide(kind, event, features, errors, now_ms,
+                                                   p.arrived_ms)
         view = state.view(*p.tp)
-        out = [self.decider.emit(identity, decision, view)]
+        out = [self.decider.emit(identity, decision, view), *executions]
         for _ in range(p.repeats):
             again = self.decider.recall(identity, view)
             if again is not None:

@@ -55,7 +55,7 @@ def test_the_decision_carries_batch_features_and_their_errors(tmp_path: Path) ->
         path = DecisionPath(base.codec, base.controls, batch=table)
         state = StateManager(path.name, list(path.stores))
         rec = InRecord("t", 0, 0, b"k", base.codec.encode(CARD_SCHEMA, ev), ev["event_time"])
-        (out,) = path.process([rec], ev["event_time"], state)
+        out = path.process([rec], ev["event_time"], state)[0]
         d = base.codec.decode(out.value)[1]
         assert out.topic_key == "decisions"
         assert ("account_age_days" in d["features"]) is want_age

@@ -24,6 +24,11 @@ def _rec(value: bytes | None, offset: int = 0, topic: str = "payments.card.v1") 
     return InRecord(topic, 0, offset, b"k", value, T0)
 
 
+def _answers(batch: list[InRecord], now: int, state: StateManager) -> list[OutRecord]:
+    """Decisions and quarantine records: one per input (control executions aside)."""
+    return [o for o in PATH.process(batch, now, state) if o.topic_key != "control_executions"]
+
+
 def _decode(out: OutRecord) -> dict:
     return PATH.codec.decode(out.value)[1]
 
@@ -34,7 +39,7 @@ def _card(ev: dict, offset: int = 0) -> InRecord:
 
 def test_everyday_payment_is_allowed_with_its_features(state: StateManager) -> None:
     ev = next(normal_card_payments(1, T0, 1))
-    (out,) = PATH.process([_card(ev)], T0 + 3, state)
+    (out,) = _answers([_card(ev)], T0 + 3, state)
     d = _decode(out)
     assert out.topic_key == "decisions" and out.key == ev["card_token"].encode()
     assert d["outcome"] == "ALLOW" and d["actions"] == [] and d["rule_hits"] == []
@@ -46,7 +51,7 @@ def test_everyday_payment_is_allowed_with_its_features(state: StateManager) -> N
 
 def test_magstripe_contactless_abroad_is_denied_with_reason(state: StateManager) -> None:
     ev = next(magstripe_contactless_attack(2, T0, 1))
-    (out,) = PATH.process([_card(ev)], T0, state)
+    (out,) = _answers([_card(ev)], T0, state)
     d = _decode(out)
     assert d["outcome"] == "DENY"
     assert d["actions"] == ["BLOCK_CARD", "CUSTOMER_ALERT"]
@@ -57,12 +62,12 @@ def test_magstripe_contactless_abroad_is_denied_with_reason(state: StateManager)
 def test_repeat_gets_the_same_decision_and_conflict_is_quarantined(
         state: StateManager) -> None:
     ev = next(normal_card_payments(5, T0, 1))
-    (first,) = PATH.process([_card(ev, 1)], T0, state)
-    (again,) = PATH.process([_card(ev, 2)], T0 + 50, state)
+    (first,) = _answers([_card(ev, 1)], T0, state)
+    (again,) = _answers([_card(ev, 2)], T0 + 50, state)
     a, b = _decode(first), _decode(again)
     assert b["repeat"] is True
     assert {**b, "repeat": False} == a  # same decision, same time, same versions
-    (conflict,) = PATH.process([_card({**ev, "amount_minor": ev["amount_minor"] + 1}, 3)],
+    (conflict,) = _answers([_card({**ev, "amount_minor": ev["amount_minor"] + 1}, 3)],
                                T0 + 60, state)
     q = _decode(conflict)
     assert conflict.topic_key == "quarantine"
@@ -74,11 +79,11 @@ def test_every_input_gives_exactly_one_output(state: StateManager) -> None:
     events = list(normal_card_payments(9, T0, 20))
     batch = [_card(e, i) for i, e in enumerate(events)]
     batch.insert(5, _rec(b"not avro at all", 99))
-    decision = _decode(PATH.process(batch[:1], T0, StateManager(PATH.name, list(PATH.stores))
+    decision = _decode(_answers(batch[:1], T0, StateManager(PATH.name, list(PATH.stores))
                                     )[0])
     batch.insert(7, _rec(PATH.codec.encode(DECISION_SCHEMA, decision), 100))
     batch.insert(9, _card({**events[3], "event_id": "not-a-uuid"}, 101))
-    outs = PATH.process(batch, T0, state)
+    outs = _answers(batch, T0, state)
     assert len(outs) == len(batch)
     q = [_decode(o) for o in outs if o.topic_key == "quarantine"]
     assert [r["reasons"][0]["code"] for r in q] == ["BAD_MAGIC", "UNEXPECTED_TYPE",
@@ -90,15 +95,15 @@ def test_every_input_gives_exactly_one_output(state: StateManager) -> None:
 def test_fps_response_needs_a_known_original(state: StateManager) -> None:
     req, resp = list(fps_messages(3, T0, 1))[:2]
     enc = PATH.codec.encode
-    (orphan,) = PATH.process([_rec(enc(FPS_SCHEMA, resp), 1, "payments.fps.v1")], T0, state)
+    (orphan,) = _answers([_rec(enc(FPS_SCHEMA, resp), 1, "payments.fps.v1")], T0, state)
     assert _decode(orphan)["reasons"][0]["code"] == "UNKNOWN_ORIGINAL"
-    outs = PATH.process([_rec(enc(FPS_SCHEMA, req), 2, "payments.fps.v1"),
+    outs = _answers([_rec(enc(FPS_SCHEMA, req), 2, "payments.fps.v1"),
                          _rec(enc(FPS_SCHEMA, resp), 3, "payments.fps.v1")], T0, state)
     assert [o.topic_key for o in outs] == ["decisions", "decisions"]
     # a scheme repeat: new message id and time, same transaction → same decision
     rep = {**req, "event_id": resp["event_id"][:-1] + "0", "event_time": req["event_time"] + 9,
            "is_repeat": True}
-    (again,) = PATH.process([_rec(enc(FPS_SCHEMA, rep), 4, "payments.fps.v1")], T0, state)
+    (again,) = _answers([_rec(enc(FPS_SCHEMA, rep), 4, "payments.fps.v1")], T0, state)
     assert _decode(again)["repeat"] is True
     assert _decode(again)["decision_id"] == _decode(outs[0])["decision_id"]
 
@@ -114,3 +119,20 @@ def test_identities_expire_after_the_ttl_in_event_time() -> None:
     path.process([_card(b, 2)], T0, st)  # b is > 1 s of event time after a
     keys = [k for k, _ in view.items("dedup.v1", b"d:")]
     assert keys == [f"CardPayment:{b['event_id']}".encode().join([b"d:", b""])]
+
+
+def test_every_control_execution_is_recorded(state: StateManager) -> None:
+    ev = next(magstripe_contactless_attack(3, T0, 1))
+    outs = PATH.process([_card(ev)], T0, state)
+    decision = _decode(next(o for o in outs if o.topic_key == "decisions"))
+    execs = [_decode(o) for o in outs if o.topic_key == "control_executions"]
+    assert [e["control_id"] for e in execs] == [c.control_id for c in PATH.controls.controls]
+    (e,) = execs
+    import json
+    assert e["decision_id"] == decision["decision_id"] and e["error"] is None
+    assert e["control_version"] == decision["control_versions"]["card_outliers"]
+    assert json.loads(e["output_json"])["outcome"] == "DENY"
+    inputs = json.loads(e["inputs_json"])
+    assert inputs["event"]["event_id"] == ev["event_id"]
+    assert inputs["features"]["card_auths_1h"] == decision["features"]["card_auths_1h"]
+    assert e["duration_us"] >= 0

@@ -44,7 +44,8 @@ def _state() -> StateManager:
 
 
 def _run(value: bytes | None) -> dict[str, Any]:
-    (out,) = PATH.process([InRecord("t", 0, 7, b"k", value, NOW)], NOW, _state())
+    (out,) = [o for o in PATH.process([InRecord("t", 0, 7, b"k", value, NOW)], NOW, _state())
+              if o.topic_key != "control_executions"]
     rec = PATH.codec.decode(out.value)[1]
     rec["_topic"] = out.topic_key
     return rec
