@@ -162,6 +162,53 @@ def run_stage(
             f"{name}: {type(exc).__name__}: {exc}" for name, exc in pipeline.errors.items()))
 
 
+@app.command()
+def explain(event_id: str = typer.Argument(..., help="the event id to explain")) -> None:
+    """Why was this event decided so? Reads the decision and control executions."""
+    import json
+
+    from rich.table import Table
+
+    from tripwire.connectors.events import read_to_end
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.topics import topic
+
+    settings = Settings()
+    bootstrap, ns = _bootstrap(settings), settings.topic_namespace
+    codec = AvroCodec.from_url(settings.schema_registry_url)
+    key = event_id.encode()
+    decisions = [d for m in read_to_end(bootstrap, topic("decisions", ns))
+                 if (d := codec.decode(m.value())[1])["event_id"] == event_id]
+    if not decisions:
+        raise TripwireError(f"no decision for event {event_id} in {topic('decisions', ns)}")
+    d = decisions[0]
+    console.print(f"[bold]{d['outcome']}[/bold] {d['event_type']} {event_id} "
+                  f"({d['entity_key']}), decision {d['decision_id']}, engine "
+                  f"{d['engine_version']}, {d['latency_us'] / 1000:.1f} ms; "
+                  f"{len(decisions) - 1} repeat(s) answered the same")
+    console.print("actions: " + (", ".join(d["actions"]) or "none"))
+    for h in d["rule_hits"]:
+        console.print(f"  {h['control_id']}@{h['control_version']} (score {h['score']:.2f}): "
+                      f"{h['reason']}")
+    if not d["rule_hits"]:
+        console.print("  no control objected")
+    for what in ("feature_errors", "control_errors"):
+        for name, err in d[what].items():
+            console.print(f"  [yellow]{what[:-7]} {name}[/]: {err}")
+    table = Table(title="features read")
+    for col in ("feature", "value", "definition"):
+        table.add_column(col)
+    for name, value in sorted(d["features"].items()):
+        table.add_row(name, json.dumps(value), d["feature_provenance"].get(name, "event"))
+    console.print(table)
+    for m in read_to_end(bootstrap, topic("control_executions", ns)):
+        if m.key() == key:
+            e = codec.decode(m.value())[1]
+            console.print(f"execution {e['control_id']}@{e['control_version']}: "
+                          f"{e['output_json'] or e['error']} in {e['duration_us']} µs",
+                          markup=False, highlight=False)
+
+
 controls_app = typer.Typer(help="The Starlark controls.", no_args_is_help=True)
 app.add_typer(controls_app, name="controls")
 

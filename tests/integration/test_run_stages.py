@@ -45,6 +45,18 @@ def test_all_stages_decide_and_stop_cleanly_on_sigterm(kafka: KafkaCluster, topi
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "running intake, features, decide" in err
+    # an analyst asks why
+    why = subprocess.run([sys.executable, "-m", "tripwire", "explain", events[0]["event_id"]],
+                         env=_env(kafka, topics, tmp_path), capture_output=True, text=True,
+                         timeout=60)
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.startswith("ALLOW tripwire.events.CardPayment " + events[0]["event_id"])
+    assert "card_auths_1h" in why.stdout and "card/count/1h@1" in why.stdout
+    assert "execution card_outliers@" in why.stdout
+    missing = subprocess.run([sys.executable, "-m", "tripwire", "explain", "no-such-event"],
+                             env=_env(kafka, topics, tmp_path), capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "no decision for event no-such-event" in missing.stderr
     assert list((tmp_path / "stores").rglob("CURRENT"))  # RocksDB stores on disk
 
 
