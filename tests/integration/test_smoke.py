@@ -58,7 +58,8 @@ def test_card_payment_end_to_end_through_the_decision_loop(kafka: KafkaCluster,
     stats = loop.run(threading.Event(), idle_exit=3.0)
     assert stats.consumed == len(events) + 1
     assert stats.produced == {"decisions": len(events), "quarantine": 1,
-                              "control_executions": len(events) * len(path.controls.controls)}
+                              "control_executions": len(events) * len(
+                                  path.controls.for_type("CardPayment"))}
 
     msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events), timeout=20)
     got = {path.codec.decode(m.value())[1]["event_id"]: m for m in msgs}
