@@ -2,7 +2,9 @@
 
 A control is a ``.star`` file defining ``evaluate(event, features)`` that returns
 ``None`` (no opinion) or ``{"outcome", "reason", "actions", "score"}``. Optional
-globals: ``APPLIES_TO`` (event type names), ``ON_ERROR`` (the outcome when the
+globals: ``APPLIES_TO`` (event type names), ``MODE`` (``ACTIVE``; ``SHADOW``:
+runs and is logged, never changes an outcome; ``CANARY`` with ``CANARY_PERCENT``:
+decides for a deterministic share of accounts), ``ON_ERROR`` (the outcome when the
 control fails: ``"IGNORE"`` by default, or one of the outcomes — fail safe) and
 ``EXAMPLES`` (inputs with their expected outcome, run by ``tripwire controls test``
 and before a control is accepted).
@@ -29,10 +31,11 @@ from typing import Any
 
 import starlark as sl
 
-__all__ = ["LIBRARY", "OUTCOMES", "Control", "ControlError", "ControlResult", "ControlSet",
+__all__ = ["LIBRARY", "MODES", "OUTCOMES", "Control", "ControlError", "ControlResult", "ControlSet",
            "ExampleFailure"]
 
 OUTCOMES = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")  # least to most severe
+MODES = ("ACTIVE", "SHADOW", "CANARY")
 LIBRARY = Path(str(resources.files("tripwire.controls").joinpath("library")))
 DEFAULT_BUDGET_MS = 5.0
 MAX_CALL_DEPTH = 64
@@ -52,6 +55,8 @@ class ControlResult:
     score: float = 0.0
     error: str | None = None
     duration_us: int = 0
+    mode: str = "ACTIVE"
+    applied: bool = True  # False: shadow, or canary outside its share; never changes outcome
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class Control:
     on_error: str | None = None  # outcome when the control fails; None: no opinion
     examples: tuple[dict[str, Any], ...] = ()
     budget: _Budget = field(default_factory=lambda: _Budget(DEFAULT_BUDGET_MS), repr=False)
+    mode: str = "ACTIVE"  # ACTIVE, SHADOW (logged, never decides) or CANARY
+    canary_percent: int = 0  # CANARY: the share of entities it decides for
 
     @classmethod
     def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
@@ -110,11 +117,27 @@ class Control:
                 isinstance(e, dict) and {"event", "features"} <= set(e) for e in examples):
             raise ControlError(f"{control_id}: EXAMPLES must be a list of dicts with event, "
                                "features and outcome")
+        mode = module["MODE"] or "ACTIVE"
+        percent = module["CANARY_PERCENT"]
+        if mode not in MODES:
+            raise ControlError(f"{control_id}: MODE must be one of {MODES}")
+        if mode == "CANARY" and not (isinstance(percent, int) and 0 < percent < 100):
+            raise ControlError(f"{control_id}: a CANARY needs CANARY_PERCENT between 1 and 99")
         frozen = module.freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
-                   _Budget(budget_ms))
+                   _Budget(budget_ms), mode, int(percent or 0))
+
+    def decides_for(self, entity_key: str) -> bool:
+        """Whether this control's result counts for ``entity_key`` (deterministic)."""
+        if self.mode == "ACTIVE":
+            return True
+        if self.mode == "SHADOW":
+            return False
+        bucket = int(hashlib.sha256(f"{self.control_id}|{entity_key}".encode())
+                     .hexdigest()[:8], 16) % 100
+        return bucket < self.canary_percent
 
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to
@@ -207,8 +230,16 @@ class ControlSet:
         return chosen
 
     def evaluate(self, event_type: str, event: Mapping[str, Any],
-                 features: Mapping[str, Any]) -> list[ControlResult]:
-        return [c.run(event, features) for c in self.for_type(event_type)]
+                 features: Mapping[str, Any], entity_key: str = "") -> list[ControlResult]:
+        """Every control for the event type; shadow and out-of-canary results are
+        returned with ``applied=False``."""
+        out = []
+        for c in self.for_type(event_type):
+            r = c.run(event, features)
+            if c.mode != "ACTIVE":
+                r = replace(r, mode=c.mode, applied=c.decides_for(entity_key))
+            out.append(r)
+        return out
 
     def check_examples(self) -> list[ExampleFailure]:
         return [f for c in self.controls for f in c.check_examples()]

@@ -43,7 +43,9 @@ class Decider:
             -> tuple[dict[str, Any], list[OutRecord]]:
         """Run the controls: the decision record (a dict of the Decision schema; encode
         and remember it with :meth:`emit`) and one execution record per control."""
-        results = self.controls.evaluate(kind.short, event, features)
+        results = self.controls.evaluate(kind.short, event, features,
+                                         str(event.get("account_id") or
+                                             event[kind.entity_field]))
         decision = self._decision(kind, event, features, feature_errors, results, now_ms,
                                   arrived_ms)
         inputs = orjson.dumps({"event": event, "features": features},
@@ -52,7 +54,7 @@ class Decider:
                                 self.codec.encode(EXECUTION_SCHEMA, {
             "event_id": event["event_id"], "decision_id": decision["decision_id"],
             "control_id": r.control_id, "control_version": r.version, "stage": "DETECTOR",
-            "mode": "ACTIVE", "inputs_json": inputs,
+            "mode": r.mode, "inputs_json": inputs,
             "output_json": None if r.outcome is None and r.error else orjson.dumps({
                 "outcome": r.outcome, "reason": r.reason, "actions": list(r.actions),
                 "score": r.score}).decode(),
@@ -63,7 +65,7 @@ class Decider:
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                   feature_errors: dict[str, str], results: list[ControlResult], now_ms: int,
                   arrived_ms: int) -> dict[str, Any]:
-        hits = [r for r in results if r.outcome is not None]
+        hits = [r for r in results if r.outcome is not None and r.applied]
         outcome = max((r.outcome for r in hits if r.outcome), key=_SEVERITY.__getitem__,
                       default="ALLOW")
         actions: list[str] = []
@@ -84,7 +86,8 @@ class Decider:
             "features": features,
             "feature_errors": feature_errors,
             "feature_provenance": {k: v for k, v in self.provenance.items() if k in features},
-            "control_errors": {r.control_id: r.error for r in results if r.error},
+            "control_errors": {r.control_id: r.error for r in results
+                               if r.error and r.applied},
             "control_versions": self._versions,
             "engine_version": ENGINE_VERSION,
             "latency_us": max(0, (now_ms - arrived_ms) * 1000),

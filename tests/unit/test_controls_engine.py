@@ -100,3 +100,50 @@ def test_controls_test_command(tmp_path) -> None:  # type: ignore[no-untyped-def
     (tmp_path / "wrong.star").write_text("def evaluate(event, features):\n    return (\n")
     broken = run(tmp_path)
     assert broken.returncode == 2 and "a control does not load" in broken.stderr
+
+
+def test_shadow_runs_but_never_decides_and_canary_decides_for_a_stable_share() -> None:
+    from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+    from tripwire.streams.decision_path import DecisionPath
+    from tripwire.streams.records import InRecord
+    from tripwire.streams.state import StateManager
+
+    deny = 'def evaluate(event, features):\n    return {"outcome": "DENY", "reason": "x"}\n'
+    shadow = Control.compile("shadow_deny", 'MODE = "SHADOW"\n' + deny)
+    canary = Control.compile("canary_deny", 'MODE = "CANARY"\nCANARY_PERCENT = 30\n' + deny)
+    base = DecisionPath.default()
+    events = list(normal_card_payments(3, 1_790_000_000_000, 400, cards=400))
+
+    def outcomes(controls: list[Control]) -> dict[str, tuple[str, list[str]]]:
+        path = DecisionPath(base.codec, ControlSet(controls))
+        state = StateManager(path.name, list(path.stores))
+        recs = [InRecord("t", 0, i, b"k", base.codec.encode(CARD_SCHEMA, e), e["event_time"])
+                for i, e in enumerate(events)]
+        outs = path.process(recs, events[-1]["event_time"], state)
+        got = {}
+        for o in outs:
+            rec = base.codec.decode(o.value)[1]
+            if o.topic_key == "decisions":
+                got[rec["event_id"]] = (rec["outcome"], got.get(rec["event_id"], ("", []))[1])
+            elif o.topic_key == "control_executions":
+                prev = got.get(rec["event_id"], ("", []))
+                got[rec["event_id"]] = (prev[0], [*prev[1], rec["mode"]])
+        return got
+
+    shadowed = outcomes([shadow])
+    assert {o for o, _ in shadowed.values()} == {"ALLOW"}  # logged, never decides
+    assert all(modes == ["SHADOW"] for _, modes in shadowed.values())
+    canaried = outcomes([canary])
+    denied = {e["account_id"] for e in events if canaried[e["event_id"]][0] == "DENY"}
+    allowed = {e["account_id"] for e in events if canaried[e["event_id"]][0] == "ALLOW"}
+    assert not denied & allowed  # the same account always gets the same treatment
+    share = len(denied) / len(denied | allowed)
+    assert 0.2 < share < 0.4  # about the declared 30 %
+    assert outcomes([canary]) == canaried  # deterministic
+
+
+def test_mode_declarations_are_checked() -> None:
+    with pytest.raises(ControlError, match="MODE"):
+        Control.compile("c", 'MODE = "SOMETIMES"\ndef evaluate(e, f): return None')
+    with pytest.raises(ControlError, match="CANARY_PERCENT"):
+        Control.compile("c", 'MODE = "CANARY"\ndef evaluate(e, f): return None')
