@@ -127,7 +127,7 @@ class Control:
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
-                   _Budget(budget_ms), mode, int(percent or 0))
+                   _Budget(budget_ms), mode, percent if isinstance(percent, int) else 0)
 
     def decides_for(self, entity_key: str) -> bool:
         """Whether this control's result counts for ``entity_key`` (deterministic)."""
