@@ -29,7 +29,7 @@ from tripwire.streams.decider import DECISION_SCHEMA, DECISIONS_STORE, ENGINE_VE
 from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, EventKind, Intake
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateManager, StateView
+from tripwire.streams.state import DecodedCache, StateManager
 
 __all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "FEATURES_STORE",
            "INPUTS", "DecisionPath", "EventKind", "event_features", "local_features"]
@@ -59,16 +59,16 @@ def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | N
     return view, values, errors
 
 
-def local_features(library: FeatureLibrary, accepted: Admitted, view: StateView,
-                   batch: BatchTable | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+def local_features(library: FeatureLibrary, accepted: Admitted, states: DecodedCache,
+                   state: StateManager, batch: BatchTable | None = None) \
+        -> tuple[dict[str, Any], dict[str, str]]:
     """Every feature of an accepted event, computed here; (values, errors/notes)."""
     fview, values, errors = event_features(accepted.kind, accepted.event, batch)
     t = accepted.event["event_time"]
+    tp = (accepted.rec.topic, accepted.rec.partition)
     for entity, key in library.entities_of(fview).items():
-        skey = f"{entity}|{key}".encode()
-        state = decode_state(view.get(FEATURES_STORE, skey))
-        got, notes = library.compute(entity, state, fview, t)
-        view.put(FEATURES_STORE, skey, encode_state(state))
+        st = states.get(state, tp, f"{entity}|{key}".encode())
+        got, notes = library.compute(entity, st, fview, t)
         values.update(got)
         if notes:
             errors[entity] = "; ".join(notes)
@@ -105,6 +105,7 @@ class DecisionPath:
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
+        states = state.decoded(FEATURES_STORE, decode_state, encode_state)
         for view, admitted in self.intake.admit_all(batch, now_ms, state,
                                                     (self.decider.memory,)):
             if isinstance(admitted, OutRecord):
@@ -115,10 +116,12 @@ class DecisionPath:
                     "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
                     "longer kept")], now_ms, admitted.kind.schema))
             else:
-                values, errors = local_features(self.features, admitted, view, self.batch)
+                values, errors = local_features(self.features, admitted, states, state,
+                                                self.batch)
                 decision, executions = self.decider.decide(
                     admitted.kind, admitted.event, values, errors, now_ms,
                     admitted.rec.timestamp_ms)
                 out.append(self.decider.emit(admitted.identity, decision, view))
                 out += executions
+        states.flush(state)
         return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,8 +110,6 @@ class FeatureStage:
         self.codec = codec
         self.library = library
         self.cache_keys = cache_keys
-        self._cache: OrderedDict[tuple[TP, bytes], dict[str, Any]] = OrderedDict()
-        self._dirty: set[tuple[TP, bytes]] = set()
 
     def compute(self, req: dict[str, Any], state: dict[str, Any]) \
             -> tuple[dict[str, Any], list[str]]:
@@ -123,6 +120,8 @@ class FeatureStage:
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
+        states = state.decoded(FEATURES_STORE, decode_state, encode_state)
+        states.max_keys = self.cache_keys
         for rec in batch:
             _, req = self.codec.decode(rec.value)  # written by intake: trusted
             values: dict[str, Any]
@@ -130,36 +129,15 @@ class FeatureStage:
             if req["entity"] not in self.library.by_entity:
                 values, notes = {}, [f"no features are defined for {req['entity']}"]
             else:
-                key = ((rec.topic, rec.partition),
-                       f"{req['entity']}|{req['entity_key']}".encode())
-                st = self._cache.get(key)
-                if st is None:
-                    st = decode_state(state.store(FEATURES_STORE, key[0]).get(key[1]))
-                    self._cache[key] = st
-                else:
-                    self._cache.move_to_end(key)
+                st = states.get(state, (rec.topic, rec.partition),
+                                     f"{req['entity']}|{req['entity_key']}".encode())
                 values, notes = self.compute(req, st)
-                self._dirty.add(key)
             out.append(OutRecord("gather", req["identity"].encode(), self.codec.encode(
                 FEATURE_FRAGMENT, {"identity": req["identity"], "entity": req["entity"],
                                    "entity_key": req["entity_key"],
                                    "values_json": orjson.dumps(values), "notes": notes})))
-        by_tp: dict[TP, list[tuple[bytes, bytes]]] = {}
-        for tp, skey in self._dirty:
-            by_tp.setdefault(tp, []).append((skey, encode_state(self._cache[(tp, skey)])))
-        for tp, items in by_tp.items():
-            state.put_many(FEATURES_STORE, tp, items)
-        self._dirty.clear()
-        while len(self._cache) > self.cache_keys:
-            self._cache.popitem(last=False)
+        states.flush(state)
         return out
-
-    def drop(self, tps: Sequence[TP]) -> None:
-        """Partitions revoked or a transaction aborted: forget their cached states."""
-        gone = set(tps)
-        for key in [k for k in self._cache if k[0] in gone]:
-            del self._cache[key]
-        self._dirty -= {k for k in self._dirty if k[0] in gone}
 
 
 @dataclass

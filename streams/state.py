@@ -25,11 +25,13 @@ import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
+    "DecodedCache",
     "KeyValueStore",
     "MemoryStore",
     "RocksStore",
@@ -172,6 +174,16 @@ class StateManager:
         # highest changelog offset applied or written, per (store, tp)
         self.offsets: dict[tuple[str, TP], int] = {}
         self._changelogs: dict[tuple[str, str], str] = {}
+        self._decoded: dict[str, DecodedCache] = {}
+
+    def decoded(self, store: str, decode: Callable[[bytes | None], Any],
+                encode: Callable[[Any], bytes]) -> DecodedCache:
+        """The decoded-value cache of ``store`` (one per manager, dropped with its
+        partitions on revoke, loss or abort)."""
+        cache = self._decoded.get(store)
+        if cache is None:
+            cache = self._decoded[store] = DecodedCache(store, decode, encode)
+        return cache
 
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, topic, partition)
@@ -232,6 +244,8 @@ class StateManager:
         self.offsets[(name, tp)] = offset
 
     def close_partition(self, tp: TP, clean: bool = True) -> None:
+        for cache in self._decoded.values():
+            cache.drop([tp])
         for name in self.store_names:
             s = self._stores.pop((name, tp), None)
             if s is None:
@@ -257,3 +271,43 @@ class StateManager:
     def close(self) -> None:
         for tp in self.partitions():
             self.close_partition(tp)
+
+
+class DecodedCache:
+    """Decoded values of one store, cached per (partition, key) and written back
+    once per batch: a hot key is decoded once and encoded once per batch, not per
+    event. Call :meth:`flush` at the end of every batch (inside its transaction)
+    and :meth:`drop` when partitions are revoked or a transaction aborts."""
+
+    def __init__(self, store: str, decode: Callable[[bytes | None], Any],
+                 encode: Callable[[Any], bytes], max_keys: int = 100_000) -> None:
+        self.store, self.decode, self.encode, self.max_keys = store, decode, encode, max_keys
+        self._cache: OrderedDict[tuple[TP, bytes], Any] = OrderedDict()
+        self._dirty: set[tuple[TP, bytes]] = set()
+
+    def get(self, state: StateManager, tp: TP, key: bytes) -> Any:
+        """The decoded value, marked dirty: the caller may change it in place."""
+        k = (tp, key)
+        value = self._cache.get(k)
+        if value is None:
+            value = self._cache[k] = self.decode(state.store(self.store, tp).get(key))
+        else:
+            self._cache.move_to_end(k)
+        self._dirty.add(k)
+        return value
+
+    def flush(self, state: StateManager) -> None:
+        by_tp: dict[TP, list[tuple[bytes, bytes]]] = {}
+        for tp, key in self._dirty:
+            by_tp.setdefault(tp, []).append((key, self.encode(self._cache[(tp, key)])))
+        for tp, items in by_tp.items():
+            state.put_many(self.store, tp, items)
+        self._dirty.clear()
+        while len(self._cache) > self.max_keys:
+            self._cache.popitem(last=False)
+
+    def drop(self, tps: Iterable[TP]) -> None:
+        gone = set(tps)
+        for k in [k for k in self._cache if k[0] in gone]:
+            del self._cache[k]
+        self._dirty = {k for k in self._dirty if k[0] not in gone}
