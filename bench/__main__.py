@@ -14,7 +14,10 @@ def main() -> None:
         print(f"usage: python -m bench {{{'|'.join(BENCHES)}}} [options]", file=sys.stderr)
         sys.exit(2)
     import importlib
+    import signal
 
+    # a timeout or kill ends the run through `finally`, so the broker it started stops too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     importlib.import_module(BENCHES[sys.argv[1]]).main(sys.argv[2:])
 
 
