@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -38,15 +38,35 @@ class EventProducer:
             -> None:
         self.send_raw(topic, self.codec.encode(schema, record), key)
 
-    def send_raw(self, topic: str, value: bytes | None, key: str | bytes | None) -> None:
+    def send_raw(self, topic: str, value: bytes | None, key: str | bytes | None,
+                 on_delivery: Callable[[KafkaError | None, Message], None] | None = None) \
+            -> None:
+        """Publish bytes; ``on_delivery`` is called (after the counts) when Kafka answers."""
         kb = key.encode() if isinstance(key, str) else key
+        callback: Callable[[KafkaError | None, Message], None] = self._on_delivery
+        if on_delivery is not None:
+            def both(err: KafkaError | None, msg: Message) -> None:
+                self._on_delivery(err, msg)
+                on_delivery(err, msg)
+            callback = both
         while True:
             try:
-                self._producer.produce(topic, value, kb, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, kb, on_delivery=callback)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
         self._producer.poll(0)
+
+    def poll(self, timeout: float = 0) -> None:
+        """Serve delivery reports."""
+        self._producer.poll(timeout)
+
+    def drain(self, timeout: float = 30.0) -> int:
+        """Wait for acknowledgements; the number still unacknowledged (counted as failed)."""
+        left = int(self._producer.flush(timeout))
+        if left:
+            self.failed.append(f"{left} messages not acknowledged within {timeout}s")
+        return left
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for every acknowledgement; raises :class:`DeliveryError` on any failure."""

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 from pydantic import ValidationError
 
-from tripwire.connectors.kafka import producer
+from tripwire.connectors.events import EventProducer
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import CardPayment, FpsMessage, LoginEvent, parse_event
 from tripwire.schemas.validate import Reason, Validator
@@ -61,8 +61,7 @@ class TripwireProducer:
         self.validator = validator or Validator()
         self.namespace = namespace
         self.clock = clock
-        self._producer = producer(bootstrap, **overrides)
-        self.delivery = Delivery()
+        self._out = EventProducer(bootstrap, self.codec, **overrides)
 
     def check(self, event: Event | dict[str, Any] | str | bytes) -> tuple[Event, dict[str, Any]]:
         """Parse and validate; returns the model and its Avro record or raises InvalidEvent."""
@@ -80,31 +79,14 @@ class TripwireProducer:
     def send(self, event: Event | dict[str, Any] | str | bytes,
              on_delivery: Callable[[KafkaError | None, Message], None] | None = None) -> Event:
         model, record = self.check(event)
-        value = self.codec.encode(model.schema_name, record)
-
-        def done(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                self.delivery.delivered += 1
-            else:
-                self.delivery.failed.append(str(err))
-            if on_delivery is not None:
-                on_delivery(err, msg)
-
-        name = topic(model.topic_key, self.namespace)
-        while True:
-            try:
-                self._producer.produce(name, value, model.key.encode(), on_delivery=done)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        self._out.send_raw(topic(model.topic_key, self.namespace),
+                           self.codec.encode(model.schema_name, record), model.key, on_delivery)
         return model
 
     def poll(self, timeout: float = 0) -> None:
-        self._producer.poll(timeout)
+        self._out.poll(timeout)
 
     def flush(self, timeout: float = 30.0) -> Delivery:
-        left = self._producer.flush(timeout)
-        if left:
-            self.delivery.failed.append(f"{left} messages not acknowledged within {timeout}s")
-        return self.delivery
+        """Wait for acknowledgements; what was delivered and what failed, so far."""
+        self._out.drain(timeout)
+        return Delivery(self._out.delivered, list(self._out.failed))
