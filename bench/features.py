@@ -28,8 +28,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from tripwire.broker import acquire_cluster
-from tripwire.config import Settings
+from bench.common import bench_cluster
 from tripwire.connectors.kafka import create_topics, producer
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.features.engine import FeatureLibrary, encode_state
@@ -127,9 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--state-keys", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    import logging
-    logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
-    from bench.passthrough import confluent_loop, proc_cpu
+    from bench.passthrough import confluent_loop
 
     codec, lib = AvroCodec(SchemaStore.default()), FeatureLibrary()
     t0 = int(time.time() * 1000) - 3_600_000
@@ -139,14 +136,12 @@ def main(argv: list[str] | None = None) -> None:
           f"({len(reqs) / len(records):.2f} entity nodes per event), "
           f"{len(lib.specs)} features on {len(lib.entities())} entities; {os.cpu_count()} cores")
 
-    settings = Settings()
-    home = Path(tempfile.gettempdir()) / f"tripwire-bench-{os.getpid()}"
-    cluster = acquire_cluster(settings, home=home, stop_on_close=True, say=print)
     rows: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    try:
-        from tripwire.broker.local import LocalBroker
-        info = LocalBroker(home, settings.cache_dir).read_record()
-        broker_pid = info.pid if info and cluster.source == "local" else None
+
+    def cpu_of_broker() -> float:
+        return broker_cpu() or 0.0
+
+    with bench_cluster() as (cluster, broker_cpu):
         for _ in range(args.repeats):
             ns = f"bench-{uuid.uuid4().hex[:6]}."
             create_topics(cluster.bootstrap, ns, partitions=3)
@@ -158,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
                 p.poll(0)
             p.flush(60)
 
-            b0 = proc_cpu(broker_pid) if broker_pid else 0.0
+            b0 = cpu_of_broker()
             wall, cpu = confluent_loop(cluster.bootstrap, f"{ns}raw-in", f"{ns}raw-out",
                                        len(reqs), None)
-            bcpu = (proc_cpu(broker_pid) - b0) if broker_pid else 0.0
+            bcpu = cpu_of_broker() - b0
             rows["raw pass-through (same messages)"].append((len(records) / wall,
                                                              cpu / len(records) * 1e6,
                                                              bcpu / len(records) * 1e6))
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                              state_dir=state_dir)
             stop = threading.Event()
             th = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-            b0 = proc_cpu(broker_pid) if broker_pid else 0.0
+            b0 = cpu_of_broker()
             th.start()
             while loop.stats.consumed < len(reqs):
                 if not th.is_alive():
@@ -182,15 +177,12 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.01)
             wall = time.monotonic() - timed.marks["wall"]
             cpu = time.process_time() - timed.marks["cpu"]
-            bcpu = (proc_cpu(broker_pid) - b0) if broker_pid else 0.0
+            bcpu = cpu_of_broker() - b0
             stop.set()
             th.join(30)
             shutil.rmtree(state_dir, ignore_errors=True)
             rows["feature stage (Kafka, txn, rocksdict)"].append(
                 (len(records) / wall, cpu / len(records) * 1e6, bcpu / len(records) * 1e6))
-    finally:
-        cluster.close()
-        shutil.rmtree(home, ignore_errors=True)
 
     stage_times = [_stage_in_process(codec, lib, per_event) for _ in range(args.repeats)]
     size, per_key = _state_size(lib, args.state_keys, t0)

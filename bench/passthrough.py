@@ -28,6 +28,7 @@ from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
+from bench.common import bench_cluster, proc_cpu
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.kafka import consumer, create_topics, producer
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
@@ -38,15 +39,6 @@ from tripwire.streams.loop import BatchLoop
 from tripwire.streams.topics import TopicSpec
 
 __all__ = ["main"]
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
 
 @dataclass
 class Result:
@@ -185,7 +177,8 @@ def faust_relay(bootstrap: str, ns: str, payloads: list[bytes]) -> tuple[float, 
             proc.kill()
 
 
-def run(cluster: KafkaCluster, broker_pid: int | None, events: int, faust_events: int,
+def run(cluster: KafkaCluster, broker_cpu: Callable[[], float | None], events: int,
+        faust_events: int,
         repeats: int, say: Callable[[str], None]) -> list[list[Result]]:
     codec = AvroCodec(SchemaStore.default())
     payloads = [codec.encode(CARD_SCHEMA, e)
@@ -216,9 +209,10 @@ def run(cluster: KafkaCluster, broker_pid: int | None, events: int, faust_events
              lambda ns=ns: faust_relay(bootstrap, ns, payloads[:faust_events])),
         ]
         for name, n, fn in cases:
-            b0 = proc_cpu(broker_pid) if broker_pid else None
+            b0 = broker_cpu()
             wall, cpu = fn()
-            bcpu = proc_cpu(broker_pid) - b0 if broker_pid and b0 is not None else None
+            b1 = broker_cpu()
+            bcpu = b1 - b0 if b0 is not None and b1 is not None else None
             res = Result(name, n, wall, cpu, bcpu)
             results.append(res)
             say(f"  round {r + 1}: {name:28} {res.rate:>9,.0f} msg/s "
@@ -250,31 +244,13 @@ def report(rounds: list[list[Result]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tripwire.broker import acquire_cluster
-    from tripwire.broker.local import LocalBroker
-    from tripwire.config import Settings
-
     ap = argparse.ArgumentParser(prog="python -m bench passthrough")
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--faust-events", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    import logging
-    logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
-    settings = Settings()
-    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"tripwire-bench-{os.getpid()}"
-    cluster = acquire_cluster(settings, home=home, stop_on_close=True, say=print)
-    broker_pid = None
-    if cluster.source == "local":
-        info = LocalBroker(home, settings.cache_dir).read_record()
-        broker_pid = info.pid if info else None
-    try:
-        print(f"Kafka: {cluster.detail} at {cluster.bootstrap}; {os.cpu_count()} cores")
-        rounds = run(cluster, broker_pid, args.events, args.faust_events, args.repeats, print)
-        print(f"\nmedians of {args.repeats} rounds "
-              f"(command: python -m bench passthrough {' '.join(argv or sys.argv[2:])})")
-        print(report(rounds))
-    finally:
-        cluster.close()
-        import shutil
-        shutil.rmtree(home, ignore_errors=True)
+    with bench_cluster() as (cluster, broker_cpu):
+        rounds = run(cluster, broker_cpu, args.events, args.faust_events, args.repeats, print)
+    print(f"\nmedians of {args.repeats} rounds "
+          f"(command: python -m bench passthrough {' '.join(argv or sys.argv[2:])})")
+    print(report(rounds))

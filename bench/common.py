@@ -1,0 +1,44 @@
+"""What every benchmark needs: a real Kafka cluster of its own and CPU readings."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tripwire.broker import KafkaCluster, acquire_cluster
+from tripwire.broker.local import LocalBroker
+from tripwire.config import Settings
+
+__all__ = ["bench_cluster", "proc_cpu"]
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+@contextlib.contextmanager
+def bench_cluster() -> Iterator[tuple[KafkaCluster, Callable[[], float | None]]]:
+    """The cluster (``KAFKA_BOOTSTRAP_SERVERS``, a container, or a private local
+    broker stopped and deleted afterwards) and a reading of the broker's CPU
+    seconds — None when the broker is not a local process of ours."""
+    logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
+    settings = Settings()
+    home = Path(tempfile.gettempdir()) / f"tripwire-bench-{os.getpid()}"
+    cluster = acquire_cluster(settings, home=home, stop_on_close=True, say=print)
+    info = LocalBroker(home, settings.cache_dir).read_record()
+    pid = info.pid if info is not None and cluster.source == "local" else None
+    try:
+        print(f"Kafka: {cluster.detail} at {cluster.bootstrap}; {os.cpu_count()} cores")
+        yield cluster, (lambda: proc_cpu(pid)) if pid else (lambda: None)
+    finally:
+        cluster.close()
+        shutil.rmtree(home, ignore_errors=True)
