@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -142,35 +142,39 @@ class Control:
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to
 
-    def run(self, event: Mapping[str, Any], features: Mapping[str, Any]) -> ControlResult:
+    def run(self, event: Mapping[str, Any], features: Mapping[str, Any],
+            entity_key: str = "") -> ControlResult:
+        """One bounded call; errors become the result's ``error`` and the fail policy.
+        ``entity_key`` decides whether a canary's result counts."""
         start = time.perf_counter_ns()
         self.budget.deadline = start + self.budget.budget_ns
+        error = None
         try:
             out = self.module.call_with(self.budget.options, "evaluate", event, features).value
-            result = self._result(out)
+            outcome, reason, actions, score = self._parse(out)
         except Exception as exc:
-            message = str(exc)
-            if "cancelled" in message:
-                message = f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget"
-            elif "call stack" in message.lower() or "recursion" in message.lower():
-                message = f"exceeded the call depth limit of {MAX_CALL_DEPTH}"
+            error = str(exc)
+            if "cancelled" in error:
+                error = f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget"
+            elif "call stack" in error.lower() or "recursion" in error.lower():
+                error = f"exceeded the call depth limit of {MAX_CALL_DEPTH}"
             else:
-                message = _summary(exc)
-            result = ControlResult(self.control_id, self.version, self.on_error,
-                                   reason=f"control failed ({message}); fail policy "
-                                   f"{self.on_error or 'IGNORE'}" if self.on_error else "",
-                                   error=message)
-        return replace(result, duration_us=(time.perf_counter_ns() - start) // 1000)
+                error = _summary(exc)
+            outcome, actions, score = self.on_error, (), 0.0
+            reason = (f"control failed ({error}); fail policy {self.on_error}"
+                      if self.on_error else "")
+        return ControlResult(self.control_id, self.version, outcome, reason, actions, score,
+                             error, (time.perf_counter_ns() - start) // 1000, self.mode,
+                             self.mode == "ACTIVE" or self.decides_for(entity_key))
 
-    def _result(self, out: Any) -> ControlResult:
+    def _parse(self, out: Any) -> tuple[str | None, str, tuple[str, ...], float]:
         if out is None:
-            return ControlResult(self.control_id, self.version, None)
+            return None, "", (), 0.0
         if not isinstance(out, dict) or out.get("outcome") not in OUTCOMES:
             raise ControlError(f"returned {out!r}; expected None or a dict with an outcome "
                                f"in {OUTCOMES}")
-        return ControlResult(self.control_id, self.version, out["outcome"],
-                             str(out.get("reason", "")), tuple(out.get("actions", ())),
-                             float(out.get("score", 1.0)))
+        return (out["outcome"], str(out.get("reason", "")), tuple(out.get("actions", ())),
+                float(out.get("score", 1.0)))
 
     def check_examples(self) -> list[ExampleFailure]:
         """Run the control's own examples; the failures (empty: all pass)."""
@@ -233,13 +237,7 @@ class ControlSet:
                  features: Mapping[str, Any], entity_key: str = "") -> list[ControlResult]:
         """Every control for the event type; shadow and out-of-canary results are
         returned with ``applied=False``."""
-        out = []
-        for c in self.for_type(event_type):
-            r = c.run(event, features)
-            if c.mode != "ACTIVE":
-                r = replace(r, mode=c.mode, applied=c.decides_for(entity_key))
-            out.append(r)
-        return out
+        return [c.run(event, features, entity_key) for c in self.for_type(event_type)]
 
     def check_examples(self) -> list[ExampleFailure]:
         return [f for c in self.controls for f in c.check_examples()]

@@ -32,7 +32,8 @@ from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import DecodedCache, StateManager
 
 __all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "FEATURES_STORE",
-           "INPUTS", "DecisionPath", "EventKind", "event_features", "local_features"]
+           "INPUTS", "DecisionPath", "EventKind", "entity_state_key", "event_features",
+           "feature_states", "local_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | N
     return view, values, errors
 
 
+def feature_states(state: StateManager, max_keys: int = 100_000) -> DecodedCache:
+    """The decoded entity states (feature windows) of a processor's state."""
+    return state.decoded(FEATURES_STORE, decode_state, encode_state, max_keys)
+
+
+def entity_state_key(entity: str, key: str) -> bytes:
+    """Where one entity key's windows are stored."""
+    return f"{entity}|{key}".encode()
+
+
 def local_features(library: FeatureLibrary, accepted: Admitted, states: DecodedCache,
                    state: StateManager, batch: BatchTable | None = None) \
         -> tuple[dict[str, Any], dict[str, str]]:
@@ -67,7 +78,7 @@ def local_features(library: FeatureLibrary, accepted: Admitted, states: DecodedC
     t = accepted.event["event_time"]
     tp = (accepted.rec.topic, accepted.rec.partition)
     for entity, key in library.entities_of(fview).items():
-        st = states.get(state, tp, f"{entity}|{key}".encode())
+        st = states.get(state, tp, entity_state_key(entity, key))
         got, notes = library.compute(entity, st, fview, t)
         values.update(got)
         if notes:
@@ -105,7 +116,7 @@ class DecisionPath:
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
-        states = state.decoded(FEATURES_STORE, decode_state, encode_state)
+        states = feature_states(state)
         for view, admitted in self.intake.admit_all(batch, now_ms, state,
                                                     (self.decider.memory,)):
             if isinstance(admitted, OutRecord):

@@ -30,11 +30,16 @@ import orjson
 
 from tripwire.controls.engine import ControlSet
 from tripwire.features.batch import BatchTable
-from tripwire.features.engine import FeatureLibrary, decode_state, encode_state, make_view
+from tripwire.features.engine import FeatureLibrary, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.validate import Validator
 from tripwire.streams.decider import DECISIONS_STORE, Decider
-from tripwire.streams.decision_path import FEATURES_STORE, event_features
+from tripwire.streams.decision_path import (
+    FEATURES_STORE,
+    entity_state_key,
+    event_features,
+    feature_states,
+)
 from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, Intake
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
@@ -120,8 +125,7 @@ class FeatureStage:
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
-        states = state.decoded(FEATURES_STORE, decode_state, encode_state)
-        states.max_keys = self.cache_keys
+        states = feature_states(state, self.cache_keys)
         for rec in batch:
             _, req = self.codec.decode(rec.value)  # written by intake: trusted
             values: dict[str, Any]
@@ -130,7 +134,7 @@ class FeatureStage:
                 values, notes = {}, [f"no features are defined for {req['entity']}"]
             else:
                 st = states.get(state, (rec.topic, rec.partition),
-                                     f"{req['entity']}|{req['entity_key']}".encode())
+                                entity_state_key(req["entity"], req["entity_key"]))
                 values, notes = self.compute(req, st)
             out.append(OutRecord("gather", req["identity"].encode(), self.codec.encode(
                 FEATURE_FRAGMENT, {"identity": req["identity"], "entity": req["entity"],

@@ -177,12 +177,12 @@ class StateManager:
         self._decoded: dict[str, DecodedCache] = {}
 
     def decoded(self, store: str, decode: Callable[[bytes | None], Any],
-                encode: Callable[[Any], bytes]) -> DecodedCache:
+                encode: Callable[[Any], bytes], max_keys: int = 100_000) -> DecodedCache:
         """The decoded-value cache of ``store`` (one per manager, dropped with its
         partitions on revoke, loss or abort)."""
         cache = self._decoded.get(store)
         if cache is None:
-            cache = self._decoded[store] = DecodedCache(store, decode, encode)
+            cache = self._decoded[store] = DecodedCache(store, decode, encode, max_keys)
         return cache
 
     def view(self, topic: str, partition: int) -> StateView:
