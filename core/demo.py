@@ -56,14 +56,15 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         create_topics(cluster.bootstrap, ns)
         console.print(f"Topics created under namespace [cyan]{ns}[/cyan]")
         codec = AvroCodec.from_url(settings.schema_registry_url)
+        library = FeatureLibrary()
         with tempfile.TemporaryDirectory(prefix="tripwire-demo-") as state_dir:
             pipeline = Pipeline.build(cluster.bootstrap, ns, codec=codec,
-                                      controls=ControlSet.from_dir(), library=FeatureLibrary(),
+                                      controls=ControlSet.from_dir(), library=library,
                                       state_dir=Path(state_dir))
             try:
                 pipeline.wait_assigned()
                 console.print("Pipeline running: intake → feature nodes "
-                              f"({', '.join(FeatureLibrary().entities())}) → decide")
+                              f"({', '.join(library.entities())}) → decide")
                 return _traffic(console, cluster.bootstrap, ns, codec, normal, attack)
             finally:
                 pipeline.stop()

@@ -49,7 +49,8 @@ class Decider:
         decision = self._decision(kind, event, features, feature_errors, results, now_ms,
                                   arrived_ms)
         inputs = orjson.dumps({"event": event, "features": features},
-                              option=orjson.OPT_NON_STR_KEYS, default=repr).decode()
+                              option=orjson.OPT_NON_STR_KEYS, default=repr).decode() \
+            if results else ""
         executions = [OutRecord("control_executions", event["event_id"].encode(),
                                 self.codec.encode(EXECUTION_SCHEMA, {
             "event_id": event["event_id"], "decision_id": decision["decision_id"],

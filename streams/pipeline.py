@@ -176,7 +176,6 @@ class DecisionStage:
         self.node_timeout_ms = node_timeout_ms
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
-        self.partial = 0
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
@@ -226,7 +225,6 @@ class DecisionStage:
             if due is None or due.deadline is None or due.deadline > now_ms:
                 continue  # decided already, or a newer deadline is queued
             if due.request is not None:
-                self.partial += 1
                 out += self._decide(identity, due, now_ms, state)
             else:
                 logger.warning("dropping fragments of %s: its event never arrived", identity)
