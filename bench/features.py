@@ -69,32 +69,34 @@ def _traffic(codec: AvroCodec, n: int, t0: int) -> list[InRecord]:
     return out
 
 
-def _requests(codec: AvroCodec, lib: FeatureLibrary, records: list[InRecord], now: int) \
-        -> tuple[list[OutRecord], dict[int, list[OutRecord]]]:
+def _requests(codec: AvroCodec, lib: FeatureLibrary, records: list[InRecord], now: int,
+              batch: int, partitions: int = 3) -> tuple[list[list[OutRecord]], int]:
+    """The intake's packed feature requests, one list per intake batch of
+    ``batch`` events; and the number of entity requests they hold."""
     intake = IntakeStage(codec, lib)
+    intake.partitions = dict.fromkeys(intake.routes, partitions)
     state = StateManager("bench-intake", list(intake.stores))
-    reqs: list[OutRecord] = []
-    per_event: dict[int, list[OutRecord]] = defaultdict(list)
-    for i, rec in enumerate(records):
-        for o in intake.process([rec], now, state):
-            if o.topic_key.startswith("features_"):
-                reqs.append(o)
-                per_event[i].append(o)
-    return reqs, per_event
+    chunks, n = [], 0
+    for i in range(0, len(records), batch):
+        outs = [o for o in intake.process(records[i:i + batch], now, state)
+                if o.topic_key.startswith("features_")]
+        n += sum(codec.decode(o.value)[1]["count"] for o in outs)
+        chunks.append(outs)
+    return chunks, n
 
 
 def _stage_in_process(codec: AvroCodec, lib: FeatureLibrary,
-                      per_event: dict[int, list[OutRecord]], batch: int = 50) -> list[float]:
-    """Time per batch of ``batch`` events (every event in it waits that long)."""
+                      chunks: list[list[OutRecord]]) -> list[float]:
+    """Time per intake batch (every event in it waits that long)."""
     stage = FeatureStage(codec, lib)
-    events = [outs for _, outs in sorted(per_event.items())]
+    stage.partitions = {"gather": 3}
     with tempfile.TemporaryDirectory() as d:
         state = StateManager(stage.name, list(stage.stores), root=Path(d))
         times = []
         clock = time.perf_counter_ns
-        for i in range(0, len(events), batch):
-            recs = [InRecord(o.topic_key, 0, 0, o.key, o.value, 0)
-                    for outs in events[i:i + batch] for o in outs]
+        for outs in chunks:
+            recs = [InRecord(o.topic_key, o.partition or 0, 0, o.key, o.value, 0)
+                    for o in outs]
             t = clock()
             stage.process(recs, 0, state)
             times.append((clock() - t) / 1000)
@@ -125,16 +127,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--state-keys", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--intake-batch", type=int, default=500,
+                    help="events per intake batch (the loop's default batch size)")
     args = ap.parse_args(argv)
     from bench.passthrough import confluent_loop
 
     codec, lib = AvroCodec(SchemaStore.default()), FeatureLibrary()
     t0 = int(time.time() * 1000) - 3_600_000
     records = _traffic(codec, args.events, t0)
-    reqs, per_event = _requests(codec, lib, records, t0 + 3_600_000)
-    print(f"{len(records)} events → {len(reqs)} feature requests "
-          f"({len(reqs) / len(records):.2f} entity nodes per event), "
-          f"{len(lib.specs)} features on {len(lib.entities())} entities; {os.cpu_count()} cores")
+    chunks, n_req = _requests(codec, lib, records, t0 + 3_600_000, args.intake_batch)
+    reqs = [o for outs in chunks for o in outs]
+    print(f"{len(records)} events → {n_req} feature requests "
+          f"({n_req / len(records):.2f} entity nodes per event) packed into {len(reqs)} "
+          f"records (intake batches of {args.intake_batch}), {len(lib.specs)} features on "
+          f"{len(lib.entities())} entities; {os.cpu_count()} cores")
 
     rows: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
 
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             p = producer(cluster.bootstrap, **{"linger.ms": 20,
                                                "queue.buffering.max.messages": 1_000_000})
             for o in reqs:
-                p.produce(topic(o.topic_key, ns), o.value, o.key)
-                p.produce(f"{ns}raw-in", o.value, o.key)  # the same again, for the baseline
+                p.produce(topic(o.topic_key, ns), o.value, o.key, partition=o.partition or 0)
+                # the same again, for the baseline
+                p.produce(f"{ns}raw-in", o.value, o.key)
                 p.poll(0)
             p.flush(60)
 
@@ -184,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
             rows["feature stage (Kafka, txn, rocksdict)"].append(
                 (len(records) / wall, cpu / len(records) * 1e6, bcpu / len(records) * 1e6))
 
-    stage_times = [_stage_in_process(codec, lib, per_event) for _ in range(args.repeats)]
+    small, _ = _requests(codec, lib, records, t0 + 3_600_000, 50)
+    stage_times = [_stage_in_process(codec, lib, small) for _ in range(args.repeats)]
     size, per_key = _state_size(lib, args.state_keys, t0)
 
     print(f"\nmedians of {args.repeats} rounds; command: python -m bench features "

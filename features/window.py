@@ -1,24 +1,28 @@
 """Exact sliding-window aggregation over one entity key, as pure functions.
 
 The state of one entity key is a dict: ``{"wm": newest event time seen,
-<feature state_key>: [[t, v], ...] sorted by t}``. For an event at time t the
-value of a feature is its aggregate over matching events in (t - window, t],
-the event itself included. Events older than ``wm - allowed_lateness`` are late:
-they are reported and get a value, but do not change the state. Entries that no
-future on-time event can see (t <= wm - lateness - window) are dropped, and no
-key keeps more than ``max_entries`` per feature (the oldest go first, reported).
+<feature state_key>: [[t, ...], [v, ...]]}``: the matching events' times,
+sorted, and their values, in two parallel lists (two objects per feature and
+key however many events, so the garbage collector and the encoder have little
+to walk). For an event at time t the value of a feature is its aggregate over
+matching events in (t - window, t], the event itself included. Events older
+than ``wm - allowed_lateness`` are late: they are reported and get a value, but
+do not change the state. Entries that no future on-time event can see
+(t <= wm - lateness - window) are dropped, and no key keeps more than
+``max_entries`` per feature (the oldest go first, reported).
 
 >>> from tripwire.features.spec import FeatureSpec
 >>> f = FeatureSpec("n", "card", "count", "1m")
 >>> state = {}
 >>> update(state, [f], {"event_type": "CardPayment"}, 1000)[0]["n"]
 1
+>>> state
+{'n@1': [[1000], [1]], 'wm': 1000}
 """
 
 from __future__ import annotations
 
 import bisect
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,28 +32,27 @@ __all__ = ["DEFAULT_MAX_ENTRIES", "EntityState", "update", "value_of"]
 
 EntityState = dict[str, Any]
 DEFAULT_MAX_ENTRIES = 20_000
-_time = operator.itemgetter(0)
 
 
-def value_of(spec: FeatureSpec, entries: Sequence[Sequence[Any]], t: int,
+def value_of(spec: FeatureSpec, times: Sequence[int], values: Sequence[Any], t: int,
              exclude_self: bool = False) -> Any:
-    """The aggregate of ``entries`` (sorted [t, v] pairs) in (t - window, t]."""
-    hi = bisect.bisect_right(entries, t, key=_time)
-    lo = bisect.bisect_right(entries, t - spec.window_ms, 0, hi, key=_time)
-    if spec.aggregate == "since_last":
+    """The aggregate of the entries (sorted ``times``, their ``values``) in (t - window, t]."""
+    hi = bisect.bisect_right(times, t)
+    lo = bisect.bisect_right(times, t - spec.window_ms, 0, hi)
+    aggregate = spec.aggregate
+    if aggregate == "count":
+        return hi - lo
+    if aggregate == "since_last":
         if exclude_self:
             hi -= 1  # the event itself was just added: look before it
-        return t - entries[hi - 1][0] if hi > lo else None
-    if spec.aggregate == "count":
-        return hi - lo
-    window = entries[lo:hi]
-    if spec.aggregate == "sum":
-        return sum(e[1] for e in window)
-    if spec.aggregate == "distinct":
-        return len({e[1] for e in window})
-    if spec.aggregate == "max":
-        return max((e[1] for e in window), default=None)
-    raise ValueError(spec.aggregate)
+        return t - times[hi - 1] if hi > lo else None
+    if aggregate == "sum":
+        return sum(values[lo:hi])
+    if aggregate == "distinct":
+        return len(set(values[lo:hi]))
+    if aggregate == "max":
+        return max(values[lo:hi], default=None)
+    raise ValueError(aggregate)
 
 
 _EMPTY: dict[str, Any] = {"count": 0, "sum": 0, "distinct": 0, "max": None,
@@ -80,24 +83,33 @@ def update(state: EntityState, specs: Sequence[FeatureSpec], view: Mapping[str, 
                 if late:
                     notes.append(_late_note(spec, late_by))
                 continue
-            entries = state[spec.state_key] = []
+            entries = state[spec.state_key] = [[], []]
+        times, vals = entries
         added = False
         if matched:
             item = 1 if spec.aggregate in ("count", "since_last") else view.get(spec.field or "")
             if item is not None:
-                bisect.insort(entries, [t, item], key=_time)
+                if not times or times[-1] <= t:  # in order: the usual case
+                    times.append(t)
+                    vals.append(item)
+                else:
+                    i = bisect.bisect_right(times, t)
+                    times.insert(i, t)
+                    vals.insert(i, item)
                 added = True
         if late:
             notes.append(_late_note(spec, late_by))
-        values[spec.name] = value_of(spec, entries, t, exclude_self=added)
+        values[spec.name] = value_of(spec, times, vals, t, exclude_self=added)
         horizon = new_wm - spec.lateness_ms - spec.window_ms
-        if entries and entries[0][0] <= horizon:
-            del entries[:bisect.bisect_right(entries, horizon, key=_time)]
-        if len(entries) > max_entries:
-            del entries[:len(entries) - max_entries]
+        if times and times[0] <= horizon:
+            cut = bisect.bisect_right(times, horizon)
+            del times[:cut], vals[:cut]
+        if len(times) > max_entries:
+            cut = len(times) - max_entries
+            del times[:cut], vals[:cut]
             notes.append(f"{spec.name}: more than {max_entries} events in the window; "
                          "oldest dropped, value is a lower bound")
-        if not entries:
+        if not times:
             del state[spec.state_key]
     state["wm"] = new_wm
     return values, notes

@@ -38,7 +38,7 @@ __all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "F
 logger = logging.getLogger(__name__)
 
 INPUTS = ("card_payments", "logins", "fps")  # topic keys the decision path reads
-FEATURES_STORE = "features.v1"
+FEATURES_STORE = "features.v2"  # v2: columnar entries [[times], [values]]
 
 
 def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | None) \

@@ -37,8 +37,10 @@ class Processor(Protocol):
 
     Optional hooks, used when present: ``tick(now_ms, state) -> outputs`` (called
     between batches, for timeouts), ``safe_offsets(offsets) -> offsets`` (commit
-    no further than work still held in memory) and ``drop(tps)`` (partitions
-    revoked: forget in-memory work for them).
+    no further than work still held in memory), ``drop(tps)`` (partitions
+    revoked: forget in-memory work for them) and ``routes`` (topic keys the
+    processor partitions itself: the loop sets ``processor.partitions`` to their
+    partition counts before the first batch).
     """
 
     name: str
@@ -99,6 +101,7 @@ class BatchLoop:
                "linger.ms": 2},
         )
         self._create_changelogs()
+        self._bind_routes()
         self.producer.init_transactions(30)
         self._assigned_at: float | None = None
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign,
@@ -120,6 +123,22 @@ class BatchLoop:
                       for s in self.state.store_names
                       if (name := self.state.changelog(s, t))]
         create_topics(self.bootstrap, "", specs)
+
+    def _bind_routes(self) -> None:
+        """Tell a processor that routes records itself how many partitions its
+        output topics have (its ``routes``: topic keys)."""
+        routes = getattr(self.processor, "routes", ())
+        if not routes:
+            return
+        md = self.consumer.list_topics(timeout=30)
+        counts = {}
+        for key in routes:
+            t = md.topics.get(self._topic(key))
+            if t is None or t.error is not None:
+                raise KafkaException(f"output topic {self._topic(key)} does not exist; run "
+                                     "`tripwire topics create` first")
+            counts[key] = len(t.partitions)
+        self.processor.partitions = counts  # type: ignore[attr-defined]
 
     def _on_assign(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         self._restore([(tp.topic, tp.partition) for tp in partitions])
@@ -287,7 +306,11 @@ class BatchLoop:
         try:
             self.producer.begin_transaction()
             for o in outputs:
-                self.producer.produce(self._topic(o.topic_key), o.value, o.key)
+                if o.partition is None:
+                    self.producer.produce(self._topic(o.topic_key), o.value, o.key)
+                else:
+                    self.producer.produce(self._topic(o.topic_key), o.value, o.key,
+                                          partition=o.partition)
             last: dict[tuple[str, tuple[str, int]], int] = {}
             for i, (store, tp, _, _) in enumerate(pending):
                 last[(store, tp)] = i  # the offset of a partition's last record is enough

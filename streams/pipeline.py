@@ -15,13 +15,19 @@ compute exact features:
   all have come — or a node's timeout passes, leaving a partial result with a
   per-node error — runs the controls and emits the decision.
 
+Internal messages are packed: each stage writes one record per output partition
+per batch (:class:`Packer`), routing every item by its key, so per-record costs
+are paid per batch, not per event and entity.
+
 Each stage is a pure processor; :class:`~tripwire.streams.loop.BatchLoop` runs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,27 +42,84 @@ from tripwire.schemas.validate import Validator
 from tripwire.streams.decider import DECISIONS_STORE, Decider
 from tripwire.streams.decision_path import (
     FEATURES_STORE,
-    entity_state_key,
     event_features,
     feature_states,
 )
 from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, Intake
 from tripwire.streams.quarantine import quarantine
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateManager
+from tripwire.streams.records import InRecord, OutRecord, partition_for
+from tripwire.streams.state import StateManager, StateView
 
-__all__ = ["DECISION_REQUEST", "FEATURE_FRAGMENT", "FEATURE_REQUEST", "DecisionStage",
-           "FeatureStage", "IntakeStage"]
+__all__ = ["DECISION_REQUESTS", "FEATURE_FRAGMENTS", "FEATURE_REQUESTS", "DecisionStage",
+           "FeatureStage", "IntakeStage", "Packer", "unpack"]
 
 logger = logging.getLogger(__name__)
 
-FEATURE_REQUEST = "tripwire.internal.FeatureRequest"
-FEATURE_FRAGMENT = "tripwire.internal.FeatureFragment"
-DECISION_REQUEST = "tripwire.internal.DecisionRequest"
+FEATURE_REQUESTS = "tripwire.internal.FeatureRequests"
+FEATURE_FRAGMENTS = "tripwire.internal.FeatureFragments"
+DECISION_REQUESTS = "tripwire.internal.DecisionRequests"
 TP = tuple[str, int]
 
 
-class IntakeStage:
+class Packer:
+    """Packs a batch's internal messages into one record per output partition.
+
+    Per-record costs (the Kafka client, the Avro call, the loop) are paid once
+    per partition per batch instead of once per event and entity; the key of each
+    item picks the partition (:func:`partition_for`), so an entity key's requests
+    still reach exactly one partition, in order. ``partitions`` is set by the
+    loop from the topics' metadata (one partition when run without Kafka).
+    """
+
+    routes: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.partitions: dict[str, int] = {}
+
+    def pack(self, codec: AvroCodec, schema: str, topic_key: str,
+             items: Sequence[tuple[bytes, Any]], as_json: bool = False,
+             **fields: Any) -> list[OutRecord]:
+        """``items``: (routing key, item) pairs → one record per partition (items in
+        an Avro array, or with ``as_json`` in one JSON array ``items_json``)."""
+        n = self.partitions.get(topic_key, 1)
+        groups: dict[int, list[Any]] = defaultdict(list)
+        for key, item in items:
+            groups[partition_for(key, n)].append(item)
+        out: list[OutRecord] = []
+        for partition, group in sorted(groups.items()):
+            for i in range(0, len(group), self.MAX_ITEMS):
+                out += [OutRecord(topic_key, None, value, partition) for value in
+                        _encode_within(codec, schema, fields, group[i:i + self.MAX_ITEMS],
+                                       as_json)]
+        return out
+
+    MAX_ITEMS = 1000  # items per record; records are also kept under MAX_BYTES
+
+
+MAX_BYTES = 512 * 1024  # half the broker's default message.max.bytes
+_FRAGMENT = ("identity", "entity", "entity_key", "values", "notes")  # a fragment item's fields
+
+
+def _encode_within(codec: AvroCodec, schema: str, fields: dict[str, Any],
+                   items: list[Any], as_json: bool) -> list[bytes]:
+    """Encode ``items`` into as few records as keep each under MAX_BYTES, in order."""
+    body = ({"count": len(items), "items_json": orjson.dumps(items)} if as_json
+            else {"items": items})
+    value = codec.encode(schema, {**fields, **body})
+    if len(value) <= MAX_BYTES or len(items) == 1:
+        return [value]
+    half = len(items) // 2
+    return (_encode_within(codec, schema, fields, items[:half], as_json)
+            + _encode_within(codec, schema, fields, items[half:], as_json))
+
+
+def unpack(packed: dict[str, Any]) -> list[Any]:
+    """The items of a packed internal record (Avro array or JSON array)."""
+    items = packed.get("items")
+    return orjson.loads(packed["items_json"]) if items is None else items
+
+
+class IntakeStage(Packer):
     """Decode → validate → dedup; fan out to the entity nodes and the gather topic."""
 
     name = "intake"
@@ -64,42 +127,44 @@ class IntakeStage:
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  validator: Validator | None = None, ttl_ms: int = 7 * DAY_MS) -> None:
+        super().__init__()
         self.codec = codec
         self.library = library
         self.intake = Intake(codec, validator, ttl_ms)
+        self.routes = ("gather", *(f"features_{e}" for e in library.entities()))
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
+        requests: dict[str, list[tuple[bytes, list[Any]]]] = defaultdict(list)
+        gather: list[tuple[bytes, dict[str, Any]]] = []
         for _, admitted in self.intake.admit_all(batch, now_ms, state):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
                 continue
             nodes: list[str] = []
             if not admitted.repeat:  # a repeat never counts twice in a feature
-                out += self._requests(admitted, nodes)
+                self._requests(admitted, nodes, requests)
             rec = admitted.rec
-            out.append(OutRecord("gather", admitted.identity.encode(), self.codec.encode(
-                DECISION_REQUEST, {"identity": admitted.identity, "event": rec.value,
-                                   "nodes": nodes, "arrived_ms": rec.timestamp_ms,
-                                   "repeat": admitted.repeat})))
-        return out
+            gather.append((admitted.identity.encode(), {
+                "identity": admitted.identity, "event": rec.value, "nodes": nodes,
+                "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
+        for entity, items in sorted(requests.items()):
+            out += self.pack(self.codec, FEATURE_REQUESTS, f"features_{entity}", items,
+                             as_json=True, entity=entity)
+        return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
 
-    def _requests(self, a: Admitted, nodes: list[str]) -> list[OutRecord]:
+    def _requests(self, a: Admitted, nodes: list[str],
+                  requests: dict[str, list[tuple[bytes, list[Any]]]]) -> None:
         view = make_view(a.kind.short, a.event, a.kind.jit(a.event))
-        out = []
         for entity, key in sorted(self.library.entities_of(view).items()):
             nodes.append(entity)
             fields = {f: view.get(f) for f in self.library.fields_for(entity)}
-            out.append(OutRecord(f"features_{entity}", key.encode(), self.codec.encode(
-                FEATURE_REQUEST, {"identity": a.identity, "event_id": a.event["event_id"],
-                                  "entity": entity, "entity_key": key,
-                                  "event_time": a.event["event_time"],
-                                  "fields_json": orjson.dumps(fields)})))
-        return out
+            requests[entity].append((key.encode(), [
+                a.identity, a.event["event_id"], key, a.event["event_time"], fields]))
 
 
-class FeatureStage:
+class FeatureStage(Packer):
     """One entity key's windows live on one partition: exact for any worker count.
 
     Entity states are cached decoded in memory and written back once per batch
@@ -109,39 +174,42 @@ class FeatureStage:
 
     name = "features"
     stores: tuple[str, ...] = (FEATURES_STORE,)
+    routes = ("gather",)
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  cache_keys: int = 100_000) -> None:
+        super().__init__()
         self.codec = codec
         self.library = library
         self.cache_keys = cache_keys
 
-    def compute(self, req: dict[str, Any], state: dict[str, Any]) \
-            -> tuple[dict[str, Any], list[str]]:
+    def compute(self, entity: str, fields: dict[str, Any], event_time: int,
+                state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The feature values of one request (the node's work; tests slow it down)."""
-        return self.library.compute(req["entity"], state, orjson.loads(req["fields_json"]),
-                                    req["event_time"])
+        return self.library.compute(entity, state, fields, event_time)
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
-        out: list[OutRecord] = []
+        fragments: list[tuple[bytes, list[Any]]] = []
         states = feature_states(state, self.cache_keys)
+        get, compute = states.get, self.compute
         for rec in batch:
-            _, req = self.codec.decode(rec.value)  # written by intake: trusted
-            values: dict[str, Any]
-            notes: list[str]
-            if req["entity"] not in self.library.by_entity:
-                values, notes = {}, [f"no features are defined for {req['entity']}"]
-            else:
-                st = states.get(state, (rec.topic, rec.partition),
-                                entity_state_key(req["entity"], req["entity_key"]))
-                values, notes = self.compute(req, st)
-            out.append(OutRecord("gather", req["identity"].encode(), self.codec.encode(
-                FEATURE_FRAGMENT, {"identity": req["identity"], "entity": req["entity"],
-                                   "entity_key": req["entity_key"],
-                                   "values_json": orjson.dumps(values), "notes": notes})))
+            _, packed = self.codec.decode(rec.value)  # written by intake: trusted
+            entity = packed["entity"]
+            known = entity in self.library.by_entity
+            tp = (rec.topic, rec.partition)
+            prefix = f"{entity}|"
+            for identity, _event_id, key, event_time, fields in unpack(packed):
+                values: dict[str, Any]
+                notes: list[str]
+                if not known:
+                    values, notes = {}, [f"no features are defined for {entity}"]
+                else:
+                    st = get(state, tp, (prefix + key).encode())
+                    values, notes = compute(entity, fields, event_time, st)
+                fragments.append((identity.encode(), [identity, entity, key, values, notes]))
         states.flush(state)
-        return out
+        return self.pack(self.codec, FEATURE_FRAGMENTS, "gather", fragments, as_json=True)
 
 
 @dataclass
@@ -181,33 +249,41 @@ class DecisionStage:
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
         for rec in batch:
-            schema, msg = self.codec.decode(rec.value)
-            identity = msg["identity"]
+            schema, packed = self.codec.decode(rec.value)
+            is_request = schema.name == DECISION_REQUESTS
             view = state.view(rec.topic, rec.partition)
-            if schema.name == DECISION_REQUEST and msg["repeat"]:
-                p = self.pending.get(identity)
-                if p is not None:
-                    p.repeats += 1
-                    continue
-                again = self.decider.recall(identity, view)
-                out.append(again or quarantine(self.codec, rec, "dedup", [(
-                    "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
-                    "longer kept")], now_ms))
-                continue
-            if self.decider.memory.get(view, identity.encode()) is not None:
-                continue  # decided before a restart: read again, nothing to do
-            p = self.pending.get(identity)
-            if p is None:
-                p = self.pending[identity] = _Pending((rec.topic, rec.partition), rec.offset)
-            if schema.name == DECISION_REQUEST:
-                p.request, p.arrived_ms = msg, msg["arrived_ms"]
-                p.deadline = now_ms + self.node_timeout_ms
-                heapq.heappush(self._deadlines, (p.deadline, identity))
-            else:
-                p.fragments[msg["entity"]] = msg
-            if p.request is not None and all(n in p.fragments for n in p.request["nodes"]):
-                out += self._decide(identity, p, now_ms, state)
+            for item in unpack(packed):
+                msg = item if is_request else dict(zip(_FRAGMENT, item, strict=True))
+                out += self._take(rec, view, msg, is_request, now_ms, state)
         return out + self.tick(now_ms, state)
+
+    def _take(self, rec: InRecord, view: StateView, msg: dict[str, Any], is_request: bool,
+              now_ms: int, state: StateManager) -> list[OutRecord]:
+        identity = msg["identity"]
+        if is_request and msg["repeat"]:
+            p = self.pending.get(identity)
+            if p is not None:
+                p.repeats += 1
+                return []
+            again = self.decider.recall(identity, view)
+            return [again or quarantine(self.codec, dataclasses.replace(rec, value=msg["event"]),
+                                        "dedup", [("DECISION_EXPIRED", None, "repeat of an "
+                                                   "event whose decision is no longer kept")],
+                                        now_ms, item=identity)]
+        if self.decider.memory.get(view, identity.encode()) is not None:
+            return []  # decided before a restart: read again, nothing to do
+        p = self.pending.get(identity)
+        if p is None:
+            p = self.pending[identity] = _Pending((rec.topic, rec.partition), rec.offset)
+        if is_request:
+            p.request, p.arrived_ms = msg, msg["arrived_ms"]
+            p.deadline = now_ms + self.node_timeout_ms
+            heapq.heappush(self._deadlines, (p.deadline, identity))
+        else:
+            p.fragments[msg["entity"]] = msg
+        if p.request is not None and all(n in p.fragments for n in p.request["nodes"]):
+            return self._decide(identity, p, now_ms, state)
+        return []
 
     ORPHAN_MS = 600_000
 
@@ -243,7 +319,7 @@ class DecisionStage:
             if frag is None:
                 errors[node] = f"no answer within {self.node_timeout_ms} ms"
                 continue
-            features.update(orjson.loads(frag["values_json"]))
+            features.update(frag["values"])
             if frag["notes"]:
                 errors[node] = "; ".join(frag["notes"])
         decision, executions = self.decider.decide(kind, event, features, errors, now_ms,

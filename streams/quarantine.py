@@ -15,10 +15,11 @@ Reason = tuple[str, str | None, str]  # (code, field path, detail)
 
 
 def quarantine(codec: AvroCodec, rec: InRecord, stage: str, reasons: Iterable[Reason],
-               now_ms: int, schema_name: str | None = None) -> OutRecord:
-    """The quarantine output for ``rec``; its id is its source position, so a
-    reprocessed refusal carries the same id."""
-    qid = f"{rec.topic}/{rec.partition}/{rec.offset}"
+               now_ms: int, schema_name: str | None = None, item: str | None = None) \
+        -> OutRecord:
+    """The quarantine output for ``rec``; its id is its source position (and the
+    ``item`` of a packed record), so a reprocessed refusal carries the same id."""
+    qid = f"{rec.topic}/{rec.partition}/{rec.offset}" + (f"/{item}" if item else "")
     value = codec.encode(QUARANTINE_SCHEMA, {
         "quarantine_id": qid,
         "stage": stage,

@@ -6,9 +6,10 @@ the same code runs live, in backtests and in unit tests.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-__all__ = ["InRecord", "OutRecord"]
+__all__ = ["InRecord", "OutRecord", "partition_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +27,15 @@ class OutRecord:
     topic_key: str  # a key of tripwire.streams.topics.TOPICS
     key: bytes | None
     value: bytes
+    partition: int | None = None  # None: the producer's partitioner picks it from the key
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of ``key`` when a stage routes records itself (packed records
+    hold many keys, so the key cannot travel as the Kafka key): CRC-32 modulo
+    the partition count, the same rule wherever it is used.
+
+    >>> partition_for(b"card-1", 3) == partition_for(b"card-1", 3)
+    True
+    """
+    return zlib.crc32(key) % partitions if partitions > 1 else 0

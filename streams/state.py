@@ -22,10 +22,10 @@ b'v'
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import shutil
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -282,7 +282,7 @@ class DecodedCache:
     def __init__(self, store: str, decode: Callable[[bytes | None], Any],
                  encode: Callable[[Any], bytes], max_keys: int = 100_000) -> None:
         self.store, self.decode, self.encode, self.max_keys = store, decode, encode, max_keys
-        self._cache: OrderedDict[tuple[TP, bytes], Any] = OrderedDict()
+        self._cache: dict[tuple[TP, bytes], Any] = {}  # oldest loaded first
         self._dirty: set[tuple[TP, bytes]] = set()
 
     def get(self, state: StateManager, tp: TP, key: bytes) -> Any:
@@ -291,8 +291,6 @@ class DecodedCache:
         value = self._cache.get(k)
         if value is None:
             value = self._cache[k] = self.decode(state.store(self.store, tp).get(key))
-        else:
-            self._cache.move_to_end(k)
         self._dirty.add(k)
         return value
 
@@ -303,8 +301,10 @@ class DecodedCache:
         for tp, items in by_tp.items():
             state.put_many(self.store, tp, items)
         self._dirty.clear()
-        while len(self._cache) > self.max_keys:
-            self._cache.popitem(last=False)
+        excess = len(self._cache) - self.max_keys
+        if excess > 0:  # forget the keys loaded longest ago (state is in the store)
+            for k in list(itertools.islice(self._cache, excess)):
+                del self._cache[k]
 
     def drop(self, tps: Iterable[TP]) -> None:
         gone = set(tps)

@@ -22,7 +22,7 @@ from tripwire.features.engine import FeatureLibrary, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.intake import EVENT_KINDS
-from tripwire.streams.pipeline import FeatureStage
+from tripwire.streams.pipeline import FeatureStage, unpack
 from tripwire.streams.runner import Pipeline, stage_loop
 from tripwire.streams.topics import topic
 
@@ -91,8 +91,10 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
     order: dict[tuple[str, str], list[str]] = defaultdict(list)
     for entity in LIB.entities():
         for m in read_to_end(kafka.bootstrap, topic(f"features_{entity}", topics)):
-            _, req = CODEC.decode(m.value())
-            order[(entity, req["entity_key"])].append(req["event_id"])
+            _, packed = CODEC.decode(m.value())
+            assert packed["entity"] == entity
+            for _identity, event_id, key, _time, _fields in unpack(packed):
+                order[(entity, key)].append(event_id)
     compared = 0
     late_seen = 0
     for (entity, _key), ids in order.items():
@@ -115,10 +117,10 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
 class SlowNode(FeatureStage):
     """A feature node that takes 3 s per request."""
 
-    def compute(self, req: dict[str, Any], state: dict[str, Any]) \
-            -> tuple[dict[str, Any], list[str]]:
+    def compute(self, entity: str, fields: dict[str, Any], event_time: int,
+                state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         time.sleep(3.0)
-        return super().compute(req, state)
+        return super().compute(entity, fields, event_time, state)
 
 
 def test_a_slow_node_leaves_a_partial_result_and_the_decision_goes_ahead(
