@@ -1,28 +1,48 @@
-"""Starlark controls: compiled and frozen once at load, called per event with bounds.
+"""Starlark controls run as a network, compiled and frozen once at load, called
+per event with bounds.
 
-A control is a ``.star`` file defining ``evaluate(event, features)`` that returns
-``None`` (no opinion) or ``{"outcome", "reason", "actions", "score"}``. Optional
-globals: ``APPLIES_TO`` (event type names), ``MODE`` (``ACTIVE``; ``SHADOW``:
-runs and is logged, never changes an outcome; ``CANARY`` with ``CANARY_PERCENT``:
-decides for a deterministic share of accounts), ``ON_ERROR`` (the outcome when the
-control fails: ``"IGNORE"`` by default, or one of the outcomes — fail safe) and
-``EXAMPLES`` (inputs with their expected outcome, run by ``tripwire controls test``
-and before a control is accepted).
+Three kinds of control, told apart by the one function a ``.star`` file defines:
 
-Each call has a time budget (checked about every thousand Starlark steps) and a
-call-depth limit. Errors are values: a failing control is recorded, the others
-still run, and its ``ON_ERROR`` outcome applies. Starlark has no memory limit:
-one huge allocation is not stopped (run controls in worker processes with an
+* **detectors** — ``detect(event, features)`` → ``None`` (nothing seen) or
+  ``{"signal": name, "score": 0..1, "reason": text}``: is this suspicious, how,
+  how sure;
+* **action controls** — ``act(event, features, detections)`` → ``None`` or
+  ``{"outcome", "actions", "reason"}``: a proposal from the detectors' findings
+  (``detections``: detector id → its signal, score and reason; only detectors
+  that fired and count for this event);
+* **one selection control** — ``select(event, proposals)`` → the final
+  ``{"outcome", "actions", "reason"}`` from the proposals (each with its
+  ``control_id``). With no proposal at all the outcome is ALLOW and it is not
+  called.
+
+Per event (:meth:`ControlSet.evaluate`): detectors, then action controls (only
+if a detector fired or a control failed), then selection. Optional globals:
+``APPLIES_TO`` (event type names), ``MODE`` (``ACTIVE``; ``SHADOW``: runs and is
+logged, never changes an outcome; ``CANARY`` with ``CANARY_PERCENT``: counts for
+a deterministic share of accounts), ``TIER`` (0: inline and fast, 1 ms budget;
+1: inline on precomputed features, the default; 2: asynchronous, never part of
+the decision, stoppable with :meth:`ControlSet.emergency_stop`), ``ON_ERROR``
+(``"IGNORE"`` by default, or the outcome a failure proposes — fail safe) and
+``EXAMPLES`` (inputs and the expected ``signal`` or ``outcome``, run by
+``tripwire controls test`` and before a control is accepted).
+
+A control sees the event fields and features it names as string literals in its
+source (``features.get("card_declines_10m")``): that is all it is given, and it
+is what its execution record shows as its inputs. Each call has a time budget
+(checked about every thousand Starlark steps) and a call-depth limit. Errors
+are values: a failing control is recorded, the others still run, and its
+``ON_ERROR`` outcome is proposed. Starlark has no memory limit: one huge
+allocation is not stopped (run controls in worker processes with an
 address-space limit where that matters).
-
->>> cs = ControlSet.from_dir(LIBRARY)                              # doctest: +SKIP
->>> cs.evaluate("CardPayment", {"amount_minor": 1}, {...})         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
 import time
+import tokenize
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,14 +51,20 @@ from typing import Any
 
 import starlark as sl
 
-__all__ = ["LIBRARY", "MODES", "OUTCOMES", "Control", "ControlError", "ControlResult", "ControlSet",
-           "ExampleFailure"]
+__all__ = ["LIBRARY", "MODES", "OUTCOMES", "STAGES", "Control", "ControlError", "ControlResult",
+           "ControlSet", "ExampleFailure", "Verdict"]
 
 OUTCOMES = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")  # least to most severe
 MODES = ("ACTIVE", "SHADOW", "CANARY")
+STAGES = ("DETECTOR", "ACTION", "SELECTION")  # the order they run in
+_FUNCTIONS = {"detect": "DETECTOR", "act": "ACTION", "select": "SELECTION"}
+_SIGNATURES = "detect(event, features), act(event, features, detections) or " \
+              "select(event, proposals)"
 LIBRARY = Path(str(resources.files("tripwire.controls").joinpath("library")))
 DEFAULT_BUDGET_MS = 5.0
+TIER0_BUDGET_MS = 1.0
 MAX_CALL_DEPTH = 64
+_SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
 
 
 class ControlError(ValueError):
@@ -57,6 +83,23 @@ class ControlResult:
     duration_us: int = 0
     mode: str = "ACTIVE"
     applied: bool = True  # False: shadow, or canary outside its share; never changes outcome
+    stage: str = "DETECTOR"
+    signal: str | None = None  # a detector's finding; None: nothing seen
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # what the control was given
+
+    @property
+    def fired(self) -> bool:
+        return self.signal is not None or self.outcome is not None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The network's answer for one event, with every control's result in run order."""
+
+    outcome: str
+    actions: tuple[str, ...]
+    reason: str
+    results: list[ControlResult]
 
 
 @dataclass(frozen=True)
@@ -81,6 +124,24 @@ class _Budget:
         return time.perf_counter_ns() > self.deadline
 
 
+def literals(source: str) -> frozenset[str]:
+    """The identifier-like string literals of a control: the names it can read."""
+    names = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.STRING:
+                value = ast.literal_eval(tok.string)
+                if isinstance(value, str) and value.isidentifier():
+                    names.add(value)
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        pass  # Starlark that Python cannot tokenise: the compile error says more
+    return frozenset(names)
+
+
+def _pick(values: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    return {k: values[k] for k in names if k in values}
+
+
 @dataclass(frozen=True)
 class Control:
     control_id: str
@@ -88,23 +149,33 @@ class Control:
     source: str
     module: Any = field(repr=False)
     applies_to: frozenset[str] = frozenset()  # event type short names; empty: all
-    on_error: str | None = None  # outcome when the control fails; None: no opinion
+    on_error: str | None = None  # outcome a failure proposes; None: no opinion
     examples: tuple[dict[str, Any], ...] = ()
     budget: _Budget = field(default_factory=lambda: _Budget(DEFAULT_BUDGET_MS), repr=False)
     mode: str = "ACTIVE"  # ACTIVE, SHADOW (logged, never decides) or CANARY
     canary_percent: int = 0  # CANARY: the share of entities it decides for
+    stage: str = "DETECTOR"
+    tier: int = 1
+    reads: frozenset[str] = frozenset()  # event fields and features it may read
+
+    @property
+    def function(self) -> str:
+        return {v: k for k, v in _FUNCTIONS.items()}[self.stage]
 
     @classmethod
     def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
             -> Control:
         try:
-            ast = sl.parse(f"{control_id}.star", source)
+            tree = sl.parse(f"{control_id}.star", source)
             module = sl.Module()
-            sl.eval(module, ast, sl.Globals.standard())
+            sl.eval(module, tree, sl.Globals.standard())
         except Exception as exc:
             raise ControlError(f"{control_id}: {exc}") from exc
-        if not _defines_function(module, "evaluate"):
-            raise ControlError(f"{control_id}: defines no function evaluate(event, features)")
+        defined = [f for f in _FUNCTIONS if _defines_function(module, f)]
+        if len(defined) != 1:
+            raise ControlError(f"{control_id}: defines {'no' if not defined else 'more than one'}"
+                               f" function of {_SIGNATURES}")
+        stage = _FUNCTIONS[defined[0]]
         applies = module["APPLIES_TO"]  # optional global: ["CardPayment", ...]
         if applies is not None and (not isinstance(applies, list)
                                     or not all(isinstance(a, str) for a in applies)):
@@ -113,21 +184,33 @@ class Control:
         if on_error != "IGNORE" and on_error not in OUTCOMES:
             raise ControlError(f"{control_id}: ON_ERROR must be IGNORE or one of {OUTCOMES}")
         examples = module["EXAMPLES"] or []
+        needs = {"DETECTOR": {"event", "features"}, "ACTION": {"event", "features", "detections"},
+                 "SELECTION": {"event", "proposals"}}[stage]
         if not isinstance(examples, list) or not all(
-                isinstance(e, dict) and {"event", "features"} <= set(e) for e in examples):
-            raise ControlError(f"{control_id}: EXAMPLES must be a list of dicts with event, "
-                               "features and outcome")
+                isinstance(e, dict) and needs <= set(e) for e in examples):
+            raise ControlError(f"{control_id}: EXAMPLES must be a list of dicts with "
+                               f"{', '.join(sorted(needs))} and the expected "
+                               f"{'signal' if stage == 'DETECTOR' else 'outcome'}")
         mode = module["MODE"] or "ACTIVE"
         percent = module["CANARY_PERCENT"]
         if mode not in MODES:
             raise ControlError(f"{control_id}: MODE must be one of {MODES}")
         if mode == "CANARY" and not (isinstance(percent, int) and 0 < percent < 100):
             raise ControlError(f"{control_id}: a CANARY needs CANARY_PERCENT between 1 and 99")
+        tier = module["TIER"]
+        tier = 1 if tier is None else tier
+        if tier not in (0, 1, 2):
+            raise ControlError(f"{control_id}: TIER must be 0, 1 or 2")
+        if stage != "DETECTOR" and tier == 2:
+            raise ControlError(f"{control_id}: only detectors can be TIER 2 (asynchronous)")
+        if stage == "SELECTION" and mode != "ACTIVE":
+            raise ControlError(f"{control_id}: the selection control must be ACTIVE")
         frozen = module.freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
-                   _Budget(budget_ms), mode, percent if isinstance(percent, int) else 0)
+                   _Budget(TIER0_BUDGET_MS if tier == 0 else budget_ms), mode,
+                   percent if isinstance(percent, int) else 0, stage, tier, literals(source))
 
     def decides_for(self, entity_key: str) -> bool:
         """Whether this control's result counts for ``entity_key`` (deterministic)."""
@@ -142,16 +225,33 @@ class Control:
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to
 
-    def run(self, event: Mapping[str, Any], features: Mapping[str, Any],
-            entity_key: str = "") -> ControlResult:
-        """One bounded call; errors become the result's ``error`` and the fail policy.
-        ``entity_key`` decides whether a canary's result counts."""
+    def inputs(self, event: Mapping[str, Any], features: Mapping[str, Any] | None = None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What this control is given: the fields and features it names, and the
+        network's own input (detections or proposals)."""
+        given: dict[str, Any] = {"event": _pick(event, self.reads)}
+        if features is not None:
+            given["features"] = _pick(features, self.reads)
+        if extra:
+            given.update(extra)
+        return given
+
+    def run(self, event: Mapping[str, Any], features: Mapping[str, Any] | None = None,
+            entity_key: str = "", **extra: Any) -> ControlResult:
+        """One bounded call with the inputs this control reads; errors become the
+        result's ``error`` and the fail policy. ``entity_key`` decides whether a
+        canary's result counts. ``extra``: ``detections`` or ``proposals``."""
+        given = self.inputs(event, features, extra)
+        args = [given["event"]]
+        if self.stage != "SELECTION":
+            args.append(given["features"])
+        args += extra.values()
         start = time.perf_counter_ns()
         self.budget.deadline = start + self.budget.budget_ns
-        error = None
+        error = signal = None
         try:
-            out = self.module.call_with(self.budget.options, "evaluate", event, features).value
-            outcome, reason, actions, score = self._parse(out)
+            out = self.module.call_with(self.budget.options, self.function, *args).value
+            outcome, reason, actions, score, signal = self._parse(out)
         except Exception as exc:
             error = str(exc)
             if "cancelled" in error:
@@ -165,26 +265,47 @@ class Control:
                       if self.on_error else "")
         return ControlResult(self.control_id, self.version, outcome, reason, actions, score,
                              error, (time.perf_counter_ns() - start) // 1000, self.mode,
-                             self.mode == "ACTIVE" or self.decides_for(entity_key))
+                             self.mode == "ACTIVE" or self.decides_for(entity_key),
+                             self.stage, signal, given)
 
-    def _parse(self, out: Any) -> tuple[str | None, str, tuple[str, ...], float]:
-        if out is None:
-            return None, "", (), 0.0
+    def _parse(self, out: Any) -> tuple[str | None, str, tuple[str, ...], float, str | None]:
+        if self.stage == "DETECTOR":
+            if out is None:
+                return None, "", (), 0.0, None
+            score = out.get("score") if isinstance(out, dict) else None
+            if not isinstance(score, (int, float)) or not 0 <= score <= 1:
+                raise ControlError(f"returned {out!r}; expected None or a dict with a score "
+                                   "between 0 and 1")
+            return (None, str(out.get("reason", "")), (), float(score),
+                    str(out.get("signal") or self.control_id))
+        if out is None and self.stage == "ACTION":
+            return None, "", (), 0.0, None
         if not isinstance(out, dict) or out.get("outcome") not in OUTCOMES:
-            raise ControlError(f"returned {out!r}; expected None or a dict with an outcome "
-                               f"in {OUTCOMES}")
-        return (out["outcome"], str(out.get("reason", "")), tuple(out.get("actions", ())),
-                float(out.get("score", 1.0)))
+            raise ControlError(f"returned {out!r}; expected "
+                               f"{'None or ' if self.stage == 'ACTION' else ''}a dict with "
+                               f"an outcome in {OUTCOMES}")
+        actions = out.get("actions", [])
+        if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+            raise ControlError(f"returned actions {actions!r}; expected a list of names")
+        return (out["outcome"], str(out.get("reason", "")), tuple(actions),
+                float(out.get("score", 1.0)), None)
+
+    def example_run(self, example: Mapping[str, Any]) -> ControlResult:
+        extra = {"DETECTOR": {}, "ACTION": {"detections": example.get("detections", {})},
+                 "SELECTION": {"proposals": example.get("proposals", [])}}[self.stage]
+        return self.run(example["event"], None if self.stage == "SELECTION"
+                        else example["features"], **extra)
 
     def check_examples(self) -> list[ExampleFailure]:
         """Run the control's own examples; the failures (empty: all pass)."""
         failures = []
+        key = "signal" if self.stage == "DETECTOR" else "outcome"
         for i, ex in enumerate(self.examples):
-            got = self.run(ex["event"], ex["features"])
-            want = ex.get("outcome")
-            if got.error is not None or got.outcome != want:
-                failures.append(ExampleFailure(self.control_id, i, want, got.outcome,
-                                               got.error))
+            got = self.example_run(ex)
+            want = ex.get(key)
+            have = got.signal if self.stage == "DETECTOR" else got.outcome
+            if got.error is not None or have != want:
+                failures.append(ExampleFailure(self.control_id, i, want, have, got.error))
         return failures
 
 
@@ -207,37 +328,112 @@ def _defines_function(module: Any, name: str) -> bool:
     return value is not None and callable(value)
 
 
+def most_severe(proposals: Iterable[ControlResult]) -> tuple[str, tuple[str, ...], str]:
+    """The fallback selection: the most severe outcome, every proposed action."""
+    chosen = list(proposals)
+    outcome = max((p.outcome for p in chosen if p.outcome), key=_SEVERITY.__getitem__,
+                  default="ALLOW")
+    actions: list[str] = []
+    for p in chosen:
+        actions.extend(a for a in p.actions if a not in actions)
+    return outcome, tuple(actions), "; ".join(p.reason for p in chosen if p.reason)
+
+
 class ControlSet:
-    """The loaded controls, run in a stable order."""
+    """The loaded network: detectors, action controls, one selection control."""
 
     def __init__(self, controls: Iterable[Control]) -> None:
-        self.controls = sorted(controls, key=lambda c: c.control_id)
-        self._by_type: dict[str, list[Control]] = {}
+        self.controls = sorted(controls, key=lambda c: (STAGES.index(c.stage), c.control_id))
+        ids = [c.control_id for c in self.controls]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ControlError(f"control ids defined twice: {twice}")
+        selection = [c for c in self.controls if c.stage == "SELECTION"]
+        if len(selection) != 1:
+            raise ControlError("a control set needs exactly one selection control "
+                               f"(select(event, proposals)); found {len(selection)}")
+        self.selection = selection[0]
+        self.stopped: set[str] = set()  # emergency-stopped control ids
+        self._by_type: dict[tuple[str, str], list[Control]] = {}
 
     @classmethod
     def from_dir(cls, directory: Path = LIBRARY, budget_ms: float = DEFAULT_BUDGET_MS) \
             -> ControlSet:
-        paths = sorted(Path(directory).glob("*.star"))
-        if not paths:
-            raise ControlError(f"no .star controls in {directory}")
-        return cls(Control.compile(p.stem, p.read_text(), budget_ms) for p in paths)
+        return cls(load_dir(directory, budget_ms))
 
     def versions(self) -> dict[str, str]:
         return {c.control_id: c.version for c in self.controls}
 
-    def for_type(self, event_type: str) -> list[Control]:
-        """The controls that run on events of ``event_type`` (short name)."""
-        chosen = self._by_type.get(event_type)
+    def by_id(self) -> dict[str, Control]:
+        return {c.control_id: c for c in self.controls}
+
+    def emergency_stop(self, control_ids: Iterable[str] = (), tier: int | None = None) \
+            -> list[str]:
+        """Stop controls now (by id, or every control of ``tier``); the ids stopped."""
+        chosen = [c.control_id for c in self.controls
+                  if c.control_id in set(control_ids) or (tier is not None and c.tier == tier)]
+        if self.selection.control_id in chosen:
+            raise ControlError("the selection control cannot be stopped")
+        self.stopped.update(chosen)
+        self._by_type.clear()
+        return chosen
+
+    def resume(self, control_ids: Iterable[str] | None = None) -> None:
+        self.stopped -= set(self.stopped if control_ids is None else control_ids)
+        self._by_type.clear()
+
+    def for_type(self, event_type: str, stage: str = "DETECTOR", deferred: bool = False) \
+            -> list[Control]:
+        """The running controls of ``stage`` for events of ``event_type`` (short
+        name): inline ones (tier 0 and 1), or with ``deferred`` the tier-2 ones."""
+        key = (event_type, f"{stage}{'/2' if deferred else ''}")
+        chosen = self._by_type.get(key)
         if chosen is None:
-            chosen = self._by_type[event_type] = [c for c in self.controls
-                                                  if c.applies(event_type)]
+            chosen = self._by_type[key] = [
+                c for c in self.controls if c.stage == stage and c.applies(event_type)
+                and (c.tier == 2) == deferred and c.control_id not in self.stopped]
         return chosen
 
     def evaluate(self, event_type: str, event: Mapping[str, Any],
-                 features: Mapping[str, Any], entity_key: str = "") -> list[ControlResult]:
-        """Every control for the event type; shadow and out-of-canary results are
-        returned with ``applied=False``."""
-        return [c.run(event, features, entity_key) for c in self.for_type(event_type)]
+                 features: Mapping[str, Any], entity_key: str = "") -> Verdict:
+        """Detectors → action controls → selection for one event. Shadow and
+        out-of-canary results are returned with ``applied=False`` and feed nothing."""
+        results = [c.run(event, features, entity_key) for c in self.for_type(event_type)]
+        detections = {r.control_id: {"signal": r.signal, "score": r.score, "reason": r.reason}
+                      for r in results if r.signal is not None and r.applied}
+        proposals = [r for r in results if r.outcome is not None and r.applied]  # fail policies
+        if detections or proposals:
+            for c in self.for_type(event_type, "ACTION"):
+                r = c.run(event, features, entity_key, detections=detections)
+                results.append(r)
+                if r.outcome is not None and r.applied:
+                    proposals.append(r)
+        if not proposals:
+            return Verdict("ALLOW", (), "", results)
+        offered = [{"control_id": p.control_id, "outcome": p.outcome, "actions": list(p.actions),
+                    "reason": p.reason, "score": p.score} for p in proposals]
+        chosen = self.selection.run(event, None, entity_key, proposals=offered)
+        results.append(chosen)
+        if chosen.error is None and chosen.outcome is not None:
+            return Verdict(chosen.outcome, chosen.actions, chosen.reason, results)
+        outcome, actions, reason = most_severe(proposals)
+        return Verdict(outcome, actions, f"selection failed ({chosen.error}); most severe "
+                       f"proposal applied: {reason}", results)
+
+    def evaluate_deferred(self, event_type: str, event: Mapping[str, Any],
+                          features: Mapping[str, Any], entity_key: str = "") \
+            -> list[ControlResult]:
+        """The tier-2 detectors for one event: logged, never part of its decision."""
+        return [c.run(event, features, entity_key)
+                for c in self.for_type(event_type, deferred=True)]
 
     def check_examples(self) -> list[ExampleFailure]:
         return [f for c in self.controls for f in c.check_examples()]
+
+
+def load_dir(directory: Path, budget_ms: float = DEFAULT_BUDGET_MS) -> list[Control]:
+    """Compile every ``*.star`` of a directory (a ControlError names the first broken one)."""
+    paths = sorted(Path(directory).glob("*.star"))
+    if not paths:
+        raise ControlError(f"no .star controls in {directory}")
+    return [Control.compile(p.stem, p.read_text(), budget_ms) for p in paths]

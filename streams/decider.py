@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tripwire import __version__
-from tripwire.controls.engine import OUTCOMES, ControlResult, ControlSet
+from tripwire.controls.engine import ControlResult, ControlSet, Verdict
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.intake import DAY_MS, EventKind, Expiring
 from tripwire.streams.records import OutRecord
@@ -22,7 +22,6 @@ ENGINE_VERSION = f"tripwire-{__version__}"
 DECISION_SCHEMA = "tripwire.decisions.Decision"
 DECISIONS_STORE = "decisions.v1"
 EXECUTION_SCHEMA = "tripwire.decisions.ControlExecution"
-_SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
 
 
 class Decider:
@@ -41,37 +40,37 @@ class Decider:
     def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                feature_errors: dict[str, str], now_ms: int, arrived_ms: int) \
             -> tuple[dict[str, Any], list[OutRecord]]:
-        """Run the controls: the decision record (a dict of the Decision schema; encode
-        and remember it with :meth:`emit`) and one execution record per control."""
-        results = self.controls.evaluate(kind.short, event, features,
+        """Run the control network: the decision record (a dict of the Decision
+        schema; encode and remember it with :meth:`emit`) and one execution record
+        per control run, with the inputs it was given."""
+        verdict = self.controls.evaluate(kind.short, event, features,
                                          str(event.get("account_id") or
                                              event[kind.entity_field]))
-        decision = self._decision(kind, event, features, feature_errors, results, now_ms,
+        decision = self._decision(kind, event, features, feature_errors, verdict, now_ms,
                                   arrived_ms)
-        inputs = orjson.dumps({"event": event, "features": features},
-                              option=orjson.OPT_NON_STR_KEYS, default=repr).decode() \
-            if results else ""
-        executions = [OutRecord("control_executions", event["event_id"].encode(),
-                                self.codec.encode(EXECUTION_SCHEMA, {
-            "event_id": event["event_id"], "decision_id": decision["decision_id"],
-            "control_id": r.control_id, "control_version": r.version, "stage": "DETECTOR",
-            "mode": r.mode, "inputs_json": inputs,
-            "output_json": None if r.outcome is None and r.error else orjson.dumps({
-                "outcome": r.outcome, "reason": r.reason, "actions": list(r.actions),
-                "score": r.score}).decode(),
+        return decision, self.executions(event["event_id"], decision["decision_id"],
+                                         verdict.results, now_ms)
+
+    def executions(self, event_id: str, decision_id: str, results: list[ControlResult],
+                   now_ms: int) -> list[OutRecord]:
+        """The control-executions records of ``results``."""
+        key = event_id.encode()
+        return [OutRecord("control_executions", key, self.codec.encode(EXECUTION_SCHEMA, {
+            "event_id": event_id, "decision_id": decision_id,
+            "control_id": r.control_id, "control_version": r.version, "stage": r.stage,
+            "mode": r.mode, "inputs_json": orjson.dumps(r.inputs, default=repr).decode(),
+            "output_json": None if r.error else orjson.dumps(
+                {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
+                "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
+                                 "reason": r.reason}).decode(),
             "error": r.error, "duration_us": r.duration_us, "executed_at": now_ms}))
             for r in results]
-        return decision, executions
 
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
-                  feature_errors: dict[str, str], results: list[ControlResult], now_ms: int,
+                  feature_errors: dict[str, str], verdict: Verdict, now_ms: int,
                   arrived_ms: int) -> dict[str, Any]:
-        hits = [r for r in results if r.outcome is not None and r.applied]
-        outcome = max((r.outcome for r in hits if r.outcome), key=_SEVERITY.__getitem__,
-                      default="ALLOW")
-        actions: list[str] = []
-        for r in hits:
-            actions.extend(a for a in r.actions if a not in actions)
+        results = verdict.results
+        hits = [r for r in results if r.fired and r.applied and r.stage != "SELECTION"]
         digest = hashlib.sha256(f"{event['event_id']}|{self._version_tag}".encode()).hexdigest()
         return {
             "decision_id": digest[:32],
@@ -80,8 +79,8 @@ class Decider:
             "entity_key": event[kind.entity_field],
             "event_time": event["event_time"],
             "decided_at": now_ms,
-            "outcome": outcome,
-            "actions": actions,
+            "outcome": verdict.outcome,
+            "actions": list(verdict.actions),
             "rule_hits": [{"control_id": r.control_id, "control_version": r.version,
                            "reason": r.reason, "score": r.score} for r in hits],
             "features": features,

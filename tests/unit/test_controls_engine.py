@@ -1,22 +1,29 @@
-"""Controls fail safe: errors, runaway loops and deep recursion are recorded as
-values, other controls still run, and the declared fail policy applies."""
+"""The control network (detectors → action controls → selection), and fail-safe
+controls: errors, runaway loops and deep recursion are recorded as values, other
+controls still run, and the declared fail policy applies."""
 
 import time
 
 import pytest
 
-from tripwire.controls.engine import Control, ControlError, ControlSet
+from tripwire.controls.engine import LIBRARY, Control, ControlError, ControlSet
 
 BASE = '''
 APPLIES_TO = ["CardPayment"]
 ON_ERROR = "MANUAL_REVIEW"
-def evaluate(event, features):
+def detect(event, features):
     {body}
 '''
+SELECT = Control.compile("select", (LIBRARY / "select.star").read_text())
+RESPOND = Control.compile("respond", (LIBRARY / "respond.star").read_text())
 
 
 def _control(name: str, body: str, budget_ms: float = 20) -> Control:
     return Control.compile(name, BASE.format(body=body), budget_ms)
+
+
+def _network(*controls: Control) -> ControlSet:
+    return ControlSet([*controls, RESPOND, SELECT])
 
 
 def test_a_runaway_loop_is_stopped_by_the_budget() -> None:
@@ -36,30 +43,78 @@ def down(n):
 def evaluate(event, features):
     return down(0)
 '''
-    r = Control.compile("deep", src).run({}, {})
+    r = Control.compile("deep", src.replace("evaluate", "detect")).run({}, {})
     assert r.error is not None and r.outcome is None  # default policy: IGNORE
 
 
 def test_errors_are_values_and_the_others_still_run() -> None:
-    broken = _control("broken", 'return {"outcome": "DENY", "reason": event["nope"]}')
-    fine = _control("fine", 'return {"outcome": "STEP_UP", "reason": "ok"}')
-    results = ControlSet([broken, fine]).evaluate("CardPayment", {}, {})
-    assert [r.control_id for r in results] == ["broken", "fine"]
+    broken = _control("broken", 'return {"score": 1, "reason": event["nope"]}')
+    fine = _control("fine", 'return {"signal": "possible_card_testing", "score": 0.5, '
+                            '"reason": "ok"}')
+    verdict = _network(broken, fine).evaluate("CardPayment", {}, {})
+    results = verdict.results
+    assert [r.control_id for r in results] == ["broken", "fine", "respond", "select"]
     assert results[0].error and "nope" in results[0].error
-    assert results[0].outcome == "MANUAL_REVIEW"
-    assert results[1].outcome == "STEP_UP" and results[1].error is None
+    assert results[0].outcome == "MANUAL_REVIEW"  # its fail policy, proposed to selection
+    assert results[1].signal == "possible_card_testing" and results[1].error is None
+    assert verdict.outcome == "MANUAL_REVIEW"
+    assert "fail policy MANUAL_REVIEW" in verdict.reason and "ok" in verdict.reason
+
+
+def test_detectors_feed_actions_and_selection_picks_the_outcome() -> None:
+    testing = _control("testing", 'if features.get("card_declines_10m", 0) >= 4:\n'
+                                  '        return {"signal": "card_testing", "score": 0.9, '
+                                  '"reason": "declines"}\n    return None')
+    quiet = _control("quiet", "return None")
+    net = _network(testing, quiet)
+    verdict = net.evaluate("CardPayment", {"amount_minor": 5, "ignored": 1},
+                           {"card_declines_10m": 5, "card_auths_1h": 9})
+    assert verdict.outcome == "DENY"
+    assert verdict.actions == ("BLOCK_CARD", "CUSTOMER_ALERT", "OPEN_CASE")
+    stages = [(r.control_id, r.stage) for r in verdict.results]
+    assert stages == [("quiet", "DETECTOR"), ("testing", "DETECTOR"), ("respond", "ACTION"),
+                      ("select", "SELECTION")]
+    # each control was given only what it names: the inputs of its execution record
+    assert verdict.results[1].inputs == {"event": {}, "features": {"card_declines_10m": 5}}
+    assert verdict.results[2].inputs["detections"] == {
+        "testing": {"signal": "card_testing", "score": 0.9, "reason": "declines"}}
+    assert [p["control_id"] for p in verdict.results[3].inputs["proposals"]] == ["respond"]
+    calm = net.evaluate("CardPayment", {}, {"card_declines_10m": 1})
+    assert calm.outcome == "ALLOW" and [r.stage for r in calm.results] == ["DETECTOR"] * 2
+
+
+def test_a_failing_selection_falls_back_to_the_most_severe_proposal() -> None:
+    odd = Control.compile("select", "def select(event, proposals):\n    return 1 // 0\n")
+    sure = _control("sure", 'return {"signal": "sanctioned_country", "score": 1, '
+                            '"reason": "KP"}')
+    verdict = ControlSet([sure, RESPOND, odd]).evaluate("CardPayment", {}, {})
+    assert verdict.outcome == "DENY" and verdict.actions == ("OPEN_CASE",)
+    assert verdict.reason.startswith("selection failed") and verdict.results[-1].error
 
 
 def test_a_bad_return_value_is_an_error() -> None:
     r = _control("odd", 'return {"outcome": "MAYBE"}').run({}, {})
-    assert r.error is not None and "expected None or a dict" in r.error
+    assert r.error is not None and "score between 0 and 1" in r.error
+    action = Control.compile("a", "def act(e, f, d):\n    return {'outcome': 'MAYBE'}\n")
+    assert "expected None or a dict" in (action.run({}, {}, detections={}).error or "")
+
+
+def test_a_network_needs_exactly_one_selection_control() -> None:
+    with pytest.raises(ControlError, match="exactly one selection"):
+        ControlSet([RESPOND])
+    with pytest.raises(ControlError, match="exactly one selection"):
+        ControlSet([SELECT, Control.compile("select2", SELECT.source)])
 
 
 @pytest.mark.parametrize(("src", "message"), [
-    ("def nothing(): pass", "defines no function evaluate"),
-    ("def evaluate(e, f):\n  return (", "c"),
-    ('ON_ERROR = "PANIC"\ndef evaluate(e, f): return None', "ON_ERROR"),
-    ('APPLIES_TO = "CardPayment"\ndef evaluate(e, f): return None', "APPLIES_TO"),
+    ("def nothing(): pass", "defines no function of detect"),
+    ("def detect(e, f): return None\ndef act(e, f, d): return None", "more than one"),
+    ("def detect(e, f):\n  return (", "c"),
+    ('ON_ERROR = "PANIC"\ndef detect(e, f): return None', "ON_ERROR"),
+    ('APPLIES_TO = "CardPayment"\ndef detect(e, f): return None', "APPLIES_TO"),
+    ("TIER = 3\ndef detect(e, f): return None", "TIER"),
+    ("TIER = 2\ndef act(e, f, d): return None", "only detectors"),
+    ('MODE = "SHADOW"\ndef select(e, p): return None', "must be ACTIVE"),
 ])
 def test_broken_controls_are_refused_at_load(src: str, message: str) -> None:
     with pytest.raises(ControlError, match=message):
@@ -74,12 +129,12 @@ def test_the_shipped_library_passes_its_own_examples() -> None:
 
 def test_a_wrong_example_is_reported() -> None:
     src = '''
-def evaluate(event, features):
+def detect(event, features):
     return None
-EXAMPLES = [{"event": {}, "features": {}, "outcome": "DENY"}]
+EXAMPLES = [{"event": {}, "features": {}, "signal": "card_testing"}]
 '''
     (failure,) = Control.compile("c", src).check_examples()
-    assert failure.expected == "DENY" and failure.got is None
+    assert failure.expected == "card_testing" and failure.got is None
 
 
 def test_controls_test_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -92,12 +147,14 @@ def test_controls_test_command(tmp_path) -> None:  # type: ignore[no-untyped-def
 
     ok = run(__import__("tripwire.controls.engine", fromlist=["LIBRARY"]).LIBRARY)
     assert ok.returncode == 0 and "card_outliers" in ok.stdout and "pass" in ok.stdout
+    (tmp_path / "select.star").write_text(SELECT.source)
     (tmp_path / "wrong.star").write_text(
-        'def evaluate(event, features):\n    return None\n'
-        'EXAMPLES = [{"event": {}, "features": {}, "outcome": "DENY"}]\n')
+        'def detect(event, features):\n    return None\n'
+        'EXAMPLES = [{"event": {}, "features": {}, "signal": "card_testing"}]\n')
     bad = run(tmp_path)
-    assert bad.returncode == 1 and "wrong example 0: expected DENY, got None" in bad.stdout
-    (tmp_path / "wrong.star").write_text("def evaluate(event, features):\n    return (\n")
+    assert bad.returncode == 1 and "wrong example 0: expected card_testing, got None" in \
+        bad.stdout
+    (tmp_path / "wrong.star").write_text("def detect(event, features):\n    return (\n")
     broken = run(tmp_path)
     assert broken.returncode == 2 and "a control does not load" in broken.stderr
 
@@ -108,14 +165,15 @@ def test_shadow_runs_but_never_decides_and_canary_decides_for_a_stable_share() -
     from tripwire.streams.records import InRecord
     from tripwire.streams.state import StateManager
 
-    deny = 'def evaluate(event, features):\n    return {"outcome": "DENY", "reason": "x"}\n'
+    deny = ('def detect(event, features):\n    return {"signal": "sanctioned_country", '
+            '"score": 1, "reason": "x"}\n')
     shadow = Control.compile("shadow_deny", 'MODE = "SHADOW"\n' + deny)
     canary = Control.compile("canary_deny", 'MODE = "CANARY"\nCANARY_PERCENT = 30\n' + deny)
     base = DecisionPath.default()
     events = list(normal_card_payments(3, 1_790_000_000_000, 400, cards=400))
 
     def outcomes(controls: list[Control]) -> dict[str, tuple[str, list[str]]]:
-        path = DecisionPath(base.codec, ControlSet(controls))
+        path = DecisionPath(base.codec, ControlSet([*controls, RESPOND, SELECT]))
         state = StateManager(path.name, list(path.stores))
         recs = [InRecord("t", 0, i, b"k", base.codec.encode(CARD_SCHEMA, e), e["event_time"])
                 for i, e in enumerate(events)]
@@ -132,7 +190,7 @@ def test_shadow_runs_but_never_decides_and_canary_decides_for_a_stable_share() -
 
     shadowed = outcomes([shadow])
     assert {o for o, _ in shadowed.values()} == {"ALLOW"}  # logged, never decides
-    assert all(modes == ["SHADOW"] for _, modes in shadowed.values())
+    assert all(modes == ["SHADOW"] for _, modes in shadowed.values())  # nothing fed on
     canaried = outcomes([canary])
     denied = {e["account_id"] for e in events if canaried[e["event_id"]][0] == "DENY"}
     allowed = {e["account_id"] for e in events if canaried[e["event_id"]][0] == "ALLOW"}
@@ -144,6 +202,22 @@ def test_shadow_runs_but_never_decides_and_canary_decides_for_a_stable_share() -
 
 def test_mode_declarations_are_checked() -> None:
     with pytest.raises(ControlError, match="MODE"):
-        Control.compile("c", 'MODE = "SOMETIMES"\ndef evaluate(e, f): return None')
+        Control.compile("c", 'MODE = "SOMETIMES"\ndef detect(e, f): return None')
     with pytest.raises(ControlError, match="CANARY_PERCENT"):
-        Control.compile("c", 'MODE = "CANARY"\ndef evaluate(e, f): return None')
+        Control.compile("c", 'MODE = "CANARY"\ndef detect(e, f): return None')
+
+
+def test_tier_two_is_deferred_and_the_emergency_stop_halts_it() -> None:
+    slow = Control.compile("deep_scan", 'TIER = 2\ndef detect(event, features):\n'
+                                        '    return {"score": 1, "reason": "deep"}\n')
+    net = _network(slow)
+    verdict = net.evaluate("CardPayment", {}, {})
+    assert verdict.outcome == "ALLOW" and verdict.results == []  # never in the decision
+    (later,) = net.evaluate_deferred("CardPayment", {}, {})
+    assert later.signal == "deep_scan" and later.score == 1
+    assert net.emergency_stop(tier=2) == ["deep_scan"]
+    assert net.evaluate_deferred("CardPayment", {}, {}) == []
+    with pytest.raises(ControlError, match="selection"):
+        net.emergency_stop(["select"])
+    net.resume()
+    assert len(net.evaluate_deferred("CardPayment", {}, {})) == 1

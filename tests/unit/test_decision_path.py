@@ -126,14 +126,24 @@ def test_every_control_execution_is_recorded(state: StateManager) -> None:
     outs = PATH.process([_card(ev)], T0, state)
     decision = _decode(next(o for o in outs if o.topic_key == "decisions"))
     execs = [_decode(o) for o in outs if o.topic_key == "control_executions"]
-    assert [e["control_id"] for e in execs] == [c.control_id for c in
-                                                 PATH.controls.for_type("CardPayment")]
+    controls = PATH.controls
+    ran = [c.control_id for stage in ("DETECTOR", "ACTION")
+           for c in controls.for_type("CardPayment", stage)] + ["select"]
+    assert [e["control_id"] for e in execs] == ran  # the whole network, in order
+    assert [e["stage"] for e in execs][-2:] == ["ACTION", "SELECTION"]
     (e,) = [x for x in execs if x["control_id"] == "card_outliers"]
     import json
     assert e["decision_id"] == decision["decision_id"] and e["error"] is None
     assert e["control_version"] == decision["control_versions"]["card_outliers"]
-    assert json.loads(e["output_json"])["outcome"] == "DENY"
-    inputs = json.loads(e["inputs_json"])
-    assert inputs["event"]["event_id"] == ev["event_id"]
-    assert inputs["features"]["card_auths_1h"] == decision["features"]["card_auths_1h"]
+    assert json.loads(e["output_json"])["signal"] == "magstripe_contactless_abroad"
+    inputs = json.loads(e["inputs_json"])  # what it was given: the names it reads
+    assert inputs["event"] == {"merchant_country": ev["merchant_country"],
+                               "card_present": ev["card_present"],
+                               "amount_minor": ev["amount_minor"],
+                               "entry_mode": ev["entry_mode"]}
+    assert inputs["features"]["entry_mode"] == decision["features"]["entry_mode"] \
+        == "MAGSTRIPE_CONTACTLESS"
+    assert "card_auths_1h" not in inputs["features"]
+    (s,) = [x for x in execs if x["control_id"] == "select"]
+    assert json.loads(s["output_json"])["outcome"] == decision["outcome"] == "DENY"
     assert e["duration_us"] >= 0
