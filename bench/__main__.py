@@ -6,6 +6,7 @@ BENCHES = {
     "passthrough": "bench.passthrough",
     "validation": "bench.validation",
     "features": "bench.features",
+    "controls": "bench.controls",
 }
 
 
