@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -110,20 +111,42 @@ run_app = typer.Typer(help="Run a stream processor until stopped (SIGTERM/Ctrl-C
 app.add_typer(run_app, name="run")
 
 
+def _controls_and_sources(directory: Path | None, follow_topic: bool, bootstrap: str,
+                          ns: str, codec: Any) -> tuple[Any, list[Any]]:
+    from tripwire.connectors.control_sources import DirectorySource, TopicSource
+    from tripwire.controls.engine import LIBRARY, ControlError, ControlSet
+    from tripwire.streams.topics import topic
+
+    try:
+        controls = ControlSet.from_dir(directory or LIBRARY)
+    except ControlError as exc:
+        raise TripwireError(f"the controls do not load: {exc}") from exc
+    sources: list[Any] = [DirectorySource(directory)] if directory else []
+    if follow_topic:
+        sources.append(TopicSource(bootstrap, topic("controls", ns), codec))
+    return controls, sources
+
+
 @run_app.command("stage")
 def run_stage(
     stages: list[str] = typer.Argument(
         ..., help="intake, features, decide, or all (several run as threads of one process)"),
     entities: str = typer.Option("", help="features only: serve these nodes (comma list)"),
     node_timeout_ms: int = typer.Option(250, help="decide: wait this long for a feature node"),
+    controls_dir: Path | None = typer.Option(
+        None, "--controls-dir", help="decide: load the controls from this folder and reload "
+        "them when its files change (default: the shipped library)"),
+    follow_topic: bool = typer.Option(True, "--follow-controls-topic/--no-follow-controls-topic",
+                                      help="decide: apply releases from the controls topic"),
 ) -> None:
     """Run stages of the live decision path until SIGTERM/Ctrl-C.
 
-    One process per stage scales out: more processes, more partitions.
+    One process per stage scales out: more processes, more partitions. The decide
+    stage applies control releases between batches (examples first; a broken one
+    is refused and audited, the running version stays).
     """
     import signal
 
-    from tripwire.controls.engine import ControlSet
     from tripwire.features.batch import BatchTable
     from tripwire.features.engine import FeatureLibrary
     from tripwire.schemas.codec import AvroCodec
@@ -137,8 +160,11 @@ def run_stage(
     bootstrap, ns = _bootstrap(settings), settings.topic_namespace
     library = FeatureLibrary()
     nodes = [e.strip() for e in entities.split(",") if e.strip()] or None
-    loops = {s: stage_loop(s, bootstrap, ns, codec=AvroCodec.from_url(
-        settings.schema_registry_url), controls=ControlSet.from_dir(), library=library,
+    codec = AvroCodec.from_url(settings.schema_registry_url)
+    controls, sources = _controls_and_sources(controls_dir, follow_topic and "decide" in wanted,
+                                              bootstrap, ns, codec)
+    loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls, library=library,
+        sources=sources,
         state_dir=settings.state_dir / "stores" / (ns or "default"),
         batch_size=settings.batch_size, node_timeout_ms=node_timeout_ms,
         entities=nodes if s == "features" else None,
@@ -204,13 +230,91 @@ def explain(event_id: str = typer.Argument(..., help="the event id to explain"))
     for m in read_to_end(bootstrap, topic("control_executions", ns)):
         if m.key() == key:
             e = codec.decode(m.value())[1]
-            console.print(f"execution {e['control_id']}@{e['control_version']}: "
+            console.print(f"{e['stage'].lower()} {e['control_id']}@{e['control_version']}: "
                           f"{e['output_json'] or e['error']} in {e['duration_us']} µs",
                           markup=False, highlight=False)
 
 
 controls_app = typer.Typer(help="The Starlark controls.", no_args_is_help=True)
 app.add_typer(controls_app, name="controls")
+
+
+def _release(kind: str, items: list[tuple[str, str | None]], author: str, reason: str) -> None:
+    """Publish releases to the controls topic, each with a publish audit record."""
+    import getpass
+
+    import orjson
+
+    from tripwire.connectors.events import EventProducer
+    from tripwire.controls.plane import AUDIT_SCHEMA, RELEASE_SCHEMA, release
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.topics import topic
+
+    settings = Settings()
+    bootstrap, ns = _bootstrap(settings), settings.topic_namespace
+    codec = AvroCodec.from_url(settings.schema_registry_url)
+    who = author or getpass.getuser()
+    prod = EventProducer(bootstrap, codec)
+    now = int(time.time() * 1000)
+    for cid, source in items:
+        prod.send(topic("controls", ns), RELEASE_SCHEMA,
+                  release(cid, source, who, reason, now, kind), cid)
+        prod.send(topic("audit", ns), AUDIT_SCHEMA, {
+            "audit_id": f"publish:{cid}:{now}", "at": now, "actor": who,
+            "action": f"control.publish.{kind.lower()}", "subject": cid, "reason": reason,
+            "details_json": orjson.dumps({"source": source}).decode()}, cid)
+    sent = prod.flush()
+    console.print(f"{kind.lower()} of {', '.join(c for c, _ in items)} sent to "
+                  f"{topic('controls', ns)} ({sent} records); workers apply it between "
+                  "batches and audit the result")
+
+
+@controls_app.command("publish")
+def controls_publish(
+    paths: list[Path] = typer.Argument(..., help=".star files to release"),
+    reason: str = typer.Option(..., "--reason", help="why (goes to the audit trail)"),
+    author: str = typer.Option("", "--author", help="who (default: the login name)"),
+) -> None:
+    """Release controls to every running worker. Each file is compiled and its
+    examples run first: a broken one is refused here with the reason."""
+    from tripwire.controls.engine import Control, ControlError
+
+    items: list[tuple[str, str | None]] = []
+    for path in paths:
+        if path.suffix != ".star" or not path.is_file():
+            raise TripwireError(f"{path}: not a .star file")
+        try:
+            control = Control.compile(path.stem, path.read_text())
+        except ControlError as exc:
+            raise TripwireError(f"refused: {exc}") from None
+        failures = control.check_examples()
+        if failures:
+            f = failures[0]
+            raise TripwireError(f"refused: {path.stem}: example {f.index}: expected "
+                                f"{f.expected}, got {f.got}" + (f" ({f.error})" if f.error
+                                                                 else ""))
+        items.append((path.stem, path.read_text()))
+    _release("RELEASE", items, author, reason)
+
+
+@controls_app.command("stop")
+def controls_stop(
+    target: str = typer.Argument(..., help="a control id, or tier:2 for every tier-2 control"),
+    reason: str = typer.Option(..., "--reason", help="why (goes to the audit trail)"),
+    author: str = typer.Option("", "--author", help="who (default: the login name)"),
+) -> None:
+    """Emergency stop: workers stop running the control(s) at their next batch."""
+    _release("STOP", [(target, None)], author, reason)
+
+
+@controls_app.command("resume")
+def controls_resume(
+    target: str = typer.Argument(..., help="a control id, or tier:2"),
+    reason: str = typer.Option(..., "--reason", help="why (goes to the audit trail)"),
+    author: str = typer.Option("", "--author", help="who (default: the login name)"),
+) -> None:
+    """Undo an emergency stop."""
+    _release("RESUME", [(target, None)], author, reason)
 
 
 @controls_app.command("test")

@@ -4,19 +4,28 @@ decision record, and the memory of decisions that answers repeats."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Any
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tripwire import __version__
 from tripwire.controls.engine import ControlResult, ControlSet, Verdict
+from tripwire.controls.plane import AUDIT_SCHEMA, ControlPlane
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.intake import DAY_MS, EventKind, Expiring
 from tripwire.streams.records import OutRecord
 from tripwire.streams.state import StateView
 
+if TYPE_CHECKING:
+    from tripwire.connectors.control_sources import ReleaseSource
+
 __all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider"]
+
+logger = logging.getLogger(__name__)
 
 ENGINE_VERSION = f"tripwire-{__version__}"
 DECISION_SCHEMA = "tripwire.decisions.Decision"
@@ -28,14 +37,43 @@ class Decider:
     """Runs the controls and builds the decision; remembers it for repeats."""
 
     def __init__(self, codec: AvroCodec, controls: ControlSet,
-                 ttl_ms: int = 7 * DAY_MS, provenance: Mapping[str, str] | None = None) -> None:
+                 ttl_ms: int = 7 * DAY_MS, provenance: Mapping[str, str] | None = None,
+                 sources: Sequence[ReleaseSource] = (), worker: str = "") -> None:
         self.codec = codec
-        self.controls = controls
+        self.plane = ControlPlane(controls)
+        self.sources = list(sources)
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self.provenance = dict(provenance or {})
         self.ttl_ms = ttl_ms
         self.memory = Expiring(DECISIONS_STORE)
-        self._versions = controls.versions()
+        self._sync()
+
+    @property
+    def controls(self) -> ControlSet:
+        return self.plane.controls
+
+    def _sync(self) -> None:
+        self._versions = self.controls.versions()
         self._version_tag = ",".join(f"{k}={v}" for k, v in sorted(self._versions.items()))
+
+    def reload(self, now_ms: int) -> list[OutRecord]:
+        """Apply the releases the sources have seen since the last call (between
+        batches, never during one); one audit record per release."""
+        out = []
+        for source in self.sources:
+            for rel in source.poll():
+                audit = self.plane.apply(rel, now_ms, self.worker)
+                if audit["action"] == "control.refuse":
+                    logger.error("control release refused: %s: %s", rel["control_id"],
+                                 orjson.loads(audit["details_json"])["error"])
+                else:
+                    logger.info("%s %s by %s", audit["action"], rel["control_id"],
+                                rel["author"])
+                out.append(OutRecord("audit", audit["subject"].encode(),
+                                     self.codec.encode(AUDIT_SCHEMA, audit)))
+        if out:
+            self._sync()
+        return out
 
     def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                feature_errors: dict[str, str], now_ms: int, arrived_ms: int) \

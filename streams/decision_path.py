@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tripwire.controls.engine import ControlSet
 from tripwire.features.batch import BatchTable
@@ -30,6 +30,9 @@ from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, 
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import DecodedCache, StateManager
+
+if TYPE_CHECKING:
+    from tripwire.connectors.control_sources import ReleaseSource
 
 __all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "FEATURES_STORE",
            "INPUTS", "DecisionPath", "EventKind", "entity_state_key", "event_features",
@@ -94,14 +97,19 @@ class DecisionPath:
 
     def __init__(self, codec: AvroCodec, controls: ControlSet,
                  validator: Validator | None = None, dedup_ttl_ms: int = 7 * DAY_MS,
-                 features: FeatureLibrary | None = None, batch: BatchTable | None = None) \
-            -> None:
+                 features: FeatureLibrary | None = None, batch: BatchTable | None = None,
+                 sources: Sequence[ReleaseSource] = ()) -> None:
         self.codec = codec
-        self.controls = controls
         self.intake = Intake(codec, validator, dedup_ttl_ms)
         self.features = features or FeatureLibrary()
         self.batch = batch
-        self.decider = Decider(codec, controls, dedup_ttl_ms, self.features.feature_meta())
+        self.decider = Decider(codec, controls, dedup_ttl_ms, self.features.feature_meta(),
+                               sources)
+
+    @property
+    def controls(self) -> ControlSet:
+        """The running controls (hot reloads replace them between batches)."""
+        return self.decider.controls
 
     @property
     def validator(self) -> Validator:
@@ -113,9 +121,13 @@ class DecisionPath:
         return cls(AvroCodec.from_url(schema_registry_url, SchemaStore.default()),
                    ControlSet.from_dir())
 
+    def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
+        """Between batches: apply control releases (audit records out)."""
+        return self.decider.reload(now_ms)
+
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
-        out: list[OutRecord] = []
+        out: list[OutRecord] = self.decider.reload(now_ms)
         states = feature_states(state)
         for view, admitted in self.intake.admit_all(batch, now_ms, state,
                                                     (self.decider.memory,)):

@@ -30,7 +30,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -49,6 +49,9 @@ from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, 
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord, partition_for
 from tripwire.streams.state import StateManager, StateView
+
+if TYPE_CHECKING:
+    from tripwire.connectors.control_sources import ReleaseSource
 
 __all__ = ["DECISION_REQUESTS", "FEATURE_FRAGMENTS", "FEATURE_REQUESTS", "DecisionStage",
            "FeatureStage", "IntakeStage", "Packer", "unpack"]
@@ -236,18 +239,19 @@ class DecisionStage:
 
     def __init__(self, codec: AvroCodec, controls: ControlSet, node_timeout_ms: int = 250,
                  ttl_ms: int = 7 * DAY_MS, library: FeatureLibrary | None = None,
-                 batch: BatchTable | None = None) -> None:
+                 batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = ()) \
+            -> None:
         self.codec = codec
         self.batch = batch
         self.decider = Decider(codec, controls, ttl_ms,
-                               (library or FeatureLibrary()).feature_meta())
+                               (library or FeatureLibrary()).feature_meta(), sources)
         self.node_timeout_ms = node_timeout_ms
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
-        out: list[OutRecord] = []
+        out: list[OutRecord] = self.decider.reload(now_ms)
         for rec in batch:
             schema, packed = self.codec.decode(rec.value)
             is_request = schema.name == DECISION_REQUESTS
@@ -288,8 +292,9 @@ class DecisionStage:
     ORPHAN_MS = 600_000
 
     def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
-        """Decide, with a partial result, every event whose node timeout has passed."""
-        out: list[OutRecord] = []
+        """Apply control releases; decide, with a partial result, every event whose
+        node timeout has passed."""
+        out: list[OutRecord] = self.decider.reload(now_ms)
         if len(self.pending) > len(self._deadlines):  # fragments whose event never came
             for identity, p in list(self.pending.items()):
                 if p.request is None and p.deadline is None:

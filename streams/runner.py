@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tripwire.connectors.control_sources import ReleaseSource
 from tripwire.controls.engine import ControlSet
 from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary
@@ -42,9 +43,11 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                batch_size: int = 500, node_timeout_ms: int = 250,
                processor: Processor | None = None,
                entities: Sequence[str] | None = None,
-               batch: BatchTable | None = None) -> BatchLoop:
+               batch: BatchTable | None = None,
+               sources: Sequence[ReleaseSource] = ()) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
-    ``entities`` limits a features loop to some nodes, which then scale apart)."""
+    ``entities`` limits a features loop to some nodes, which then scale apart;
+    ``sources``: where the decide stage takes control releases from)."""
     if processor is None:
         if stage == "intake":
             processor = IntakeStage(codec, library)
@@ -52,7 +55,7 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
             processor = FeatureStage(codec, library)
         else:
             processor = DecisionStage(codec, controls, node_timeout_ms, library=library,
-                                      batch=batch)
+                                      batch=batch, sources=sources)
     group = f"{namespace}tripwire.{stage}"
     if entities:
         group += "." + "-".join(sorted(entities))

@@ -1,0 +1,87 @@
+"""Where control releases come from: the compacted controls topic (the control
+plane every worker follows) or a directory of ``.star`` files watched for changes.
+
+A source's :meth:`poll` returns the releases seen since the last call, never
+blocking; the worker applies them between batches
+(:meth:`tripwire.streams.decider.Decider.reload`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from tripwire.connectors.kafka import consumer
+from tripwire.controls.plane import RELEASE_SCHEMA, release
+from tripwire.schemas.codec import AvroCodec
+
+__all__ = ["DirectorySource", "ReleaseSource", "TopicSource"]
+
+
+class ReleaseSource(Protocol):
+    def poll(self) -> list[dict[str, Any]]: ...
+
+
+class TopicSource:
+    """Every release on the controls topic, from the beginning (compacted: the
+    newest per control), then each new one as it is committed."""
+
+    def __init__(self, bootstrap: str, topic_name: str, codec: AvroCodec) -> None:
+        self.codec = codec
+        self.topic = topic_name
+        self.consumer = consumer(bootstrap, f"tripwire-controls-{uuid.uuid4().hex[:12]}",
+                                 **{"enable.auto.commit": False})
+        md = self.consumer.list_topics(topic_name, timeout=30)
+        parts = md.topics[topic_name].partitions if topic_name in md.topics else {}
+        if not parts:
+            raise RuntimeError(f"controls topic {topic_name} does not exist; run "
+                               "`tripwire topics create` first")
+        self.consumer.assign([TopicPartition(topic_name, p, OFFSET_BEGINNING) for p in parts])
+
+    def poll(self) -> list[dict[str, Any]]:
+        out = []
+        for m in self.consumer.consume(500, 0):
+            if m.error() is None and m.value() is not None:
+                schema, rec = self.codec.decode(m.value())
+                if schema.name == RELEASE_SCHEMA:
+                    out.append(rec)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class DirectorySource:
+    """Changes to the ``*.star`` files of a directory since the last poll (the
+    files present when it is created are the baseline): a changed or new file is
+    a release, a deleted one a retirement."""
+
+    def __init__(self, directory: Path, author: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.author = author or f"{getpass.getuser()} (file)"
+        self.seen = self._scan()
+
+    def _scan(self) -> dict[str, str]:
+        return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(self.directory.glob("*.star"))}
+
+    def poll(self) -> list[dict[str, Any]]:
+        now = self._scan()
+        at = int(time.time() * 1000)
+        out = []
+        for cid, digest in now.items():
+            if self.seen.get(cid) != digest:
+                source = (self.directory / f"{cid}.star").read_text()
+                out.append(release(cid, source, self.author,
+                                   f"{cid}.star changed in {self.directory}", at))
+        for cid in self.seen.keys() - now.keys():
+            out.append(release(cid, None, self.author,
+                               f"{cid}.star removed from {self.directory}", at, "RETIRE"))
+        self.seen = now
+        return out

@@ -1,0 +1,108 @@
+"""Hot reload against the real broker: a worker follows the controls topic; a
+broken release is refused and audited while the old network keeps deciding; a
+good one (published with the CLI, examples checked first) is audited with its
+diff and decides the next events — with no restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tripwire.broker import KafkaCluster
+from tripwire.connectors.control_sources import TopicSource
+from tripwire.connectors.events import EventProducer, read_to_end, read_topic
+from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+from tripwire.controls.plane import RELEASE_SCHEMA, release
+from tripwire.streams.decision_path import DecisionPath
+from tripwire.streams.loop import BatchLoop
+from tripwire.streams.runner import Pipeline
+from tripwire.streams.topics import topic
+
+pytestmark = pytest.mark.kafka
+
+ODD = '''APPLIES_TO = ["CardPayment"]
+def detect(event, features):
+    if event["amount_minor"] == 4242:
+        return {"signal": "odd_amount", "score": 0.4, "reason": "amount 4242"}
+    return None
+EXAMPLES = [{"event": {"amount_minor": 4242}, "features": {}, "signal": "odd_amount"}]
+'''
+
+
+def _cli(kafka: KafkaCluster, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": ns}
+    return subprocess.run([sys.executable, "-m", "tripwire", "controls", *args], env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _audits(kafka: KafkaCluster, ns: str, codec: Any, want: int) -> list[dict[str, Any]]:
+    msgs = read_topic(kafka.bootstrap, [topic("audit", ns)], want, timeout=30)
+    return [codec.decode(m.value())[1] for m in msgs]
+
+
+def test_refused_and_accepted_releases_without_a_restart(kafka: KafkaCluster, topics: str,
+                                                         tmp_path: Path) -> None:
+    base = DecisionPath.default()
+    codec = base.codec
+    path = DecisionPath(codec, base.controls, sources=[
+        TopicSource(kafka.bootstrap, topic("controls", topics), codec)])
+    loop = BatchLoop(kafka.bootstrap, f"{topics}decide", [topic("card_payments", topics)],
+                     path, namespace=topics, batch_size=50)
+    pipeline = Pipeline.start({"path": loop})
+    prod = EventProducer(kafka.bootstrap, codec)
+    now = int(time.time() * 1000)
+    a, b = ({**e, "amount_minor": 4242} for e in normal_card_payments(8, now - 5_000, 2))
+    try:
+        pipeline.wait_assigned()
+        prod.send(topic("card_payments", topics), CARD_SCHEMA, a, a["card_token"])
+        # a broken release reaches the topic without the CLI's checks
+        prod.send(topic("controls", topics), RELEASE_SCHEMA, release(
+            "odd_amount", ODD.replace("return None", "return (", 1), "mallory", "typo", now),
+            "odd_amount")
+        prod.flush()
+        (refused,) = _audits(kafka, topics, codec, 1)
+        assert refused["action"] == "control.refuse" and refused["actor"] == "mallory"
+        assert "odd_amount" in json.loads(refused["details_json"])["error"]
+
+        bad = tmp_path / "odd_amount.star"
+        bad.write_text(ODD.replace('"signal": "odd_amount"}]', '"signal": None}]'))
+        refused_here = _cli(kafka, topics, "publish", str(bad), "--reason", "try")
+        assert refused_here.returncode == 2 and "refused: odd_amount: example 0" in \
+            refused_here.stderr
+        good = tmp_path / "odd_amount.star"
+        good.write_text(ODD)
+        done = _cli(kafka, topics, "publish", str(good), "--reason", "catch 4242",
+                    "--author", "alice")
+        assert done.returncode == 0, done.stderr
+        audits = _audits(kafka, topics, codec, 3)  # refuse, publish (CLI), activate (worker)
+        (activated,) = [x for x in audits if x["action"] == "control.activate"]
+        assert activated["actor"] == "alice" and activated["reason"] == "catch 4242"
+        details = json.loads(activated["details_json"])
+        assert details["version_from"] is None and '+        return {"signal": "odd_amount"' \
+            in details["diff"]
+        assert [x["action"] for x in audits].count("control.publish.release") == 1
+
+        prod.send(topic("card_payments", topics), CARD_SCHEMA, b, b["card_token"])
+        prod.flush()
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], 2, timeout=30)
+    finally:
+        pipeline.stop()
+    assert not pipeline.errors
+    got = {d["event_id"]: d for d in (codec.decode(m.value())[1] for m in msgs)}
+    before, after = got[a["event_id"]], got[b["event_id"]]
+    assert before["outcome"] == "ALLOW" and "odd_amount" not in before["control_versions"]
+    assert after["outcome"] == "MANUAL_REVIEW"
+    assert after["control_versions"]["odd_amount"] == details["version_to"]
+    assert "odd_amount" in {h["control_id"] for h in after["rule_hits"]}
+    # the release stays on the compacted topic: a worker started later loads it
+    latest = [codec.decode(m.value())[1] for m in read_to_end(kafka.bootstrap,
+                                                                topic("controls", topics))]
+    assert [r["source"] == ODD for r in latest if r["control_id"] == "odd_amount"][-1]
