@@ -52,7 +52,7 @@ def test_all_stages_decide_and_stop_cleanly_on_sigterm(kafka: KafkaCluster, topi
     assert why.returncode == 0, why.stderr
     assert why.stdout.startswith("ALLOW tripwire.events.CardPayment " + events[0]["event_id"])
     assert "card_auths_1h" in why.stdout and "card/count/1h@1" in why.stdout
-    assert "execution card_outliers@" in why.stdout
+    assert "detector card_outliers@" in why.stdout  # every control that ran, by stage
     missing = subprocess.run([sys.executable, "-m", "tripwire", "explain", "no-such-event"],
                              env=_env(kafka, topics, tmp_path), capture_output=True,
                              text=True, timeout=60)
