@@ -10,6 +10,7 @@ benchmark can be replayed exactly.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ __all__ = [
     "FPS_SCHEMA",
     "LOGIN_SCHEMA",
     "corrupt_dates",
+    "envelope",
     "fps_messages",
     "logins",
     "magstripe_contactless_attack",
@@ -254,3 +256,15 @@ def mixed_traffic(seed: int, start_ms: int, n: int, *, accounts: int = 8, device
         jitter = 9 * 60_000 if rng.random() < 0.03 else rng.randrange(3 * 60_000)
         return item[1]["event_time"] + jitter
     return sorted(out, key=arrival)
+
+
+def envelope(event_type: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """A simulated Avro-shaped record as the JSON an upstream system sends
+    (``event_type``, ISO-8601 times and dates): one line of a file for
+    ``tripwire produce`` or ``tripwire backtest``."""
+    out = {"event_type": event_type, **rec}
+    out["event_time"] = dt.datetime.fromtimestamp(rec["event_time"] / 1000, dt.UTC).isoformat()
+    if "settlement_date" in rec:
+        out["settlement_date"] = (dt.date(1970, 1, 1) + dt.timedelta(rec["settlement_date"])
+                                  ).isoformat()
+    return out

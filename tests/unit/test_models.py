@@ -1,11 +1,10 @@
 """The typed models mirror the Avro schemas and convert to their record form."""
 
-import datetime as dt
 
 import pytest
 from pydantic import ValidationError
 
-from tripwire.connectors.simulator import fps_messages, logins, normal_card_payments
+from tripwire.connectors.simulator import envelope, fps_messages, logins, normal_card_payments
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import EVENT_MODELS, parse_event
 from tripwire.schemas.registry import SchemaStore
@@ -28,13 +27,7 @@ def test_model_fields_match_the_schema(name: str) -> None:
             assert f.is_required(), f"{name}.{fname} has a default the schema lacks"
 
 
-def _envelope(event_type: str, rec: dict) -> dict:
-    out = {"event_type": event_type, **rec}
-    out["event_time"] = dt.datetime.fromtimestamp(rec["event_time"] / 1000, dt.UTC).isoformat()
-    if "settlement_date" in rec:
-        out["settlement_date"] = (dt.date(1970, 1, 1) + dt.timedelta(rec["settlement_date"])
-                                  ).isoformat()
-    return out
+_envelope = envelope
 
 
 @pytest.mark.parametrize(("event_type", "records"), [
