@@ -97,5 +97,5 @@ def test_the_cli_reports_and_diffs_a_candidate(history: tuple[Path, Path, set[st
 def test_unreadable_labels_are_an_error(tmp_path: Path) -> None:
     bad = tmp_path / "labels.csv"
     bad.write_text("event_id,label\ne1,maybe\n")
-    with pytest.raises(ValueError, match="labels.csv:2: label 'maybe'"):
+    with pytest.raises(ValueError, match=r"labels\.csv:2: label 'maybe'"):
         read_labels(bad)
