@@ -7,6 +7,7 @@ BENCHES = {
     "validation": "bench.validation",
     "features": "bench.features",
     "controls": "bench.controls",
+    "path": "bench.path",
 }
 
 

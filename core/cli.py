@@ -150,7 +150,8 @@ def run_stage(
     from tripwire.features.batch import BatchTable
     from tripwire.features.engine import FeatureLibrary
     from tripwire.schemas.codec import AvroCodec
-    from tripwire.streams.runner import STAGES, Pipeline, stage_loop
+    from tripwire.streams.pipeline import DecisionStage
+    from tripwire.streams.runner import STAGES, Pipeline, attach_deferred, stage_loop
 
     settings = Settings()
     wanted = list(STAGES) if stages == ["all"] else stages
@@ -170,6 +171,9 @@ def run_stage(
         entities=nodes if s == "features" else None,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
         if settings.batch_table else None) for s in wanted}
+    deferred = [attach_deferred(loop.processor.decider, bootstrap, ns, codec)  # tier 2
+                for s, loop in loops.items() if s == "decide"
+                and isinstance(loop.processor, DecisionStage)]
     pipeline = Pipeline.start(loops)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.stop_event.set())
@@ -183,6 +187,8 @@ def run_stage(
         if pipeline.stop_event.is_set():
             break
     pipeline.stop()
+    for runner in deferred:
+        runner.close()
     if pipeline.errors:
         raise TripwireError("stage(s) failed: " + "; ".join(
             f"{name}: {type(exc).__name__}: {exc}" for name, exc in pipeline.errors.items()))

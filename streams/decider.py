@@ -22,6 +22,7 @@ from tripwire.streams.state import StateView
 
 if TYPE_CHECKING:
     from tripwire.connectors.control_sources import ReleaseSource
+    from tripwire.streams.deferred import DeferredRunner
 
 __all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider"]
 
@@ -46,6 +47,7 @@ class Decider:
         self.provenance = dict(provenance or {})
         self.ttl_ms = ttl_ms
         self.memory = Expiring(DECISIONS_STORE)
+        self.deferred: DeferredRunner | None = None  # set to run tier 2 off the path
         self._sync()
 
     @property
@@ -86,8 +88,18 @@ class Decider:
                                              event[kind.entity_field]))
         decision = self._decision(kind, event, features, feature_errors, verdict, now_ms,
                                   arrived_ms)
-        return decision, self.executions(event["event_id"], decision["decision_id"],
-                                         verdict.results, now_ms)
+        out = self.executions(event["event_id"], decision["decision_id"], verdict.results,
+                              now_ms)
+        if self.controls.for_type(kind.short, deferred=True):  # tier 2: after the decision
+            key = str(event.get("account_id") or event[kind.entity_field])
+            if self.deferred is None:  # replay and tests: in line, deterministic
+                out += self.executions(event["event_id"], decision["decision_id"],
+                                       self.controls.evaluate_deferred(kind.short, event,
+                                                                       features, key), now_ms)
+            else:
+                self.deferred.submit((kind.short, dict(event), dict(features), key,
+                                      event["event_id"], decision["decision_id"], now_ms))
+        return decision, out
 
     def executions(self, event_id: str, decision_id: str, results: list[ControlResult],
                    now_ms: int) -> list[OutRecord]:

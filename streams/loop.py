@@ -303,6 +303,7 @@ class BatchLoop:
         """One transaction: outputs, changelog records, input offsets. False if aborted
         (state of ``touched`` partitions is restored and the inputs are read again)."""
         pending, self.state.pending = self.state.pending, []
+        self.state.flush_writes()
         try:
             self.producer.begin_transaction()
             for o in outputs:

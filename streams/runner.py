@@ -10,16 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tripwire.connectors.control_sources import ReleaseSource
+from tripwire.connectors.events import EventProducer
 from tripwire.controls.engine import ControlSet
+from tripwire.controls.sandbox import DEFAULT_MEMORY_MB
 from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.decider import Decider
 from tripwire.streams.decision_path import INPUTS
+from tripwire.streams.deferred import DeferredRunner
 from tripwire.streams.loop import BatchLoop, LoopStats, Processor
 from tripwire.streams.pipeline import DecisionStage, FeatureStage, IntakeStage
+from tripwire.streams.records import OutRecord
 from tripwire.streams.topics import topic
 
-__all__ = ["STAGES", "Pipeline", "stage_loop", "stage_topics"]
+__all__ = ["STAGES", "Pipeline", "attach_deferred", "stage_loop", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,24 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                      processor,
                      namespace=namespace, batch_size=batch_size,
                      state_dir=None if state_dir is None else state_dir / stage)
+
+
+def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: AvroCodec,
+                    memory_mb: int = DEFAULT_MEMORY_MB) -> DeferredRunner:
+    """Run the decider's tier-2 controls off the decision path, writing their
+    execution records with a producer of their own."""
+    out = EventProducer(bootstrap, codec)
+    name = topic("control_executions", namespace)
+
+    def send(records: list[OutRecord]) -> None:
+        for r in records:
+            out.send_raw(name, r.value, r.key)
+        out.poll(0)
+
+    runner = DeferredRunner(lambda: decider.controls, decider.executions, send, memory_mb,
+                            flush=lambda: out.drain(30))
+    decider.deferred = runner
+    return runner
 
 
 @dataclass

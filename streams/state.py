@@ -83,7 +83,15 @@ class MemoryStore:
 
 
 class RocksStore:
-    """A RocksDB store (rocksdict) in raw bytes mode."""
+    """A RocksDB store (rocksdict) in raw bytes mode.
+
+    Writes are buffered and applied in one RocksDB WriteBatch by :meth:`flush`
+    (the loop calls it once per batch, before the batch's transaction; it also
+    happens when the buffer is large, before a scan and on close); reads see the
+    buffered writes.
+    """
+
+    MAX_BUFFERED = 20_000
 
     def __init__(self, path: Path) -> None:
         from rocksdict import Options, Rdict
@@ -91,27 +99,46 @@ class RocksStore:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Rdict(str(path), Options(raw_mode=True))
+        self._buffer: dict[bytes, bytes | None] = {}  # None: a delete
 
     def get(self, key: bytes) -> bytes | None:
+        if key in self._buffer:
+            return self._buffer[key]
         value: bytes | None = self._db.get(key)
         return value
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._db[key] = value
+        self._buffer[key] = value
+        if len(self._buffer) >= self.MAX_BUFFERED:
+            self.flush()
 
     def delete(self, key: bytes) -> None:
-        del self._db[key]
+        self._buffer[key] = None
+        if len(self._buffer) >= self.MAX_BUFFERED:
+            self.flush()
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        """One RocksDB write for many puts."""
+        self._buffer.update(items)
+        if len(self._buffer) >= self.MAX_BUFFERED:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the buffered writes in one RocksDB write."""
+        if not self._buffer:
+            return
         from rocksdict import WriteBatch
 
         batch = WriteBatch(raw_mode=True)
-        for k, v in items:
-            batch.put(k, v)
+        for k, v in self._buffer.items():
+            if v is None:
+                batch.delete(k)
+            else:
+                batch.put(k, v)
         self._db.write(batch)
+        self._buffer.clear()
 
     def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        self.flush()
         it = self._db.iter()
         it.seek(prefix)
         while it.valid():
@@ -121,7 +148,12 @@ class RocksStore:
             yield k, it.value()
             it.next()
 
+    def drop_buffer(self) -> None:
+        """Forget writes not yet applied (their batch was aborted)."""
+        self._buffer.clear()
+
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
 
@@ -250,6 +282,8 @@ class StateManager:
             s = self._stores.pop((name, tp), None)
             if s is None:
                 continue
+            if not clean and isinstance(s, RocksStore):
+                s.drop_buffer()
             s.close()
             off = self.offsets.pop((name, tp), None)
             if self.root is not None and clean and off is not None:
@@ -260,6 +294,12 @@ class StateManager:
         """Many puts into one store of ``tp`` at once (recorded for the changelog)."""
         self.store(name, tp).put_many(items)
         self.pending.extend((name, tp, k, v) for k, v in items)
+
+    def flush_writes(self) -> None:
+        """Apply every store's buffered writes (once per batch, before its commit)."""
+        for s in self._stores.values():
+            if isinstance(s, RocksStore):
+                s.flush()
 
     def discard(self, tp: TP) -> None:
         """Drop local state of ``tp`` (after an aborted transaction); it is restored again."""

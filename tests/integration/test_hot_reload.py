@@ -106,3 +106,55 @@ def test_refused_and_accepted_releases_without_a_restart(kafka: KafkaCluster, to
     latest = [codec.decode(m.value())[1] for m in read_to_end(kafka.bootstrap,
                                                                 topic("controls", topics))]
     assert [r["source"] == ODD for r in latest if r["control_id"] == "odd_amount"][-1]
+
+
+SEEN = '''TIER = 2
+def detect(event, features):
+    return {"score": 0.5, "reason": "deep look at %d" % event["amount_minor"]}
+'''
+
+
+def test_tier_two_writes_after_decisions_and_the_emergency_stop_halts_it(
+        kafka: KafkaCluster, topics: str) -> None:
+    from tripwire.controls.engine import Control, ControlSet
+    from tripwire.streams.runner import attach_deferred
+
+    base = DecisionPath.default()
+    codec = base.codec
+    path = DecisionPath(codec, ControlSet([*base.controls.controls,
+                                           Control.compile("deep_look", SEEN)]),
+                        sources=[TopicSource(kafka.bootstrap, topic("controls", topics), codec)])
+    runner = attach_deferred(path.decider, kafka.bootstrap, topics, codec, memory_mb=256)
+    loop = BatchLoop(kafka.bootstrap, f"{topics}decide", [topic("card_payments", topics)],
+                     path, namespace=topics, batch_size=50)
+    pipeline = Pipeline.start({"path": loop})
+    prod = EventProducer(kafka.bootstrap, codec)
+    now = int(time.time() * 1000)
+    events = list(normal_card_payments(9, now - 5_000, 10))
+    try:
+        pipeline.wait_assigned()
+        for e in events[:5]:
+            prod.send(topic("card_payments", topics), CARD_SCHEMA, e, e["card_token"])
+        prod.flush()
+        read_topic(kafka.bootstrap, [topic("decisions", topics)], 5, timeout=30)
+        deep = [codec.decode(m.value())[1] for m in read_topic(
+            kafka.bootstrap, [topic("control_executions", topics)], 10_000, timeout=10)
+            if b"deep_look" in m.value()]
+        assert sorted(e["event_id"] for e in deep if e["control_id"] == "deep_look") == \
+            sorted(e["event_id"] for e in events[:5])
+        stopped = _cli(kafka, topics, "stop", "tier:2", "--reason", "SOC: too slow today")
+        assert stopped.returncode == 0, stopped.stderr
+        audits = _audits(kafka, topics, codec, 2)
+        (stop,) = [a for a in audits if a["action"] == "control.stop"]
+        assert json.loads(stop["details_json"])["stopped"] == ["deep_look"]
+        for e in events[5:]:
+            prod.send(topic("card_payments", topics), CARD_SCHEMA, e, e["card_token"])
+        prod.flush()
+        read_topic(kafka.bootstrap, [topic("decisions", topics)], 10, timeout=30)
+    finally:
+        pipeline.stop()
+        runner.close()
+    after = [codec.decode(m.value())[1] for m in read_to_end(
+        kafka.bootstrap, topic("control_executions", topics))]
+    ran = {e["event_id"] for e in after if e["control_id"] == "deep_look"}
+    assert ran == {e["event_id"] for e in events[:5]}  # none after the stop

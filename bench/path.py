@@ -1,0 +1,256 @@
+"""The whole decision path on the real broker: validate → features → controls →
+decision, with the default features and controls, events of a bank-like mix
+(cards, logins, FPS) at bank-like cardinalities, with an attack inside.
+
+  1. saturation: N events preloaded; worker processes (one consumer group, the
+     one-process decision path per partition) decide them all; events/s from
+     the first decision to the last, CPU per event of the workers and the broker,
+     next to a raw confluent-kafka hop of the same messages (baseline);
+  2. open loop: events offered at a fixed rate (not waiting for answers), the
+     latency of each from its send to its decision being readable (committed),
+     p50 / p99 / max.
+
+    .venv/bin/python -m bench path --events 30000 --workers 1 --rate 3000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from bench.common import bench_cluster, proc_cpu
+from tripwire.connectors.kafka import consumer, create_topics, producer
+from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
+from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.registry import SchemaStore
+from tripwire.streams.intake import EVENT_KINDS
+from tripwire.streams.topics import topic
+
+__all__ = ["main"]
+
+_TOPIC_OF = {"tripwire.events.CardPayment": "card_payments",
+             "tripwire.events.LoginEvent": "logins", "tripwire.events.FpsMessage": "fps"}
+
+
+def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, bytes, bytes, str]]:
+    """(topic key, key, value, event id) in event-time order."""
+    traffic = [(f"tripwire.events.{k}", e) for k, e in mixed_traffic(
+        seed, t0, n, accounts=max(8, n // 3), devices=max(5, n // 4), ips=max(4, n // 5),
+        payees=max(5, n // 10), merchants=max(6, n // 50))]
+    traffic += [("tripwire.events.CardPayment", e)
+                for e in magstripe_contactless_attack(seed + 1, t0, n // 50)]
+    traffic.sort(key=lambda se: se[1]["event_time"])
+    out = []
+    for schema, e in traffic:
+        kind = EVENT_KINDS[schema]
+        key = str(e.get(kind.entity_field) or e["event_id"]).encode()
+        out.append((_TOPIC_OF[schema], key, codec.encode(schema, e), e["event_id"]))
+    return out
+
+
+def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, ready: Any,
+            stop: Any) -> None:
+    from tripwire.streams.decision_path import INPUTS, DecisionPath
+    from tripwire.streams.loop import BatchLoop
+
+    path = DecisionPath.default()
+    loop = BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in INPUTS], path,
+                     namespace=ns, batch_size=batch, poll_timeout=0.005,
+                     state_dir=Path(state_dir))
+    done = threading.Event()
+    t = threading.Thread(target=loop.run, args=(done,), daemon=True)
+    t.start()
+    while loop.assigned_at is None:
+        time.sleep(0.01)
+    ready.set()
+    stop.wait()
+    done.set()
+    t.join(30)
+
+
+class Decisions:
+    """Reads committed decisions as they appear; notes when each event's arrives."""
+
+    def __init__(self, bootstrap: str, ns: str, codec: AvroCodec) -> None:
+        self.codec = codec
+        self.seen: dict[str, float] = {}
+        self.c = consumer(bootstrap, f"bench-reader-{uuid.uuid4().hex[:8]}")
+        name = topic("decisions", ns)
+        parts = self.c.list_topics(name, timeout=10).topics[name].partitions
+        self.c.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in parts])
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for m in self.c.consume(1000, 0.05):
+                if m.error() is None:
+                    now = time.monotonic()
+                    self.seen.setdefault(self.codec.decode(m.value())[1]["event_id"], now)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.t.join(10)
+        self.c.close()
+
+
+def _start_workers(bootstrap: str, ns: str, n: int, batch: int) -> tuple[list[Any], Any]:
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = []
+    for i in range(n):
+        ready = ctx.Event()
+        p = ctx.Process(target=_worker, args=(bootstrap, ns, tempfile.mkdtemp(
+            prefix=f"bench-path-{i}-"), batch, ready, stop), daemon=True)
+        p.start()
+        procs.append((p, ready))
+    for _, ready in procs:
+        if not ready.wait(120):
+            raise RuntimeError("a worker did not start")
+    return [p for p, _ in procs], stop
+
+
+def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
+               workers: int, partitions: int, batch: int,
+               broker_cpu: Any) -> dict[str, float]:
+    ns = f"bench-path-{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, ns, partitions=partitions)
+    p = producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
+    for tk, key, value, _ in events:
+        p.produce(topic(tk, ns), value, key)
+        p.poll(0)
+    p.flush(120)
+    reader = Decisions(bootstrap, ns, codec)
+    procs, stop = _start_workers(bootstrap, ns, workers, batch)
+    cpu0 = [proc_cpu(x.pid) for x in procs]
+    b0 = broker_cpu() or 0.0
+    start = time.monotonic()
+    want = {e[3] for e in events}
+    while len(reader.seen) < len(want):
+        if time.monotonic() - start > 600:
+            raise RuntimeError(f"only {len(reader.seen)} of {len(want)} decided in 600 s")
+        time.sleep(0.05)
+    first, last = min(reader.seen.values()), max(reader.seen.values())
+    cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
+    bcpu = (broker_cpu() or 0.0) - b0
+    stop.set()
+    for x in procs:
+        x.join(30)
+    reader.close()
+    n = len(events)
+    return {"rate": n / (last - start), "steady": n / max(last - first, 1e-9),
+            "cpu_us": cpu / n * 1e6, "broker_us": bcpu / n * 1e6}
+
+
+def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
+              workers: int, partitions: int, batch: int, rate: int) -> list[float]:
+    """Latency (ms) of every event offered at ``rate`` per second."""
+    ns = f"bench-open-{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, ns, partitions=partitions)
+    reader = Decisions(bootstrap, ns, codec)
+    procs, stop = _start_workers(bootstrap, ns, workers, batch)
+    p = producer(bootstrap, **{"linger.ms": 1})
+    sent: dict[str, float] = {}
+    tick = 0.005  # offer every 5 ms what is due by then
+    start = time.monotonic()
+    i = 0
+    while i < len(events):
+        due = min(len(events), int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            tk, key, value, eid = events[i]
+            p.produce(topic(tk, ns), value, key)
+            sent[eid] = time.monotonic()
+            i += 1
+        p.poll(0)
+        time.sleep(tick)
+    p.flush(60)
+    deadline = time.monotonic() + 60
+    while len(reader.seen) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for x in procs:
+        x.join(30)
+    reader.close()
+    missing = len(sent) - len(reader.seen)
+    if missing:
+        raise RuntimeError(f"{missing} events without a decision")
+    return sorted((reader.seen[e] - t) * 1000 for e, t in sent.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench path")
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--rate", type=int, default=3000, help="open loop: events offered per s")
+    ap.add_argument("--seconds", type=int, default=20, help="open loop: how long")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+    from bench.passthrough import confluent_loop
+
+    codec = AvroCodec(SchemaStore.default())
+    t0 = int(time.time() * 1000) - 3_600_000
+    events = _events(codec, args.events, t0, 31)
+    print(f"{len(events)} events (cards, logins, FPS; an attack inside); "
+          f"{args.workers} worker process(es) on {args.partitions} partitions; "
+          f"{os.cpu_count()} cores")
+    rows = []
+    with bench_cluster() as (cluster, broker_cpu):
+        for _ in range(args.repeats):
+            ns = f"bench-raw-{uuid.uuid4().hex[:6]}."
+            create_topics(cluster.bootstrap, ns, partitions=args.partitions)
+            p = producer(cluster.bootstrap, **{"linger.ms": 20})
+            for _tk, key, value, _ in events:
+                p.produce(f"{ns}raw-in", value, key)
+                p.poll(0)
+            p.flush(60)
+            b0 = broker_cpu() or 0.0
+            wall, cpu = confluent_loop(cluster.bootstrap, f"{ns}raw-in", f"{ns}raw-out",
+                                       len(events), None)
+            raw = {"rate": len(events) / wall, "cpu_us": cpu / len(events) * 1e6,
+                   "broker_us": ((broker_cpu() or 0.0) - b0) / len(events) * 1e6}
+            sat = saturation(cluster.bootstrap, codec, events, args.workers, args.partitions,
+                             args.batch, broker_cpu)
+            rows.append((raw, sat))
+            print(f"  round: raw {raw['rate']:,.0f}/s; path {sat['rate']:,.0f}/s "
+                  f"({sat['cpu_us']:.0f} µs worker CPU, {sat['broker_us']:.0f} µs broker)")
+        # event times end 5 min ago: within the allowed clock skew whatever the offer takes
+        offered = _events(codec, args.rate * args.seconds,
+                          int(time.time() * 1000) - 25 * 60_000, 47)
+        lat = open_loop(cluster.bootstrap, codec, offered, args.workers, args.partitions,
+                        args.batch, args.rate)
+
+    def med(key: str, i: int) -> float:
+        return statistics.median(r[i][key] for r in rows)
+
+    print(f"\nmedians of {args.repeats} rounds; command: python -m bench path "
+          f"{' '.join(argv if argv is not None else sys.argv[2:])}")
+    print(f"{'case':44} {'events/s':>9} {'µs CPU/event':>13} {'+broker µs':>11} {'x raw':>6}")
+    base = med("cpu_us", 0)
+    print(f"{'raw confluent-kafka hop (same messages)':44} {med('rate', 0):>9,.0f} "
+          f"{base:>13.1f} {med('broker_us', 0):>11.1f} {1:>6.2f}")
+    print(f"{'decision path (one process per partition)':44} {med('rate', 1):>9,.0f} "
+          f"{med('cpu_us', 1):>13.1f} {med('broker_us', 1):>11.1f} "
+          f"{med('cpu_us', 1) / base:>6.2f}")
+    print(f"saturation: {med('rate', 1):,.0f} events/s (target ≥ 5,000)")
+    q = statistics.quantiles(lat, n=100)
+    print(f"open loop at {args.rate}/s for {args.seconds} s ({len(lat)} events): event → "
+          f"committed decision p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {lat[-1]:.1f} ms "
+          "(target p99 ≤ 20 ms)")
+
+
+if __name__ == "__main__":
+    main()

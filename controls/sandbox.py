@@ -1,0 +1,118 @@
+"""Controls in a separate process with an address-space limit.
+
+Starlark bounds time and call depth but not memory: one ``[0] * 10**9`` asks for
+8 GB at once, and a failed allocation ends the whole process. The sandbox runs
+controls in a child process whose address space is capped; when a control blows
+it, only the child dies. The sandbox then starts a new child and runs the batch
+again one control and one event at a time, so exactly the culprit gets an error
+result ("exceeded the sandbox memory limit") and every other control its own
+result. Used for tier-2 controls (asynchronous, never on the decision path).
+
+>>> box = Sandbox([control])                                        # doctest: +SKIP
+>>> box.run([("CardPayment", event, features, "acc-1")])            # doctest: +SKIP
+[[ControlResult(...)]]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+from tripwire.controls.engine import Control, ControlResult
+
+__all__ = ["DEFAULT_MEMORY_MB", "Item", "Sandbox"]
+
+DEFAULT_MEMORY_MB = 512
+Item = tuple[str, dict[str, Any], dict[str, Any], str]  # event type, event, features, entity key
+
+
+def _serve(conn: Any, sources: list[tuple[str, str, float]], memory_mb: int) -> None:
+    """The child: cap the address space, compile, answer batches until told to stop."""
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+    cap = vm + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    controls = {cid: Control.compile(cid, src, budget) for cid, src, budget in sources}
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        items, only = msg
+        conn.send([[c.run(event, features, key) for cid, c in controls.items()
+                    if c.applies(kind) and (only is None or cid in only)]
+                   for kind, event, features, key in items])
+
+
+class Sandbox:
+    """A child process running ``controls``; restarted when a control kills it."""
+
+    def __init__(self, controls: Sequence[Control], memory_mb: int = DEFAULT_MEMORY_MB) -> None:
+        self.controls = list(controls)
+        self.memory_mb = memory_mb
+        self.restarts = 0
+        self._ctx = mp.get_context("spawn")
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        sources = [(c.control_id, c.source, c.budget.budget_ns / 1e6) for c in self.controls]
+        self.proc = self._ctx.Process(target=_serve, args=(child, sources, self.memory_mb),
+                                      daemon=True, name="tripwire-sandbox")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        if parent.recv() != "ready":
+            raise RuntimeError("the control sandbox did not start")
+
+    def _restart(self) -> None:
+        self.restarts += 1
+        self.conn.close()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self._start()
+
+    def _ask(self, items: list[Item], only: list[str] | None) -> list[list[ControlResult]] | None:
+        try:
+            self.conn.send((items, only))
+            answer: list[list[ControlResult]] = self.conn.recv()
+            return answer
+        except (EOFError, OSError):
+            self._restart()
+            return None
+
+    def run(self, items: list[Item]) -> list[list[ControlResult]]:
+        """Every applicable control's result for every item, in control order."""
+        answer = self._ask(items, None)
+        if answer is not None:
+            return answer
+        out = []
+        for item in items:  # isolate the culprit: one control, one event at a time
+            results = []
+            for c in self.controls:
+                if not c.applies(item[0]):
+                    continue
+                one = self._ask([item], [c.control_id])
+                results += one[0] if one is not None else [self._killed(c, item)]
+            out.append(results)
+        return out
+
+    def _killed(self, c: Control, item: Item) -> ControlResult:
+        error = (f"exceeded the sandbox memory limit of {self.memory_mb} MB (its process was "
+                 "ended and restarted)")
+        return ControlResult(c.control_id, c.version, c.on_error,
+                             f"control failed ({error}); fail policy {c.on_error}"
+                             if c.on_error else "", (), 0.0, error, 0, c.mode,
+                             c.mode == "ACTIVE" or c.decides_for(item[3]), c.stage, None,
+                             c.inputs(item[1], item[2]))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
