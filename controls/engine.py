@@ -23,8 +23,10 @@ a deterministic share of accounts), ``TIER`` (0: inline and fast, 1 ms budget;
 1: inline on precomputed features, the default; 2: asynchronous, never part of
 the decision, stoppable with :meth:`ControlSet.emergency_stop`), ``ON_ERROR``
 (``"IGNORE"`` by default, or the outcome a failure proposes — fail safe) and
-``EXAMPLES`` (inputs and the expected ``signal`` or ``outcome``, run by
-``tripwire controls test`` and before a control is accepted).
+``WHEN`` (event field → value or list of values: the control runs only on
+events that match, e.g. ``{"kind": "TOPUP"}``; others cost nothing and leave no
+execution record) and ``EXAMPLES`` (inputs and the expected ``signal`` or
+``outcome``, run by ``tripwire controls test`` and before a control is accepted).
 
 A control sees the event fields and features it names as string literals in its
 source (``features.get("card_declines_10m")``): that is all it is given, and it
@@ -157,6 +159,7 @@ class Control:
     stage: str = "DETECTOR"
     tier: int = 1
     reads: frozenset[str] = frozenset()  # event fields and features it may read
+    when: tuple[tuple[str, frozenset[Any]], ...] = ()  # runs only on matching events
 
     @property
     def function(self) -> str:
@@ -205,12 +208,20 @@ class Control:
             raise ControlError(f"{control_id}: only detectors can be TIER 2 (asynchronous)")
         if stage == "SELECTION" and mode != "ACTIVE":
             raise ControlError(f"{control_id}: the selection control must be ACTIVE")
+        when = module["WHEN"] or {}
+        if not isinstance(when, dict) or not all(isinstance(k, str) for k in when) or (
+                stage == "SELECTION" and when):
+            raise ControlError(f"{control_id}: WHEN must be a dict of event field to value or "
+                               "list of values (not on the selection control)")
+        conditions = tuple((k, frozenset(v if isinstance(v, list) else [v]))
+                           for k, v in sorted(when.items()))
         frozen = module.freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
                    _Budget(TIER0_BUDGET_MS if tier == 0 else budget_ms), mode,
-                   percent if isinstance(percent, int) else 0, stage, tier, literals(source))
+                   percent if isinstance(percent, int) else 0, stage, tier, literals(source),
+                   conditions)
 
     def decides_for(self, entity_key: str) -> bool:
         """Whether this control's result counts for ``entity_key`` (deterministic)."""
@@ -224,6 +235,10 @@ class Control:
 
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to
+
+    def wanted(self, event: Mapping[str, Any]) -> bool:
+        """Whether the event matches ``WHEN`` (always, without one)."""
+        return all(event.get(key) in values for key, values in self.when)
 
     def inputs(self, event: Mapping[str, Any], features: Mapping[str, Any] | None = None,
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -301,8 +316,13 @@ class Control:
         failures = []
         key = "signal" if self.stage == "DETECTOR" else "outcome"
         for i, ex in enumerate(self.examples):
-            got = self.example_run(ex)
             want = ex.get(key)
+            if not self.wanted(ex["event"]):  # not run at all: no signal, no outcome
+                if want is not None:
+                    failures.append(ExampleFailure(self.control_id, i, want, None,
+                                                   "the event does not match WHEN"))
+                continue
+            got = self.example_run(ex)
             have = got.signal if self.stage == "DETECTOR" else got.outcome
             if got.error is not None or have != want:
                 failures.append(ExampleFailure(self.control_id, i, want, have, got.error))
@@ -398,12 +418,15 @@ class ControlSet:
                  features: Mapping[str, Any], entity_key: str = "") -> Verdict:
         """Detectors → action controls → selection for one event. Shadow and
         out-of-canary results are returned with ``applied=False`` and feed nothing."""
-        results = [c.run(event, features, entity_key) for c in self.for_type(event_type)]
+        results = [c.run(event, features, entity_key) for c in self.for_type(event_type)
+                   if not c.when or c.wanted(event)]
         detections = {r.control_id: {"signal": r.signal, "score": r.score, "reason": r.reason}
                       for r in results if r.signal is not None and r.applied}
         proposals = [r for r in results if r.outcome is not None and r.applied]  # fail policies
         if detections or proposals:
             for c in self.for_type(event_type, "ACTION"):
+                if c.when and not c.wanted(event):
+                    continue
                 r = c.run(event, features, entity_key, detections=detections)
                 results.append(r)
                 if r.outcome is not None and r.applied:
@@ -425,7 +448,7 @@ class ControlSet:
             -> list[ControlResult]:
         """The tier-2 detectors for one event: logged, never part of its decision."""
         return [c.run(event, features, entity_key)
-                for c in self.for_type(event_type, deferred=True)]
+                for c in self.for_type(event_type, deferred=True) if c.wanted(event)]
 
     def check_examples(self) -> list[ExampleFailure]:
         return [f for c in self.controls for f in c.check_examples()]

@@ -221,3 +221,15 @@ def test_tier_two_is_deferred_and_the_emergency_stop_halts_it() -> None:
         net.emergency_stop(["select"])
     net.resume()
     assert len(net.evaluate_deferred("CardPayment", {}, {})) == 1
+
+
+def test_when_runs_a_control_only_on_matching_events() -> None:
+    topups = Control.compile("topups", 'WHEN = {"kind": ["TOPUP", "REFUND"]}\n'
+                                       'def detect(event, features):\n'
+                                       '    return {"score": 1, "reason": event["kind"]}\n')
+    net = _network(topups)
+    assert net.evaluate("CardPayment", {"kind": "AUTHORISATION"}, {}).results == []
+    hit = net.evaluate("CardPayment", {"kind": "REFUND"}, {})
+    assert hit.results[0].reason == "REFUND" and hit.outcome == "MANUAL_REVIEW"
+    with pytest.raises(ControlError, match="WHEN"):
+        Control.compile("c", 'WHEN = ["kind"]\ndef detect(e, f): return None')
