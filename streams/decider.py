@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 ENGINE_VERSION = f"tripwire-{__version__}"
 DECISION_SCHEMA = "tripwire.decisions.Decision"
-DECISIONS_STORE = "decisions.v1"
+DECISIONS_STORE = "decisions.v2"  # v2: Expiring with a local index
 EXECUTION_SCHEMA = "tripwire.decisions.ControlExecution"
 
 

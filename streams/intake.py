@@ -27,7 +27,7 @@ __all__ = ["DAY_MS", "DEDUP_STORE", "EVENT_KINDS", "Admitted", "EventKind", "Exp
            "Intake"]
 
 DAY_MS = 86_400_000
-DEDUP_STORE = "dedup.v1"
+DEDUP_STORE = "dedup.v2"  # v2: the expiry inside the value, a local index
 
 
 @dataclass(frozen=True)
@@ -67,28 +67,44 @@ class Admitted:
 
 
 class Expiring:
-    """Entries of one store that expire at an event time: ``d:<key>`` holds the
-    value, ``x:<expiry><key>`` indexes it for :meth:`expire`."""
+    """Entries of one store that expire at an event time.
+
+    ``d:<key>`` holds ``<expiry><value>`` and goes to the changelog; the index
+    ``x:<expiry><key>`` that :meth:`expire` walks is local only (never in the
+    changelog: one record per entry instead of two) and is rebuilt from the
+    ``d:`` entries the first time a partition expires after being opened.
+    """
 
     _X = struct.Struct(">q")
 
     def __init__(self, store: str) -> None:
         self.store = store
+        self._indexed: set[tuple[int, tuple[str, int]]] = set()
 
     def get(self, view: StateView, key: bytes) -> bytes | None:
-        return view.get(self.store, b"d:" + key)
+        stored = view.get(self.store, b"d:" + key)
+        return None if stored is None else stored[8:]
 
     def put(self, view: StateView, key: bytes, value: bytes, expiry: int) -> None:
-        view.put(self.store, b"d:" + key, value)
-        view.put(self.store, b"x:" + self._X.pack(expiry) + key, b"")
+        when = self._X.pack(expiry)
+        view.put(self.store, b"d:" + key, when + value)
+        view.put_local(self.store, b"x:" + when + key, b"")
 
     def expire(self, view: StateView, watermark: int) -> int:
         """Forget entries whose expiry is at or before ``watermark``."""
+        if (id(view.manager), view.tp) not in self._indexed:
+            self._reindex(view)
         done = list(self._due(view.items(self.store, b"x:"), watermark))
         for key in done:
-            view.delete(self.store, key)
+            view.delete_local(self.store, key)
             view.delete(self.store, b"d:" + key[10:])
         return len(done)
+
+    def _reindex(self, view: StateView) -> None:
+        """The index of entries restored from the changelog (idempotent)."""
+        for key, stored in list(view.items(self.store, b"d:")):
+            view.put_local(self.store, b"x:" + stored[:8] + key[2:], b"")
+        self._indexed.add((id(view.manager), view.tp))
 
     def _due(self, items: Iterator[tuple[bytes, bytes]], watermark: int) -> Iterator[bytes]:
         for key, _ in items:

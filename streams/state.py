@@ -171,6 +171,21 @@ class StateView:
         self._m = manager
         self._tp = (topic, partition)
 
+    @property
+    def manager(self) -> StateManager:
+        return self._m
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return self._tp
+
+    def put_local(self, store: str, key: bytes, value: bytes) -> None:
+        """A write kept on this worker only (an index it can rebuild), not changelogged."""
+        self._m.store(store, self._tp).put(key, value)
+
+    def delete_local(self, store: str, key: bytes) -> None:
+        self._m.store(store, self._tp).delete(key)
+
     def get(self, store: str, key: bytes) -> bytes | None:
         return self._m.store(store, self._tp).get(key)
 

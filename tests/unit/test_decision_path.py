@@ -7,7 +7,7 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
-from tripwire.streams.decision_path import DECISION_SCHEMA, DecisionPath
+from tripwire.streams.decision_path import DECISION_SCHEMA, DEDUP_STORE, DecisionPath
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
 
@@ -115,9 +115,9 @@ def test_identities_expire_after_the_ttl_in_event_time() -> None:
     b = {**b, "event_time": a["event_time"] + 5000}
     path.process([_card(a, 1)], T0, st)
     view = st.view("payments.card.v1", 0)
-    assert len(list(view.items("dedup.v1"))) == 2
+    assert len(list(view.items(DEDUP_STORE))) == 2  # the entry and its local index
     path.process([_card(b, 2)], T0, st)  # b is > 1 s of event time after a
-    keys = [k for k, _ in view.items("dedup.v1", b"d:")]
+    keys = [k for k, _ in view.items(DEDUP_STORE, b"d:")]
     assert keys == [f"CardPayment:{b['event_id']}".encode().join([b"d:", b""])]
 
 
@@ -148,3 +148,23 @@ def test_every_control_execution_is_recorded(state: StateManager) -> None:
     (s,) = [x for x in execs if x["control_id"] == "select"]
     assert json.loads(s["output_json"])["outcome"] == decision["outcome"] == "DENY"
     assert e["duration_us"] >= 0
+
+
+def test_expiry_index_is_rebuilt_from_the_changelog_alone() -> None:
+    from tripwire.streams.intake import Expiring
+
+    first = StateManager("p", ["s"])
+    view = first.view("t", 0)
+    store = Expiring("s")
+    for i in range(5):
+        store.put(view, f"k{i}".encode(), b"v", expiry=100 * i)
+    logged = [(k, v) for (_, _, k, v) in first.pending]
+    assert all(k.startswith(b"d:") for k, _ in logged)  # the index stays local
+    again = StateManager("p", ["s"])  # a new worker restores the changelog only
+    for k, v in logged:
+        again.apply("s", ("t", 0), k, v, 0)
+    fresh = Expiring("s")
+    restored = again.view("t", 0)
+    assert fresh.get(restored, b"k3") == b"v"
+    assert fresh.expire(restored, 250) == 3  # k0, k1, k2
+    assert [fresh.get(restored, f"k{i}".encode()) for i in range(5)] == [None] * 3 + [b"v"] * 2
