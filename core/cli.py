@@ -235,10 +235,11 @@ def explain(event_id: str = typer.Argument(..., help="the event id to explain"))
     console.print(table)
     for m in read_to_end(bootstrap, topic("control_executions", ns)):
         if m.key() == key:
-            e = codec.decode(m.value())[1]
-            console.print(f"{e['stage'].lower()} {e['control_id']}@{e['control_version']}: "
-                          f"{e['output_json'] or e['error']} in {e['duration_us']} µs",
-                          markup=False, highlight=False)
+            for e in codec.decode(m.value())[1]["executions"]:
+                console.print(f"{e['stage'].lower()} {e['control_id']}@{e['control_version']}"
+                              f" (tier {e['tier']}, {e['mode'].lower()}): "
+                              f"{e['output_json'] or e['error']} in {e['duration_us']} µs",
+                              markup=False, highlight=False)
 
 
 def _backtest_records(events: str, codec: Any) -> tuple[list[Any], list[tuple[int, str]]]:

@@ -149,7 +149,8 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
             elif o.topic_key == "control_executions":
                 executions.append(rec)
         for rec in executions:
-            _count(run, rec, versions, days)
+            for ex in rec["executions"]:
+                _count(run, {**ex, "event_id": rec["event_id"]}, versions, days)
         progress(min(i + batch_size, len(records)), len(records))
     fraud = sum(run.labels.values())
     for stats in run.controls.values():

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 ENGINE_VERSION = f"tripwire-{__version__}"
 DECISION_SCHEMA = "tripwire.decisions.Decision"
 DECISIONS_STORE = "decisions.v2"  # v2: Expiring with a local index
-EXECUTION_SCHEMA = "tripwire.decisions.ControlExecution"
+EXECUTION_SCHEMA = "tripwire.decisions.ControlExecutions"
 
 
 class Decider:
@@ -103,18 +103,21 @@ class Decider:
 
     def executions(self, event_id: str, decision_id: str, results: list[ControlResult],
                    now_ms: int) -> list[OutRecord]:
-        """The control-executions records of ``results``."""
-        key = event_id.encode()
-        return [OutRecord("control_executions", key, self.codec.encode(EXECUTION_SCHEMA, {
-            "event_id": event_id, "decision_id": decision_id,
-            "control_id": r.control_id, "control_version": r.version, "stage": r.stage,
-            "mode": r.mode, "inputs_json": orjson.dumps(r.inputs, default=repr).decode(),
-            "output_json": None if r.error else orjson.dumps(
-                {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
-                "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
-                                 "reason": r.reason}).decode(),
-            "error": r.error, "duration_us": r.duration_us, "executed_at": now_ms}))
-            for r in results]
+        """The control-executions record of ``results`` (none when nothing ran)."""
+        if not results:
+            return []
+        tiers = {c.control_id: c.tier for c in self.controls.controls}
+        return [OutRecord("control_executions", event_id.encode(), self.codec.encode(
+            EXECUTION_SCHEMA, {"event_id": event_id, "decision_id": decision_id,
+                               "executed_at": now_ms, "executions": [{
+                "control_id": r.control_id, "control_version": r.version, "stage": r.stage,
+                "mode": r.mode, "tier": tiers.get(r.control_id, 1),
+                "inputs_json": orjson.dumps(r.inputs, default=repr).decode(),
+                "output_json": None if r.error else orjson.dumps(
+                    {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
+                    "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
+                                     "reason": r.reason}).decode(),
+                "error": r.error, "duration_us": r.duration_us} for r in results]}))]
 
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                   feature_errors: dict[str, str], verdict: Verdict, now_ms: int,

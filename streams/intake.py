@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from tripwire.features.jit import card_features, fps_features, login_features
 from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.validate import Reason, Validator
@@ -114,11 +116,11 @@ class Expiring:
 
 
 def _content_hash(kind: EventKind, event: Mapping[str, Any]) -> bytes:
-    h = hashlib.sha256()
-    for k in sorted(event):
-        if k not in kind.volatile:
-            h.update(f"{k}={event[k]!r};".encode())
-    return h.digest()
+    """What a repeat must match: every field but the volatile ones."""
+    body = {k: v for k, v in event.items() if k not in kind.volatile} if kind.volatile \
+        else event
+    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).digest()
 
 
 class Intake:

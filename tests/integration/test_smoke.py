@@ -62,10 +62,14 @@ def test_card_payment_end_to_end_through_the_decision_loop(kafka: KafkaCluster,
         return sum(c.wanted(e) for c in path.controls.for_type("CardPayment", stage))
 
     attack = {e["event_id"] for e in events if e["entry_mode"] == "MAGSTRIPE_CONTACTLESS"}
-    executions = sum(ran(e, "DETECTOR") + (ran(e, "ACTION") + 1 if e["event_id"] in attack
-                                           else 0) for e in events)
-    assert stats.produced == {"decisions": len(events), "quarantine": 1,  # the whole network
-                              "control_executions": executions}  # where a detector fired
+    assert stats.produced == {"decisions": len(events), "quarantine": 1,
+                              "control_executions": len(events)}  # one log record per event
+    logs = {(r := path.codec.decode(m.value())[1])["event_id"]: r["executions"] for m in
+            read_topic(kafka.bootstrap, [topic("control_executions", topics)], len(events),
+                       timeout=20)}
+    for e in events:  # the whole network where a detector fired, else the detectors
+        want = ran(e, "DETECTOR") + (ran(e, "ACTION") + 1 if e["event_id"] in attack else 0)
+        assert len(logs[e["event_id"]]) == want
 
     msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events), timeout=20)
     got = {path.codec.decode(m.value())[1]["event_id"]: m for m in msgs}

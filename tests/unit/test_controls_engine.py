@@ -185,7 +185,8 @@ def test_shadow_runs_but_never_decides_and_canary_decides_for_a_stable_share() -
                 got[rec["event_id"]] = (rec["outcome"], got.get(rec["event_id"], ("", []))[1])
             elif o.topic_key == "control_executions":
                 prev = got.get(rec["event_id"], ("", []))
-                got[rec["event_id"]] = (prev[0], [*prev[1], rec["mode"]])
+                got[rec["event_id"]] = (prev[0], [*prev[1], *(e["mode"] for e in
+                                                            rec["executions"])])
         return got
 
     shadowed = outcomes([shadow])

@@ -125,7 +125,9 @@ def test_every_control_execution_is_recorded(state: StateManager) -> None:
     ev = next(magstripe_contactless_attack(3, T0, 1))
     outs = PATH.process([_card(ev)], T0, state)
     decision = _decode(next(o for o in outs if o.topic_key == "decisions"))
-    execs = [_decode(o) for o in outs if o.topic_key == "control_executions"]
+    (log,) = [_decode(o) for o in outs if o.topic_key == "control_executions"]
+    assert log["event_id"] == ev["event_id"] and log["decision_id"] == decision["decision_id"]
+    execs = log["executions"]  # one record per event: the network in run order
     controls = PATH.controls
     ran = [c.control_id for stage in ("DETECTOR", "ACTION")
            for c in controls.for_type("CardPayment", stage) if c.wanted(ev)] + ["select"]
@@ -134,7 +136,7 @@ def test_every_control_execution_is_recorded(state: StateManager) -> None:
     assert [e["stage"] for e in execs][-2:] == ["ACTION", "SELECTION"]
     (e,) = [x for x in execs if x["control_id"] == "card_outliers"]
     import json
-    assert e["decision_id"] == decision["decision_id"] and e["error"] is None
+    assert e["error"] is None and e["tier"] == 1
     assert e["control_version"] == decision["control_versions"]["card_outliers"]
     assert json.loads(e["output_json"])["signal"] == "magstripe_contactless_abroad"
     inputs = json.loads(e["inputs_json"])  # what it was given: the names it reads

@@ -66,7 +66,8 @@ def test_tier_two_runs_after_the_decision_and_the_emergency_stop_halts_it() -> N
     events = list(normal_card_payments(5, now - 60_000, 20))
     outs = path.process(_records(path, events[:10]), now, state)
     decided = [path.codec.decode(o.value)[1] for o in outs if o.topic_key == "decisions"]
-    inline = [path.codec.decode(o.value)[1] for o in outs if o.topic_key == "control_executions"]
+    inline = [e for o in outs if o.topic_key == "control_executions"
+              for e in path.codec.decode(o.value)[1]["executions"]]
     assert len(decided) == 10 and "seen" not in {e["control_id"] for e in inline}
     assert all("seen" not in {h["control_id"] for h in d["rule_hits"]} for d in decided)
     deadline = time.monotonic() + 30
@@ -75,8 +76,9 @@ def test_tier_two_runs_after_the_decision_and_the_emergency_stop_halts_it() -> N
     later = [path.codec.decode(o.value)[1] for o in sent]
     assert sorted(e["event_id"] for e in later) == sorted(e["event_id"] for e in events[:10])
     by_event = {d["event_id"]: d["decision_id"] for d in decided}
-    assert all(e["decision_id"] == by_event[e["event_id"]] and e["control_id"] == "seen"
-               for e in later)
+    assert all(e["decision_id"] == by_event[e["event_id"]] and
+               [x["control_id"] for x in e["executions"]] == ["seen"] and
+               e["executions"][0]["tier"] == 2 for e in later)
 
     path.controls.emergency_stop(tier=2)
     path.process(_records(path, events[10:]), now, state)
@@ -90,5 +92,6 @@ def test_without_a_runner_tier_two_runs_in_line_for_replays() -> None:
     now = int(time.time() * 1000)
     outs = path.process(_records(path, list(normal_card_payments(6, now - 60_000, 3))), now,
                         state)
-    execs = [path.codec.decode(o.value)[1] for o in outs if o.topic_key == "control_executions"]
+    execs = [e for o in outs if o.topic_key == "control_executions"
+             for e in path.codec.decode(o.value)[1]["executions"]]
     assert [e["control_id"] for e in execs].count("seen") == 3
