@@ -77,6 +77,11 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, ready: Any,
     stop.wait()
     done.set()
     t.join(30)
+    st = loop.stats
+    print(f"  worker {os.getpid()}: {st.consumed} events in {st.batches} batches "
+          f"({st.consumed / max(st.batches, 1):.0f} per batch); per batch: process "
+          f"{st.process_seconds / max(st.batches, 1) * 1000:.1f} ms, produce + commit "
+          f"{st.commit_seconds / max(st.batches, 1) * 1000:.1f} ms", flush=True)
 
 
 class Decisions:
@@ -86,9 +91,13 @@ class Decisions:
         self.codec = codec
         self.seen: dict[str, float] = {}
         self.c = consumer(bootstrap, f"bench-reader-{uuid.uuid4().hex[:8]}")
-        name = topic("decisions", ns)
-        parts = self.c.list_topics(name, timeout=10).topics[name].partitions
-        self.c.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in parts])
+        assign = []
+        for key in ("decisions", "quarantine"):  # every event gets one or the other
+            name = topic(key, ns)
+            parts = self.c.list_topics(name, timeout=10).topics[name].partitions
+            assign += [TopicPartition(name, p, OFFSET_BEGINNING) for p in parts]
+        self.c.assign(assign)
+        self.quarantined = 0
         self.stop = threading.Event()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
@@ -98,7 +107,14 @@ class Decisions:
             for m in self.c.consume(1000, 0.05):
                 if m.error() is None:
                     now = time.monotonic()
-                    self.seen.setdefault(self.codec.decode(m.value())[1]["event_id"], now)
+                    rec = self.codec.decode(m.value())[1]
+                    if "original" in rec:  # a quarantine record: the event it refused
+                        self.quarantined += 1
+                        try:
+                            rec = self.codec.decode(rec["original"])[1]
+                        except Exception:
+                            continue
+                    self.seen.setdefault(rec["event_id"], now)
 
     def close(self) -> None:
         self.stop.set()
@@ -162,6 +178,15 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     reader = Decisions(bootstrap, ns, codec)
     procs, stop = _start_workers(bootstrap, ns, workers, batch)
     p = producer(bootstrap, **{"linger.ms": 1})
+    # warm up until every worker has its partitions for good (group settled, stores open)
+    warm, events = events[:500], events[500:]
+    for tk, key, value, _ in warm:
+        p.produce(topic(tk, ns), value, key)
+    p.flush(30)
+    deadline = time.monotonic() + 120
+    while len(reader.seen) < len(warm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cpu0 = [proc_cpu(x.pid) for x in procs]
     sent: dict[str, float] = {}
     tick = 0.005  # offer every 5 ms what is due by then
     start = time.monotonic()
@@ -179,11 +204,13 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     deadline = time.monotonic() + 60
     while len(reader.seen) < len(sent) and time.monotonic() < deadline:
         time.sleep(0.05)
+    cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
+    print(f"  open loop: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU per event")
     stop.set()
     for x in procs:
         x.join(30)
     reader.close()
-    missing = len(sent) - len(reader.seen)
+    missing = len(sent) + len(warm) - len(reader.seen)
     if missing:
         raise RuntimeError(f"{missing} events without a decision")
     return sorted((reader.seen[e] - t) * 1000 for e, t in sent.items())
@@ -209,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.cpu_count()} cores")
     rows = []
     with bench_cluster() as (cluster, broker_cpu):
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # 0: the open loop only
             ns = f"bench-raw-{uuid.uuid4().hex[:6]}."
             create_topics(cluster.bootstrap, ns, partitions=args.partitions)
             p = producer(cluster.bootstrap, **{"linger.ms": 20})
@@ -234,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                         args.batch, args.rate)
 
     def med(key: str, i: int) -> float:
-        return statistics.median(r[i][key] for r in rows)
+        return statistics.median(r[i][key] for r in rows) if rows else float("nan")
 
     print(f"\nmedians of {args.repeats} rounds; command: python -m bench path "
           f"{' '.join(argv if argv is not None else sys.argv[2:])}")

@@ -58,6 +58,8 @@ class LoopStats:
     restored: int = 0
     produced: Counter[str] = field(default_factory=Counter)
     last_batch_at: float = 0.0
+    process_seconds: float = 0.0  # wall time in the processor
+    commit_seconds: float = 0.0  # wall time producing and committing transactions
 
 
 def _to_record(msg: Message) -> InRecord:
@@ -285,7 +287,9 @@ class BatchLoop:
 
     def _run_batch(self, msgs: list[Message]) -> None:
         records = [_to_record(m) for m in msgs]
+        started = time.monotonic()
         outputs = self.processor.process(records, int(time.time() * 1000), self.state)
+        self.stats.process_seconds += time.monotonic() - started
         offsets: dict[tuple[str, int], int] = {}
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1
@@ -304,6 +308,7 @@ class BatchLoop:
         (state of ``touched`` partitions is restored and the inputs are read again)."""
         pending, self.state.pending = self.state.pending, []
         self.state.flush_writes()
+        started = time.monotonic()
         try:
             self.producer.begin_transaction()
             for o in outputs:
@@ -330,6 +335,7 @@ class BatchLoop:
                     self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
             self.producer.poll(0)  # serve delivery reports: changelog offsets
+            self.stats.commit_seconds += time.monotonic() - started
         except KafkaException as exc:
             err = exc.args[0]
             if not err.txn_requires_abort():
