@@ -150,6 +150,7 @@ def run_stage(
     from tripwire.features.batch import BatchTable
     from tripwire.features.engine import FeatureLibrary
     from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.loop import tune_gc
     from tripwire.streams.pipeline import DecisionStage
     from tripwire.streams.runner import STAGES, Pipeline, attach_deferred, stage_loop
 
@@ -174,6 +175,7 @@ def run_stage(
     deferred = [attach_deferred(loop.processor.decider, bootstrap, ns, codec)  # tier 2
                 for s, loop in loops.items() if s == "decide"
                 and isinstance(loop.processor, DecisionStage)]
+    tune_gc()
     pipeline = Pipeline.start(loops)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.stop_event.set())

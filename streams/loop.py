@@ -8,6 +8,7 @@ and the state (see :class:`Processor`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
 from tripwire.streams.topics import TopicSpec, topic
 
-__all__ = ["BatchLoop", "LoopStats", "Processor"]
+__all__ = ["BatchLoop", "LoopStats", "Processor", "tune_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,16 @@ class Processor(Protocol):
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]: ...
+
+
+def tune_gc() -> None:
+    """For a worker process, once set up: the objects alive now (modules, compiled
+    controls, schemas) move out of the collector's way, and young collections run
+    every 50,000 allocations instead of 700. A stream worker allocates many
+    short-lived objects and almost no cycles; measured ~9 % less CPU per event on
+    the decision path (bench/path.py)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 @dataclass
@@ -96,7 +107,12 @@ class BatchLoop:
         # changelog (topic, partition) -> (store, input tp), for delivery reports
         self._changelog_keys: dict[tuple[str | None, int | None],
                                    tuple[str, tuple[str, int]]] = {}
-        self.consumer = make_consumer(bootstrap, group_id)
+        # range: each input topic's partitions spread evenly over the workers (inputs
+        # differ in volume; a count-balancing assignor gave one worker two card
+        # partitions and 47 % of the traffic). Revoked state is checkpointed, so
+        # partitions coming back restore from there.
+        self.consumer = make_consumer(bootstrap, group_id,
+                                      **{"partition.assignment.strategy": "range"})
         self.producer = make_producer(
             bootstrap,
             **{"transactional.id": transactional_id or f"{group_id}-{uuid.uuid4().hex[:12]}",
