@@ -60,6 +60,7 @@ OUTCOMES = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")  # least to most severe
 MODES = ("ACTIVE", "SHADOW", "CANARY")
 STAGES = ("DETECTOR", "ACTION", "SELECTION")  # the order they run in
 _FUNCTIONS = {"detect": "DETECTOR", "act": "ACTION", "select": "SELECTION"}
+_FUNCTION_OF = {stage: fn for fn, stage in _FUNCTIONS.items()}
 _SIGNATURES = "detect(event, features), act(event, features, detections) or " \
               "select(event, proposals)"
 LIBRARY = Path(str(resources.files("tripwire.controls").joinpath("library")))
@@ -163,7 +164,7 @@ class Control:
 
     @property
     def function(self) -> str:
-        return {v: k for k, v in _FUNCTIONS.items()}[self.stage]
+        return _FUNCTION_OF[self.stage]
 
     @classmethod
     def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \

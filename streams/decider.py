@@ -55,6 +55,7 @@ class Decider:
         return self.plane.controls
 
     def _sync(self) -> None:
+        self._tiers = {c.control_id: c.tier for c in self.controls.controls}
         self._versions = self.controls.versions()
         self._version_tag = ",".join(f"{k}={v}" for k, v in sorted(self._versions.items()))
 
@@ -106,7 +107,7 @@ class Decider:
         """The control-executions record of ``results`` (none when nothing ran)."""
         if not results:
             return []
-        tiers = {c.control_id: c.tier for c in self.controls.controls}
+        tiers = self._tiers
         return [OutRecord("control_executions", event_id.encode(), self.codec.encode(
             EXECUTION_SCHEMA, {"event_id": event_id, "decision_id": decision_id,
                                "executed_at": now_ms, "executions": [{

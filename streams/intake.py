@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ class Expiring:
 
     def __init__(self, store: str) -> None:
         self.store = store
-        self._indexed: set[tuple[int, tuple[str, int]]] = set()
+        self._indexed: weakref.WeakSet[Any] = weakref.WeakSet()  # opened stores, indexed
 
     def get(self, view: StateView, key: bytes) -> bytes | None:
         stored = view.get(self.store, b"d:" + key)
@@ -94,7 +95,7 @@ class Expiring:
 
     def expire(self, view: StateView, watermark: int) -> int:
         """Forget entries whose expiry is at or before ``watermark``."""
-        if (id(view.manager), view.tp) not in self._indexed:
+        if view.manager.store(self.store, view.tp) not in self._indexed:
             self._reindex(view)
         done = list(self._due(view.items(self.store, b"x:"), watermark))
         for key in done:
@@ -106,7 +107,7 @@ class Expiring:
         """The index of entries restored from the changelog (idempotent)."""
         for key, stored in list(view.items(self.store, b"d:")):
             view.put_local(self.store, b"x:" + stored[:8] + key[2:], b"")
-        self._indexed.add((id(view.manager), view.tp))
+        self._indexed.add(view.manager.store(self.store, view.tp))
 
     def _due(self, items: Iterator[tuple[bytes, bytes]], watermark: int) -> Iterator[bytes]:
         for key, _ in items:
