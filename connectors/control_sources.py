@@ -62,9 +62,12 @@ class DirectorySource:
     files present when it is created are the baseline): a changed or new file is
     a release, a deleted one a retirement."""
 
-    def __init__(self, directory: Path, author: str | None = None) -> None:
+    def __init__(self, directory: Path, author: str | None = None,
+                 every_s: float = 1.0) -> None:
         self.directory = Path(directory)
         self.author = author or f"{getpass.getuser()} (file)"
+        self.every_s = every_s  # look at the folder at most this often
+        self._looked = time.monotonic()
         self.seen = self._scan()
 
     def _scan(self) -> dict[str, str]:
@@ -72,6 +75,9 @@ class DirectorySource:
                 for p in sorted(self.directory.glob("*.star"))}
 
     def poll(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self._looked < self.every_s:
+            return []
+        self._looked = time.monotonic()
         now = self._scan()
         at = int(time.time() * 1000)
         out = []

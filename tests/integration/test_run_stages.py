@@ -65,3 +65,46 @@ def test_an_unknown_stage_is_a_clear_error(kafka: KafkaCluster, tmp_path: Path) 
                          env=_env(kafka, "x.", tmp_path), capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2 and "unknown stage(s) ['scoring']" in res.stderr
+
+
+def test_the_decide_stage_reloads_a_watched_controls_folder(kafka: KafkaCluster, topics: str,
+                                                            tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from tripwire.controls.engine import LIBRARY
+
+    folder = tmp_path / "controls"
+    shutil.copytree(LIBRARY, folder)
+    proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all",
+                             "--node-timeout-ms", "2000", "--controls-dir", str(folder)],
+                            env=_env(kafka, topics, tmp_path / "state"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    codec = AvroCodec.from_url(None)
+    prod = EventProducer(kafka.bootstrap, codec)
+    a, b = ({**e, "amount_minor": 4242} for e in normal_card_payments(
+        12, int(time.time() * 1000) - 5_000, 2))
+    try:
+        prod.send(topic("card_payments", topics), CARD_SCHEMA, a, a["card_token"])
+        prod.flush()
+        read_topic(kafka.bootstrap, [topic("decisions", topics)], 1, timeout=90)
+        (folder / "odd_amount.star").write_text(
+            'APPLIES_TO = ["CardPayment"]\n'
+            'def detect(event, features):\n'
+            '    if event["amount_minor"] == 4242:\n'
+            '        return {"signal": "odd_amount", "score": 0.4, "reason": "4242"}\n'
+            '    return None\n')
+        (audit,) = read_topic(kafka.bootstrap, [topic("audit", topics)], 1, timeout=60)
+        rec = codec.decode(audit.value())[1]
+        assert rec["action"] == "control.activate" and rec["subject"] == "odd_amount"
+        assert json.loads(rec["details_json"])["version_from"] is None
+        prod.send(topic("card_payments", topics), CARD_SCHEMA, b, b["card_token"])
+        prod.flush()
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], 2, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    got = {d["event_id"]: d for d in (codec.decode(m.value())[1] for m in msgs)}
+    assert got[a["event_id"]]["outcome"] == "ALLOW"
+    assert got[b["event_id"]]["outcome"] == "MANUAL_REVIEW"  # the new detector, no restart

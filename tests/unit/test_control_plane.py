@@ -88,7 +88,7 @@ def test_retire_stop_and_resume(plane: ControlPlane) -> None:
 def test_a_watched_directory_gives_releases_for_changes(tmp_path: Path) -> None:
     for p in LIBRARY.glob("*.star"):
         (tmp_path / p.name).write_text(p.read_text())
-    source = DirectorySource(tmp_path, author="ops")
+    source = DirectorySource(tmp_path, author="ops", every_s=0)
     assert source.poll() == []  # what is there at start is the baseline
     (tmp_path / "card_testing.star").write_text(GOOD)
     (tmp_path / "money_mule.star").unlink()
