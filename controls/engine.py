@@ -224,6 +224,20 @@ class Control:
                    percent if isinstance(percent, int) else 0, stage, tier, literals(source),
                    conditions)
 
+    @classmethod
+    def checked(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
+            -> Control:
+        """Compile and run the control's own examples: what a release must pass
+        before it may run. A ControlError names the first failing example."""
+        control = cls.compile(control_id, source, budget_ms)
+        failures = control.check_examples()
+        if failures:
+            f = failures[0]
+            raise ControlError(f"{control_id}: example {f.index}: expected {f.expected}, got "
+                               f"{f.got}" + (f" ({f.error})" if f.error else "")
+                               + f"; {len(failures)} example(s) fail")
+        return control
+
     def decides_for(self, entity_key: str) -> bool:
         """Whether this control's result counts for ``entity_key`` (deterministic)."""
         if self.mode == "ACTIVE":
@@ -277,12 +291,23 @@ class Control:
             else:
                 error = _summary(exc)
             outcome, actions, score = self.on_error, (), 0.0
-            reason = (f"control failed ({error}); fail policy {self.on_error}"
-                      if self.on_error else "")
+            reason = self.failure_reason(error)
         return ControlResult(self.control_id, self.version, outcome, reason, actions, score,
                              error, (time.perf_counter_ns() - start) // 1000, self.mode,
                              self.mode == "ACTIVE" or self.decides_for(entity_key),
                              self.stage, signal, given)
+
+    def failure_reason(self, error: str) -> str:
+        """Why a failed control proposes its fail-policy outcome (empty: IGNORE)."""
+        return f"control failed ({error}); fail policy {self.on_error}" if self.on_error else ""
+
+    def failed(self, error: str, event: Mapping[str, Any], features: Mapping[str, Any],
+               entity_key: str = "") -> ControlResult:
+        """The result of a run that ended outside the control (its process died)."""
+        return ControlResult(self.control_id, self.version, self.on_error,
+                             self.failure_reason(error), (), 0.0, error, 0, self.mode,
+                             self.mode == "ACTIVE" or self.decides_for(entity_key), self.stage,
+                             None, self.inputs(event, features))
 
     def _parse(self, out: Any) -> tuple[str | None, str, tuple[str, ...], float, str | None]:
         if self.stage == "DETECTOR":

@@ -77,13 +77,7 @@ class ControlPlane:
                  details: dict[str, Any]) -> str:
         if not source:
             raise ControlError(f"{cid}: a release needs a source")
-        new = Control.compile(cid, source)
-        failures = new.check_examples()
-        if failures:
-            f = failures[0]
-            raise ControlError(f"{cid}: {len(failures)} example(s) fail; example {f.index}: "
-                               f"expected {f.expected}, got {f.got}"
-                               + (f" ({f.error})" if f.error else ""))
+        new = Control.checked(cid, source)
         if old is not None and old.version == new.version:
             details["version_to"] = new.version
             return "control.unchanged"

@@ -102,13 +102,8 @@ class Sandbox:
         return out
 
     def _killed(self, c: Control, item: Item) -> ControlResult:
-        error = (f"exceeded the sandbox memory limit of {self.memory_mb} MB (its process was "
-                 "ended and restarted)")
-        return ControlResult(c.control_id, c.version, c.on_error,
-                             f"control failed ({error}); fail policy {c.on_error}"
-                             if c.on_error else "", (), 0.0, error, 0, c.mode,
-                             c.mode == "ACTIVE" or c.decides_for(item[3]), c.stage, None,
-                             c.inputs(item[1], item[2]))
+        return c.failed(f"exceeded the sandbox memory limit of {self.memory_mb} MB (its "
+                        "process was ended and restarted)", item[1], item[2], item[3])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

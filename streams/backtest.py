@@ -125,8 +125,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
              library: FeatureLibrary | None = None, batch_size: int = 500,
              progress: Callable[[int, int], None] = lambda done, total: None) -> Backtest:
     """Replay ``records`` in order through the decision path with ``controls``."""
-    base = DecisionPath.default() if codec is None else None
-    codec = codec or (base.codec if base else AvroCodec.from_url(None))
+    codec = codec or AvroCodec.from_url(None)
     path = DecisionPath(codec, controls, validator=Validator(
         ValidationPolicy(max_event_age_ms=None)), features=library)
     state = StateManager(path.name, list(path.stores))

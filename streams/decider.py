@@ -84,15 +84,13 @@ class Decider:
         """Run the control network: the decision record (a dict of the Decision
         schema; encode and remember it with :meth:`emit`) and one execution record
         per control run, with the inputs it was given."""
-        verdict = self.controls.evaluate(kind.short, event, features,
-                                         str(event.get("account_id") or
-                                             event[kind.entity_field]))
+        key = str(event.get("account_id") or event[kind.entity_field])  # canary share
+        verdict = self.controls.evaluate(kind.short, event, features, key)
         decision = self._decision(kind, event, features, feature_errors, verdict, now_ms,
                                   arrived_ms)
         out = self.executions(event["event_id"], decision["decision_id"], verdict.results,
                               now_ms)
         if self.controls.for_type(kind.short, deferred=True):  # tier 2: after the decision
-            key = str(event.get("account_id") or event[kind.entity_field])
             if self.deferred is None:  # replay and tests: in line, deterministic
                 out += self.executions(event["event_id"], decision["decision_id"],
                                        self.controls.evaluate_deferred(kind.short, event,

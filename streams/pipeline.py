@@ -251,7 +251,7 @@ class DecisionStage:
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
-        out: list[OutRecord] = self.decider.reload(now_ms)
+        out: list[OutRecord] = []  # releases are applied in tick(), at the end
         for rec in batch:
             schema, packed = self.codec.decode(rec.value)
             is_request = schema.name == DECISION_REQUESTS
