@@ -169,6 +169,7 @@ def run_stage(
         sources=sources,
         state_dir=settings.state_dir / "stores" / (ns or "default"),
         batch_size=settings.batch_size, node_timeout_ms=node_timeout_ms,
+        commit_interval_ms=settings.commit_interval_ms, eager=settings.delivery == "eager",
         entities=nodes if s == "features" else None,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
         if settings.batch_table else None) for s in wanted}

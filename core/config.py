@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]*$",
     )
     batch_size: int = Field(default=500, ge=1, le=100_000)
+    delivery: str = Field(
+        default="eager", pattern=r"^(eager|transactional)$",
+        description="eager: answers go out at once, state and offsets commit every "
+        "commit_interval_ms (answers at least once, same ids on a replay); transactional: "
+        "answers inside the transaction (exactly once, visible after the commit).")
+    commit_interval_ms: int = Field(default=100, ge=0, le=60_000)
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     ingest_keys: str = Field(
         default="", repr=False,

@@ -30,6 +30,7 @@ from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, 
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import DecodedCache, StateManager
+from tripwire.streams.topics import ANSWERS
 
 if TYPE_CHECKING:
     from tripwire.connectors.control_sources import ReleaseSource
@@ -94,6 +95,7 @@ class DecisionPath:
 
     name = "decision-path"
     stores: tuple[str, ...] = (DEDUP_STORE, FEATURES_STORE, DECISIONS_STORE)
+    eager = ANSWERS  # sent at once; state and offsets commit in the background
 
     def __init__(self, codec: AvroCodec, controls: ControlSet,
                  validator: Validator | None = None, dedup_ttl_ms: int = 7 * DAY_MS,
@@ -146,5 +148,5 @@ class DecisionPath:
                     admitted.rec.timestamp_ms)
                 out.append(self.decider.emit(admitted.identity, decision, view))
                 out += executions
-        states.flush(state)
+        state.batch_done()
         return out

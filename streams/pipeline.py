@@ -49,6 +49,7 @@ from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, 
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord, partition_for
 from tripwire.streams.state import StateManager, StateView
+from tripwire.streams.topics import ANSWERS
 
 if TYPE_CHECKING:
     from tripwire.connectors.control_sources import ReleaseSource
@@ -127,6 +128,7 @@ class IntakeStage(Packer):
 
     name = "intake"
     stores: tuple[str, ...] = (DEDUP_STORE,)
+    eager = ANSWERS  # quarantine records; the internal records move with the state
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  validator: Validator | None = None, ttl_ms: int = 7 * DAY_MS) -> None:
@@ -211,7 +213,7 @@ class FeatureStage(Packer):
                     st = get(state, tp, (prefix + key).encode())
                     values, notes = compute(entity, fields, event_time, st)
                 fragments.append((identity.encode(), [identity, entity, key, values, notes]))
-        states.flush(state)
+        state.batch_done()
         return self.pack(self.codec, FEATURE_FRAGMENTS, "gather", fragments, as_json=True)
 
 
@@ -236,6 +238,7 @@ class DecisionStage:
 
     name = "decide"
     stores: tuple[str, ...] = (DECISIONS_STORE,)
+    eager = ANSWERS
 
     def __init__(self, codec: AvroCodec, controls: ControlSet, node_timeout_ms: int = 250,
                  ttl_ms: int = 7 * DAY_MS, library: FeatureLibrary | None = None,

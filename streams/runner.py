@@ -49,10 +49,13 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                processor: Processor | None = None,
                entities: Sequence[str] | None = None,
                batch: BatchTable | None = None,
-               sources: Sequence[ReleaseSource] = ()) -> BatchLoop:
+               sources: Sequence[ReleaseSource] = (), commit_interval_ms: int = 100,
+               eager: bool = True, poll_timeout: float = 0.1) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
     ``entities`` limits a features loop to some nodes, which then scale apart;
-    ``sources``: where the decide stage takes control releases from)."""
+    ``sources``: where the decide stage takes control releases from; ``eager`` and
+    ``commit_interval_ms``: how answers and state leave the loop, see
+    :class:`~tripwire.streams.loop.BatchLoop`)."""
     if processor is None:
         if stage == "intake":
             processor = IntakeStage(codec, library)
@@ -66,8 +69,9 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
         group += "." + "-".join(sorted(entities))
     return BatchLoop(bootstrap, group, stage_topics(stage, namespace, library, entities),
                      processor,
-                     namespace=namespace, batch_size=batch_size,
-                     state_dir=None if state_dir is None else state_dir / stage)
+                     namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
+                     state_dir=None if state_dir is None else state_dir / stage,
+                     commit_interval_ms=commit_interval_ms, eager=eager)
 
 
 def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: AvroCodec,

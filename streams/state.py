@@ -86,19 +86,23 @@ class RocksStore:
     """A RocksDB store (rocksdict) in raw bytes mode.
 
     Writes are buffered and applied in one RocksDB WriteBatch by :meth:`flush`
-    (the loop calls it once per batch, before the batch's transaction; it also
-    happens when the buffer is large, before a scan and on close); reads see the
-    buffered writes.
+    (the loop calls it once per commit; it also happens when the buffer is large,
+    before a scan and on close); reads see the buffered writes.
     """
 
     MAX_BUFFERED = 20_000
 
     def __init__(self, path: Path) -> None:
-        from rocksdict import Options, Rdict
+        from rocksdict import Options, Rdict, WriteOptions
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Rdict(str(path), Options(raw_mode=True))
+        # No write-ahead log: the changelog topic is the durable log. A copy not
+        # closed cleanly is wiped and restored from it; a clean close flushes first.
+        no_wal = WriteOptions()
+        no_wal.disable_wal = True
+        self._db.set_write_options(no_wal)
         self._buffer: dict[bytes, bytes | None] = {}  # None: a delete
 
     def get(self, key: bytes) -> bytes | None:
@@ -154,6 +158,7 @@ class RocksStore:
 
     def close(self) -> None:
         self.flush()
+        self._db.flush(True)  # memtables to disk: nothing lives only in memory
         self._db.close()
 
 
@@ -222,6 +227,9 @@ class StateManager:
         self.offsets: dict[tuple[str, TP], int] = {}
         self._changelogs: dict[tuple[str, str], str] = {}
         self._decoded: dict[str, DecodedCache] = {}
+        # False: processors write decoded values back after every batch (tests,
+        # backtests); True: the loop does it with :meth:`checkpoint` before each commit
+        self.defer_decoded = False
 
     def decoded(self, store: str, decode: Callable[[bytes | None], Any],
                 encode: Callable[[Any], bytes], max_keys: int = 100_000) -> DecodedCache:
@@ -231,6 +239,17 @@ class StateManager:
         if cache is None:
             cache = self._decoded[store] = DecodedCache(store, decode, encode, max_keys)
         return cache
+
+    def batch_done(self) -> None:
+        """A processor's batch is over: write decoded values back, unless the loop
+        defers that to its next commit (a hot key is then encoded once per commit)."""
+        if not self.defer_decoded:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write every changed decoded value back to its store (and changelog)."""
+        for cache in self._decoded.values():
+            cache.flush(self)
 
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, topic, partition)
@@ -311,7 +330,7 @@ class StateManager:
         self.pending.extend((name, tp, k, v) for k, v in items)
 
     def flush_writes(self) -> None:
-        """Apply every store's buffered writes (once per batch, before its commit)."""
+        """Apply every store's buffered writes (the loop: once per commit)."""
         for s in self._stores.values():
             if isinstance(s, RocksStore):
                 s.flush()
@@ -330,9 +349,10 @@ class StateManager:
 
 class DecodedCache:
     """Decoded values of one store, cached per (partition, key) and written back
-    once per batch: a hot key is decoded once and encoded once per batch, not per
-    event. Call :meth:`flush` at the end of every batch (inside its transaction)
-    and :meth:`drop` when partitions are revoked or a transaction aborts."""
+    once per batch (or per commit): a hot key is decoded once and encoded once per
+    batch, not per event. Processors call :meth:`StateManager.batch_done` at the
+    end of every batch; :meth:`drop` runs when partitions are revoked or a
+    transaction aborts."""
 
     def __init__(self, store: str, decode: Callable[[bytes | None], Any],
                  encode: Callable[[Any], bytes], max_keys: int = 100_000) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from tripwire.features.spec import ENTITIES
 
-__all__ = ["TOPICS", "TopicSpec", "spec", "topic"]
+__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "spec", "topic"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -85,6 +85,12 @@ _FEATURE_NODES = tuple(
     for entity in ENTITIES
 )
 TOPICS: tuple[TopicSpec, ...] = (*_PUBLIC, *_FEATURE_NODES)
+
+# The answers to events — what analysts and downstream systems act on. The decision
+# path sends them at once, outside its state transaction (at least once: a replay
+# after a crash sends the same records again; a decision keeps its decision_id, a
+# quarantine record its source topic, partition and offset).
+ANSWERS: frozenset[str] = frozenset({"decisions", "control_executions", "quarantine"})
 
 _BY_KEY = {t.key: t for t in TOPICS}
 
