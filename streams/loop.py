@@ -402,7 +402,8 @@ class BatchLoop:
         later = outputs
         if self.eager_keys and outputs:
             assert self.eager_producer is not None
-            eager, later = [], []
+            eager: list[OutRecord] = []
+            later = []
             for o in outputs:
                 (eager if o.topic_key in self.eager_keys else later).append(o)
             self._send(self.eager_producer, eager, self._on_eager_delivery)

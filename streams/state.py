@@ -101,7 +101,7 @@ class RocksStore:
         # No write-ahead log: the changelog topic is the durable log. A copy not
         # closed cleanly is wiped and restored from it; a clean close flushes first.
         no_wal = WriteOptions()
-        no_wal.disable_wal = True
+        no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # a property at run time
         self._db.set_write_options(no_wal)
         self._buffer: dict[bytes, bytes | None] = {}  # None: a delete
 
