@@ -8,6 +8,7 @@ BENCHES = {
     "features": "bench.features",
     "controls": "bench.controls",
     "path": "bench.path",
+    "txn": "bench.txn",
 }
 
 

@@ -262,8 +262,8 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
         time.sleep(tick)
     p.flush(60)
     deadline = time.monotonic() + 60
-    while len(reader.seen) < len(sent) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while len(reader.seen) < len(warm) + len(sent) and time.monotonic() < deadline:
+        time.sleep(0.05)  # (the reader's answers include the warm-up's)
     cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
     print(f"  open loop: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU per event")
     stop.set()
@@ -275,7 +275,7 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
         kinds = Counter(tk for tk, _ in missing)
         warmed = sum(1 for _, eid in missing if eid not in sent)
         later = _answered(bootstrap, ns, codec)
-        raise RuntimeError(f"{len(missing)} events without an answer in time ({dict(kinds)}; "
+        raise RuntimeError(f"{ns}: {len(missing)} events without an answer in time ({dict(kinds)}; "
                            f"{warmed} of the warm-up; "
                            f"{sum(1 for _, e in missing if e in later)} found on the topics "
                            f"afterwards); e.g. {missing[:3]}")
