@@ -434,7 +434,8 @@ class BatchLoop:
         if self._inflight is not None:
             if not self._inflight.done() and chunk.events < self.max_chunk_events:
                 return  # keep deciding; this chunk goes with the next commit
-            self._check_committer(wait=True)
+            if not self._check_committer(wait=True):
+                return  # aborted: back at the last commit, the chunk is gone
         self._submit()
 
     def _submit(self) -> None:
