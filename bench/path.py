@@ -66,7 +66,7 @@ def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, byt
 
 MODES = {  # how answers leave the loop: (eager, commit interval ms)
     "per-batch": (False, 0),  # answers inside the transaction, committed continuously (baseline)
-    "eager": (True, 0),  # answers at once; state + offsets committed continuously, in the background
+    "eager": (True, 0),  # answers at once; state + offsets committed continuously
     "eager-100ms": (True, 100),  # answers at once; state + offsets every 100 ms
 }
 
