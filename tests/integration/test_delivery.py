@@ -32,6 +32,7 @@ from tripwire.connectors.simulator import (
 )
 from tripwire.streams.decision_path import INPUTS, DecisionPath
 from tripwire.streams.loop import BatchLoop
+from tripwire.streams.records import OutRecord
 from tripwire.streams.topics import topic
 
 pytestmark = pytest.mark.kafka
@@ -139,3 +140,76 @@ def test_transactional_delivery_shows_decisions_only_with_the_commit(
     assert loop.stats.commits == 1
     assert len(read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events),
                           timeout=30)) == len(events)
+
+
+class _Counting:
+    """Counts records per key (state), answers each with the count (eager) and
+    forwards it internally (transactional). The first time it reaches ``poison``
+    its internal record is larger than the topic allows: the broker refuses it
+    and the transaction aborts."""
+
+    name = "counting"
+    stores = ("counts.v1",)
+    eager = frozenset({"decisions"})
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+        self.poisoned = False
+
+    def process(self, batch, now_ms, state):  # type: ignore[no-untyped-def]
+        out = []
+        for r in batch:
+            view = state.view(r.topic, r.partition)
+            count = int(view.get("counts.v1", r.key) or b"0") + 1
+            view.put("counts.v1", r.key, str(count).encode())
+            answer = f"{r.key.decode()}:{count}:{r.offset}".encode()
+            out.append(OutRecord("decisions", r.key, answer))
+            big = r.offset == self.poison and not self.poisoned
+            self.poisoned = self.poisoned or big
+            # random bytes: the producer's compression must not shrink it under the limit
+            out.append(OutRecord("gather", r.key, os.urandom(20_000) if big else answer))
+        return out
+
+
+def test_an_aborted_commit_returns_every_partition_to_the_last_commit(
+        kafka: KafkaCluster, topics: str) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from tripwire.connectors.kafka import admin, producer
+
+    gather = topic("gather", topics)
+    res = ConfigResource(ConfigResource.Type.TOPIC, gather, incremental_configs=[
+        ConfigEntry("max.message.bytes", "4096",
+                    incremental_operation=AlterConfigOpType.SET)])
+    client = admin(kafka.bootstrap)
+    for f in client.incremental_alter_configs([res]).values():
+        f.result(30)
+    source = topic("card_payments", topics)
+    p = producer(kafka.bootstrap)
+    for i in range(60):
+        p.produce(source, b"x", f"k{i % 4}".encode(), partition=0)
+    p.flush(30)
+
+    processor = _Counting(poison=37)
+    loop = BatchLoop(kafka.bootstrap, f"{topics}counting", [source], processor,
+                     namespace=topics, batch_size=10, commit_interval_ms=0)
+    stats = loop.run(threading.Event(), idle_exit=3.0)
+    # the refused record aborts one transaction; librdkafka may need one more abort
+    # to bump the producer epoch (OUT_OF_ORDER_SEQUENCE_NUMBER) — each goes back
+    assert processor.poisoned and stats.aborted >= 1
+    assert _committed(kafka, f"{topics}counting", topics) == 60
+
+    answers = [m.value().decode() for m in read_topic(
+        kafka.bootstrap, [topic("decisions", topics)], 200, timeout=15)]
+    by_offset: dict[int, set[str]] = defaultdict(set)
+    for a in answers:
+        key, count, offset = a.split(":")
+        by_offset[int(offset)].add(f"{key}:{count}")
+    assert sorted(by_offset) == list(range(60))  # every input answered
+    # a replayed input is answered again with the same count: state went back to
+    # the last commit, not counted twice
+    assert all(len(v) == 1 for v in by_offset.values()), by_offset
+    assert by_offset[59] == {f"k3:{60 // 4}"}
+    assert len(answers) > 60  # the inputs after the last commit were answered twice
+    internal = read_topic(kafka.bootstrap, [gather], 60, timeout=15)
+    assert len(internal) == 60  # the aborted transaction's records are not visible
