@@ -172,9 +172,9 @@ class IntakeStage(Packer):
 class FeatureStage(Packer):
     """One entity key's windows live on one partition: exact for any worker count.
 
-    Entity states are cached decoded in memory and written back once per batch
-    (a hot key such as the system-wide one is encoded once per batch, not once
-    per event); the write-back happens inside the batch's transaction.
+    Entity states are cached decoded in memory and written back once per commit
+    by the loop (a hot key such as the system-wide one is encoded once per
+    commit, not once per event), inside that commit's transaction.
     """
 
     name = "features"
