@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = int(time.time() * 1000) - 3_600_000
     events = _events(codec, args.events, t0, 31)
     speed = calibrate(codec)
+    print("pipeline 'split' is the live one (exact features for any partitioning); 'one' "
+          "keeps feature state per input partition (exact only within one topic-partition)")
     print(f"{len(events)} events (cards, logins, FPS; an attack inside); "
           f"{args.workers} worker process(es), pipeline {args.pipeline!r}, on "
           f"{args.partitions} partitions; {os.cpu_count()} cores; machine: {speed:.1f} µs "
