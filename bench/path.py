@@ -12,9 +12,11 @@ decision, with the default features and controls, events of a bank-like mix
 
     .venv/bin/python -m bench path --events 30000 --workers 3 --partitions 3 --rate 3000
 
-Each run compares how answers leave the loop (``--modes``): ``per-batch`` puts
-decisions in one transaction per batch (the baseline), ``eager`` sends them at
-once and commits state and offsets every 100 ms in the background.
+Each run compares how answers leave the loop (``--modes``, see ``MODES``):
+``per-batch`` puts answers inside the transaction, committed continuously (the
+baseline); ``eager`` (tripwire's default) sends them at once and commits state
+and offsets every 100 ms in the background; ``eager-continuous`` commits those
+as often as the committer can.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from bench.common import bench_cluster, proc_cpu
 from tripwire.connectors.kafka import consumer, create_topics, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
-from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.intake import EVENT_KINDS
 from tripwire.streams.topics import topic
@@ -66,8 +68,8 @@ def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, byt
 
 MODES = {  # how answers leave the loop: (eager, commit interval ms)
     "per-batch": (False, 0),  # answers inside the transaction, committed continuously (baseline)
-    "eager": (True, 0),  # answers at once; state + offsets committed continuously
-    "eager-100ms": (True, 100),  # answers at once; state + offsets every 100 ms
+    "eager": (True, 100),  # the default: answers at once; state + offsets every 100 ms
+    "eager-continuous": (True, 0),  # answers at once; state + offsets committed continuously
 }
 
 
@@ -114,6 +116,18 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipe
               f"transaction, waited {st.wait_seconds:.2f} s for the committer", flush=True)
 
 
+def _event_id(codec: AvroCodec, answer: bytes) -> str | None:
+    """The event an answer is for: a decision's, or the one a quarantine record
+    refused (None when the refused bytes are no event at all)."""
+    rec = codec.decode(answer)[1]
+    if "original" in rec:
+        try:
+            rec = codec.decode(rec["original"])[1]
+        except DecodeError:
+            return None
+    return str(rec["event_id"])
+
+
 class Decisions:
     """Reads committed answers (decisions and quarantine records) as they appear;
     notes when each event's arrives — or, with ``count_only``, just counts them
@@ -133,7 +147,6 @@ class Decisions:
             parts = self.c.list_topics(name, timeout=10).topics[name].partitions
             assign += [TopicPartition(name, p, OFFSET_BEGINNING) for p in parts]
         self.c.assign(assign)
-        self.quarantined = 0
         self.stop = threading.Event()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
@@ -146,14 +159,9 @@ class Decisions:
                     self.last = time.monotonic()
                 elif m.error() is None:
                     now = time.monotonic()
-                    rec = self.codec.decode(m.value())[1]
-                    if "original" in rec:  # a quarantine record: the event it refused
-                        self.quarantined += 1
-                        try:
-                            rec = self.codec.decode(rec["original"])[1]
-                        except Exception:
-                            continue
-                    self.seen.setdefault(rec["event_id"], now)
+                    eid = _event_id(self.codec, m.value())
+                    if eid is not None:
+                        self.seen.setdefault(eid, now)
 
     def close(self) -> None:
         self.stop.set()
@@ -182,7 +190,8 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
                workers: int, partitions: int, batch: int, mode: str, pipeline: str,
                broker_cpu: Any) -> dict[str, float]:
     """Workers join and settle first; then every event is offered at once and the
-    rate is taken from the first answer to the last."""
+    rate is taken from the start of the offer to the last answer (the same origin
+    for every mode: answers inside a transaction appear only at its commit)."""
     ns = f"bench-path-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec, count_only=True)
@@ -191,17 +200,14 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     cpu0 = [proc_cpu(x.pid) for x in procs]
     b0 = broker_cpu() or 0.0
     p = producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
+    start = time.monotonic()
     for tk, key, value, _ in events:
         p.produce(topic(tk, ns), value, key)
         p.poll(0)
     p.flush(120)
-    start = time.monotonic()
-    first = 0.0
     while reader.count < len(events):  # one answer per event: decision or quarantine
         if time.monotonic() - start > 600:
             raise RuntimeError(f"only {reader.count} of {len(events)} answered in 600 s")
-        if not first and reader.count:
-            first = reader.last
         time.sleep(0.01)
     last = reader.last
     cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
@@ -211,7 +217,7 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
         x.join(30)
     reader.close()
     n = len(events)
-    return {"rate": n / max(last - first, 1e-9), "cpu_us": cpu / n * 1e6,
+    return {"rate": n / max(last - start, 1e-9), "cpu_us": cpu / n * 1e6,
             "broker_us": bcpu / n * 1e6}
 
 
@@ -219,14 +225,9 @@ def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> set[str]:
     """Every event id with an answer on the topics now (decision or quarantine)."""
     from tripwire.connectors.events import read_to_end
 
-    ids = set()
-    for key in ("decisions", "quarantine"):
-        for m in read_to_end(bootstrap, topic(key, ns)):
-            rec = codec.decode(m.value())[1]
-            if "original" in rec:
-                rec = codec.decode(rec["original"])[1]
-            ids.add(rec["event_id"])
-    return ids
+    ids = (_event_id(codec, m.value()) for key in ("decisions", "quarantine")
+           for m in read_to_end(bootstrap, topic(key, ns)))
+    return {e for e in ids if e is not None}
 
 
 def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
@@ -240,7 +241,8 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     time.sleep(3)  # the group settles
     p = producer(bootstrap, **{"linger.ms": 1})
     # warm up until every worker has its partitions for good (group settled, stores open)
-    warm, events = events[:500], events[500:]
+    n_warm = min(500, len(events) // 5)  # always leave most events to measure
+    warm, events = events[:n_warm], events[n_warm:]
     for tk, key, value, _ in warm:
         p.produce(topic(tk, ns), value, key)
     p.flush(30)
@@ -266,7 +268,8 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     while len(reader.seen) < len(warm) + len(sent) and time.monotonic() < deadline:
         time.sleep(0.05)  # (the reader's answers include the warm-up's)
     cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
-    print(f"  open loop: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU per event")
+    print(f"  open loop, {mode}: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU "
+          "per event")
     stop.set()
     for x in procs:
         x.join(30)
@@ -379,6 +382,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{med(rows, 'cpu_us'):>13.1f} {med(rows, 'broker_us'):>11.1f} "
               f"{med(rows, 'cpu_us') / base:>10.2f} {med(rows, 'rate') / first:>18.2f}")
     for mode, lat in lats.items():
+        if len(lat) < 2:
+            print(f"open loop, {mode}: too few events to measure ({len(lat)}); offer more "
+                  "with --rate and --seconds")
+            continue
         q = statistics.quantiles(lat, n=100)
         print(f"open loop, {mode}, {args.rate}/s for {args.seconds} s ({len(lat)} events): "
               f"event → readable answer p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, "

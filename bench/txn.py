@@ -75,11 +75,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for parts in counts:
             base = float("nan")
-            for name, conf, gap in CASES:
+            for i, (name, conf, gap) in enumerate(CASES):
                 lat = _latencies(cluster.bootstrap, [ns + x for x in names[:parts]], ns + "in",
                                  args.transactions, conf, gap)
                 q = statistics.quantiles(lat, n=100)
-                base = q[49] if conf == {} else base
+                if i == 0:  # the first case is the baseline
+                    base = q[49]
                 rows.append((parts, name, q[49], q[98], q[49] / base))
                 print(f"  {parts} partition(s), {name}: p50 {q[49]:.1f} ms", flush=True)
     print(f"\ncommand: python -m bench txn {' '.join(argv if argv is not None else sys.argv[2:])}")

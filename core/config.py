@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,8 +59,8 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]*$",
     )
     batch_size: int = Field(default=500, ge=1, le=100_000)
-    delivery: str = Field(
-        default="eager", pattern=r"^(eager|transactional)$",
+    delivery: Literal["eager", "transactional"] = Field(
+        default="eager",
         description="eager: answers go out at once, state and offsets commit every "
         "commit_interval_ms (answers at least once, same ids on a replay); transactional: "
         "answers inside the transaction (exactly once, visible after the commit).")
