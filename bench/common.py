@@ -14,7 +14,7 @@ from tripwire.broker import KafkaCluster, acquire_cluster
 from tripwire.broker.local import LocalBroker
 from tripwire.config import Settings
 
-__all__ = ["bench_cluster", "proc_cpu"]
+__all__ = ["bench_cluster", "proc_cpu", "thread_cpu"]
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -23,6 +23,22 @@ def proc_cpu(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def thread_cpu(pid: int | None = None) -> dict[str, float]:
+    """CPU seconds of a process's threads, by thread name with digits dropped
+    (``rdk:broker1`` and ``rdk:broker2`` → ``rdk:broker``): which part of a worker
+    the time goes to — Python (the process's main name and its threads) or
+    librdkafka's (``rdk:``)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid or os.getpid()}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip().rstrip("0123456789")
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK
+    return out
 
 
 @contextlib.contextmanager

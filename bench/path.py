@@ -36,8 +36,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from bench.common import bench_cluster, proc_cpu
-from tripwire.connectors.kafka import consumer, create_topics, producer
+from bench.common import bench_cluster, proc_cpu, thread_cpu
+from tripwire.connectors.kafka import consume_available, consumer, create_topics, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
 from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.registry import SchemaStore
@@ -107,6 +107,11 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipe
     done.set()
     for t in threads:
         t.join(30)
+    events = next(iter(loops.values())).stats.consumed  # the first stage reads every event
+    by_thread = sorted(thread_cpu().items(), key=lambda kv: -kv[1])
+    print(f"  worker {os.getpid()} CPU µs per event by thread: " + ", ".join(
+        f"{name} {sec / max(events, 1) * 1e6:.0f}" for name, sec in by_thread if sec > 0),
+        flush=True)
     for name, lp in loops.items():
         st = lp.stats
         print(f"  worker {os.getpid()} {name}: {st.consumed} records in {st.batches} batches "
@@ -153,7 +158,7 @@ class Decisions:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for m in self.c.consume(1000, 0.05):
+            for m in consume_available(self.c, 1000, 0.05):
                 if m.error() is None and self.count_only:
                     self.count += 1
                     self.last = time.monotonic()

@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tripwire.streams.topics import TOPICS, TopicSpec
 
-__all__ = ["admin", "consumer", "create_topics", "delete_topics", "producer"]
+__all__ = ["admin", "consume_available", "consumer", "create_topics", "delete_topics",
+           "producer"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,20 @@ def consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
     }
     conf.update(overrides)
     return Consumer(conf)
+
+
+def consume_available(c: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """What has arrived, as soon as anything has: up to ``timeout`` seconds for the
+    first message, then whatever else is already fetched, up to ``max_messages``.
+
+    ``Consumer.consume(n, timeout)`` alone waits for ``n`` messages or the whole
+    timeout, so at low rates every hop would add the timeout to an event's latency
+    (librdkafka #1863, confluent-kafka-python #407).
+    """
+    first = c.consume(1, timeout)
+    if not first or max_messages <= 1:
+        return first
+    return first + c.consume(max_messages - 1, 0)
 
 
 def admin(bootstrap: str) -> AdminClient:
