@@ -2,11 +2,13 @@
 workers run (features recomputed in event time, the same controls code), and a
 report per control.
 
-The replay is :class:`~tripwire.streams.decision_path.DecisionPath` over an
-in-memory state, fed in the recorded order, so for the same events and control
-versions its decisions are the live decisions (only ``decided_at`` and
-``latency_us``, which measure the run, differ). Events of any age are accepted:
-history is the point.
+The replay is :class:`~tripwire.streams.decision_path.DecisionPath` over one
+in-memory state for all its inputs (:class:`~tripwire.streams.state.OneLogState`:
+an entity's windows count its events from every topic, as the live pipeline's
+feature nodes do), fed in the recorded order. For the same events, arriving in
+the same order, and the same control versions, its decisions are the live
+decisions (only ``decided_at`` and ``latency_us``, which measure the run,
+differ). Events of any age are accepted: history is the point.
 
 >>> run = backtest(ControlSet.from_dir(), records)                   # doctest: +SKIP
 >>> run.controls["card_testing"].precision                           # doctest: +SKIP
@@ -29,7 +31,7 @@ from tripwire.schemas.models import parse_event
 from tripwire.schemas.validate import ValidationPolicy, Validator
 from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
+from tripwire.streams.state import OneLogState
 
 __all__ = ["TIMING_FIELDS", "Backtest", "ControlStats", "backtest", "comparable",
            "records_from_jsonl"]
@@ -128,7 +130,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     codec = codec or AvroCodec.from_url(None)
     path = DecisionPath(codec, controls, validator=Validator(
         ValidationPolicy(max_event_age_ms=None)), features=library)
-    state = StateManager(path.name, list(path.stores))
+    state = OneLogState(path.name, list(path.stores))
     run = Backtest(labels=dict(labels or {}))
     versions = controls.by_id()
     started = time.monotonic()

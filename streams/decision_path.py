@@ -4,11 +4,13 @@
 
 This is the broker-free entry point: unit tests and backtests call
 :meth:`DecisionPath.process` with an in-memory
-:class:`~tripwire.streams.state.StateManager`. Feature state is kept per input
-partition, so values are exact when every entity's events share one ordered
-log (a backtest file, a one-partition topic). The live, multi-worker path splits
-the same pieces across Kafka by entity (:mod:`tripwire.streams.pipeline`) and
-gives the same values for any partitioning.
+:class:`~tripwire.streams.state.StateManager`. State is kept per input partition
+(the state view of each record), so values are exact when every entity's events
+share one ordered log: a backtest runs it over
+:class:`~tripwire.streams.state.OneLogState`, one log whatever the topics. The
+live, multi-worker path splits the same pieces across Kafka by entity
+(:mod:`tripwire.streams.pipeline`) and gives the same values for any
+partitioning.
 
 Every input gives exactly one output: a decision, or a quarantine record.
 """
@@ -75,12 +77,12 @@ def entity_state_key(entity: str, key: str) -> bytes:
 
 
 def local_features(library: FeatureLibrary, accepted: Admitted, states: DecodedCache,
-                   state: StateManager, batch: BatchTable | None = None) \
-        -> tuple[dict[str, Any], dict[str, str]]:
-    """Every feature of an accepted event, computed here; (values, errors/notes)."""
+                   state: StateManager, tp: tuple[str, int],
+                   batch: BatchTable | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every feature of an accepted event, computed here from the state of ``tp``
+    (the partition whose view the event came with); (values, errors/notes)."""
     fview, values, errors = event_features(accepted.kind, accepted.event, batch)
     t = accepted.event["event_time"]
-    tp = (accepted.rec.topic, accepted.rec.partition)
     for entity, key in library.entities_of(fview).items():
         st = states.get(state, tp, entity_state_key(entity, key))
         got, notes = library.compute(entity, st, fview, t)
@@ -142,7 +144,7 @@ class DecisionPath:
                     "longer kept")], now_ms, admitted.kind.schema))
             else:
                 values, errors = local_features(self.features, admitted, states, state,
-                                                self.batch)
+                                                view.tp, self.batch)
                 decision, executions = self.decider.decide(
                     admitted.kind, admitted.event, values, errors, now_ms,
                     admitted.rec.timestamp_ms)

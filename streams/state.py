@@ -34,6 +34,7 @@ __all__ = [
     "DecodedCache",
     "KeyValueStore",
     "MemoryStore",
+    "OneLogState",
     "RocksStore",
     "StateManager",
     "StateView",
@@ -345,6 +346,20 @@ class StateManager:
     def close(self) -> None:
         for tp in self.partitions():
             self.close_partition(tp)
+
+
+class OneLogState(StateManager):
+    """In-memory state with every input partition's view on one partition: a replay
+    of several topics merged into one ordered log (a backtest) keeps one window
+    per entity key across topics, as the live pipeline's feature nodes do."""
+
+    LOG: TP = ("replay", 0)
+
+    def __init__(self, processor: str, stores: list[str]) -> None:
+        super().__init__(processor, stores)
+
+    def view(self, topic: str, partition: int) -> StateView:
+        return StateView(self, *self.LOG)
 
 
 class DecodedCache:
