@@ -70,6 +70,7 @@ MODES = {  # how answers leave the loop: (eager, commit interval ms)
     "per-batch": (False, 0),  # answers inside the transaction, committed continuously (baseline)
     "eager": (True, 100),  # the default: answers at once; state + offsets every 100 ms
     "eager-continuous": (True, 0),  # answers at once; state + offsets committed continuously
+    "eager-1s": (True, 1000),  # answers at once; state + offsets every second
 }
 
 
@@ -114,11 +115,17 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipe
         flush=True)
     for name, lp in loops.items():
         st = lp.stats
+        phases = ", ".join(f"{k} {v / max(st.commits, 1) * 1000:.1f}"
+                           for k, v in st.commit_phases.items())
         print(f"  worker {os.getpid()} {name}: {st.consumed} records in {st.batches} batches "
               f"({st.consumed / max(st.batches, 1):.0f} per batch), {st.commits} commits; "
               f"process {st.process_seconds / max(st.batches, 1) * 1000:.1f} ms per batch, "
               f"commit {st.commit_seconds / max(st.commits, 1) * 1000:.1f} ms per "
-              f"transaction, waited {st.wait_seconds:.2f} s for the committer", flush=True)
+              f"transaction ({phases}), "
+              f"waited {st.wait_seconds:.2f} s for the committer; changelogs "
+              f"{st.changelog_records / max(st.consumed, 1):.1f} records, "
+              f"{st.changelog_bytes / max(st.consumed, 1):,.0f} bytes per record read",
+              flush=True)
 
 
 def _event_id(codec: AvroCodec, answer: bytes) -> str | None:
@@ -226,6 +233,26 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
             "broker_us": bcpu / n * 1e6}
 
 
+def _offer(p: Any, ns: str, events: list[tuple[str, bytes, bytes, str]], rate: int,
+           sent: dict[str, float] | None = None) -> None:
+    """Offer ``events`` at ``rate`` per second (every 5 ms, what is due by then),
+    noting when each was sent."""
+    tick = 0.005
+    start = time.monotonic()
+    i = 0
+    while i < len(events):
+        due = min(len(events), int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            tk, key, value, eid = events[i]
+            p.produce(topic(tk, ns), value, key)
+            if sent is not None:
+                sent[eid] = time.monotonic()
+            i += 1
+        p.poll(0)
+        time.sleep(tick)
+    p.flush(60)
+
+
 def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> set[str]:
     """Every event id with an answer on the topics now (decision or quarantine)."""
     from tripwire.connectors.events import read_to_end
@@ -237,44 +264,36 @@ def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> set[str]:
 
 def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
               workers: int, partitions: int, batch: int, rate: int, mode: str,
-              pipeline: str) -> list[float]:
-    """Latency (ms) of every event offered at ``rate`` per second."""
+              pipeline: str, broker_cpu: Any, warm_s: float) -> list[float]:
+    """Latency (ms) of every event offered at ``rate`` per second, after ``warm_s``
+    seconds of the same offer, unmeasured: the group settles, the stores open and
+    the broker's JIT compiles the paths this traffic takes (raw traffic does not
+    warm them: after 30 s of it, C2 still took 40 % of a core here)."""
     ns = f"bench-open-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec)
     procs, stop = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
     time.sleep(3)  # the group settles
     p = producer(bootstrap, **{"linger.ms": 1})
-    # warm up until every worker has its partitions for good (group settled, stores open)
-    n_warm = min(500, len(events) // 5)  # always leave most events to measure
+    n_warm = max(int(rate * warm_s), min(500, len(events) // 5))
     warm, events = events[:n_warm], events[n_warm:]
-    for tk, key, value, _ in warm:
-        p.produce(topic(tk, ns), value, key)
-    p.flush(30)
+    _offer(p, ns, warm, rate)
     deadline = time.monotonic() + 120
     while len(reader.seen) < len(warm) and time.monotonic() < deadline:
         time.sleep(0.05)
     cpu0 = [proc_cpu(x.pid) for x in procs]
+    b0 = broker_cpu()
     sent: dict[str, float] = {}
-    tick = 0.005  # offer every 5 ms what is due by then
-    start = time.monotonic()
-    i = 0
-    while i < len(events):
-        due = min(len(events), int((time.monotonic() - start) * rate) + 1)
-        while i < due:
-            tk, key, value, eid = events[i]
-            p.produce(topic(tk, ns), value, key)
-            sent[eid] = time.monotonic()
-            i += 1
-        p.poll(0)
-        time.sleep(tick)
-    p.flush(60)
+    _offer(p, ns, events, rate, sent)
     deadline = time.monotonic() + 60
     while len(reader.seen) < len(warm) + len(sent) and time.monotonic() < deadline:
         time.sleep(0.05)  # (the reader's answers include the warm-up's)
     cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
+    b1 = broker_cpu()
+    broker = "" if b0 is None or b1 is None else \
+        f", the broker {(b1 - b0) / max(len(sent), 1) * 1e6:.0f}"
     print(f"  open loop, {mode}: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU "
-          "per event")
+          f"per event{broker}")
     stop.set()
     for x in procs:
         x.join(30)
@@ -289,6 +308,24 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
                            f"{sum(1 for _, e in missing if e in later)} found on the topics "
                            f"afterwards); e.g. {missing[:3]}")
     return sorted((reader.seen[e] - t) * 1000 for e, t in sent.items())
+
+
+def _raw_round(bootstrap: str, events: list[tuple[str, bytes, bytes, str]], partitions: int,
+               broker_cpu: Any) -> dict[str, float]:
+    """The baseline: a raw confluent-kafka consume → produce hop of the same messages."""
+    from bench.passthrough import confluent_loop
+
+    ns = f"bench-raw-{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, ns, partitions=partitions)
+    p = producer(bootstrap, **{"linger.ms": 20})
+    for _tk, key, value, _ in events:
+        p.produce(f"{ns}raw-in", value, key)
+        p.poll(0)
+    p.flush(60)
+    b0 = broker_cpu() or 0.0
+    wall, cpu = confluent_loop(bootstrap, f"{ns}raw-in", f"{ns}raw-out", len(events), None)
+    return {"rate": len(events) / wall, "cpu_us": cpu / len(events) * 1e6,
+            "broker_us": ((broker_cpu() or 0.0) - b0) / len(events) * 1e6}
 
 
 def calibrate(codec: AvroCodec, n: int = 20_000) -> float:
@@ -321,12 +358,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=int, default=3000, help="open loop: events offered per s")
     ap.add_argument("--seconds", type=int, default=20, help="open loop: how long")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warm-up", type=float, default=30.0,
+                    help="open loop: seconds of the same offer before measuring")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     if unknown := set(modes) - set(MODES):
         ap.error(f"unknown mode(s) {sorted(unknown)}; modes: {', '.join(MODES)}")
-    from bench.passthrough import confluent_loop
-
     codec = AvroCodec(SchemaStore.default())
     t0 = int(time.time() * 1000) - 3_600_000
     events = _events(codec, args.events, t0, 31)
@@ -342,18 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     lats: dict[str, list[float]] = {}
     with bench_cluster() as (cluster, broker_cpu):
         for _ in range(args.repeats):  # 0: the open loop only
-            ns = f"bench-raw-{uuid.uuid4().hex[:6]}."
-            create_topics(cluster.bootstrap, ns, partitions=args.partitions)
-            p = producer(cluster.bootstrap, **{"linger.ms": 20})
-            for _tk, key, value, _ in events:
-                p.produce(f"{ns}raw-in", value, key)
-                p.poll(0)
-            p.flush(60)
-            b0 = broker_cpu() or 0.0
-            wall, cpu = confluent_loop(cluster.bootstrap, f"{ns}raw-in", f"{ns}raw-out",
-                                       len(events), None)
-            raws.append({"rate": len(events) / wall, "cpu_us": cpu / len(events) * 1e6,
-                         "broker_us": ((broker_cpu() or 0.0) - b0) / len(events) * 1e6})
+            raws.append(_raw_round(cluster.bootstrap, events, args.partitions, broker_cpu))
             for mode in modes:  # alternating, so drift hits every mode alike
                 sat = saturation(cluster.bootstrap, codec, events, args.workers,
                                  args.partitions, args.batch, mode, args.pipeline, broker_cpu)
@@ -363,12 +389,12 @@ def main(argv: list[str] | None = None) -> None:
                       f"{sat['broker_us']:.0f} µs broker)", flush=True)
         if args.seconds:  # 0: saturation only
             # event times end 5 min ago: within the allowed clock skew whatever the offer takes
-            offered = _events(codec, args.rate * args.seconds,
+            offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
                               int(time.time() * 1000) - 25 * 60_000, 47)
             for mode in modes:
                 lats[mode] = open_loop(cluster.bootstrap, codec, offered, args.workers,
                                        args.partitions, args.batch, args.rate, mode,
-                                       args.pipeline)
+                                       args.pipeline, broker_cpu, args.warm_up)
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows) if rows else float("nan")

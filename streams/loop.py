@@ -101,6 +101,12 @@ class LoopStats:
     process_seconds: float = 0.0  # wall time in the processor
     commit_seconds: float = 0.0  # wall time producing and committing transactions (background)
     wait_seconds: float = 0.0  # wall time the loop waited for the committer
+    # where commit time goes: waiting for eager acknowledgements, begin + produce,
+    # sending the offsets, commit_transaction (wall seconds, summed)
+    commit_phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("acks", "produce", "offsets", "commit"), 0.0))
+    changelog_records: int = 0  # state changes written to changelogs (last per key per commit)
+    changelog_bytes: int = 0
 
 
 TP = tuple[str, int]
@@ -482,9 +488,12 @@ class BatchLoop:
         input offsets. False if aborted."""
         started = time.monotonic()
         producer = self.producer
+        phases = self.stats.commit_phases
         try:
             if not self._eager_acknowledged(chunk.eager_upto):
                 return False
+            t = time.monotonic()
+            phases["acks"] += t - started
             producer.begin_transaction()
             self._send(producer, chunk.outputs)
             last: dict[tuple[str, TP], tuple[str, TP, bytes]] = {}
@@ -492,6 +501,8 @@ class BatchLoop:
                 last[(k[0], k[1])] = k  # the offset of a partition's last record is enough
             last_keys = set(last.values())
             produce, changelog = producer.produce, self.state.changelog
+            self.stats.changelog_records += len(chunk.changes)
+            self.stats.changelog_bytes += sum(len(v) for v in chunk.changes.values() if v)
             for k, value in chunk.changes.items():
                 store, tp, key = k
                 name = changelog(store, tp[0])
@@ -501,11 +512,16 @@ class BatchLoop:
                             on_delivery=self._on_changelog_delivery)
                 else:
                     produce(name, value, key, partition=tp[1])
+            t2 = time.monotonic()
+            phases["produce"] += t2 - t
             if chunk.offsets:
                 producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, off) for (t, p), off in chunk.offsets.items()],
+                    [TopicPartition(tp, p, off) for (tp, p), off in chunk.offsets.items()],
                     chunk.group, 30)
+            t3 = time.monotonic()
+            phases["offsets"] += t3 - t2
             producer.commit_transaction(30)
+            phases["commit"] += time.monotonic() - t3
             producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
             err = exc.args[0]
