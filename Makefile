@@ -34,7 +34,8 @@ typecheck: $(STAMP)
 	@rm -rf .build/mypy && mkdir -p .build/mypy/tripwire
 	@cp -rs $(CURDIR)/core/. .build/mypy/tripwire/
 	@for d in streams schemas controls features connectors; do cp -rs $(CURDIR)/$$d .build/mypy/tripwire/$$d; done
-	cd .build/mypy && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p tripwire
+	@cp -rs $(CURDIR)/bench .build/mypy/bench
+	cd .build/mypy && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p tripwire -p bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(or $(BENCH_ARGS),passthrough)

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from bench.common import bench_cluster
 from tripwire.connectors.kafka import create_topics, producer
@@ -50,7 +51,7 @@ class TimedStage(FeatureStage):
         super().__init__(codec, lib)
         self.marks: dict[str, float] = {}
 
-    def process(self, batch, now_ms, state):  # type: ignore[no-untyped-def]
+    def process(self, batch: Any, now_ms: int, state: Any) -> Any:
         if "wall" not in self.marks:
             self.marks["wall"], self.marks["cpu"] = time.monotonic(), time.process_time()
         return super().process(batch, now_ms, state)

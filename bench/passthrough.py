@@ -24,7 +24,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import TopicPartition
 
@@ -113,7 +115,7 @@ def confluent_loop(bootstrap: str, src: str, dst: str, n: int,
         for m in msgs:
             if m.error():
                 continue
-            v = m.value()
+            v = m.value() or b""
             while True:
                 try:
                     p.produce(dst, transform(v) if transform else v, m.key())
@@ -133,7 +135,7 @@ def tripwire_hot_path(bootstrap: str, src: str, ns: str, n: int) -> tuple[float,
     marks: dict[str, float] = {}
 
     class Timed(DecisionPath):
-        def process(self, batch, now_ms, state):  # type: ignore[no-untyped-def]
+        def process(self, batch: Any, now_ms: int, state: Any) -> Any:
             if "wall" not in marks:
                 marks["wall"], marks["cpu"] = time.monotonic(), time.process_time()
             return super().process(batch, now_ms, state)
@@ -200,13 +202,13 @@ def run(cluster: KafkaCluster, broker_cpu: Callable[[], float | None], events: i
         results = []
         cases: list[tuple[str, int, Callable[[], tuple[float, float]]]] = [
             ("confluent-kafka raw", events,
-             lambda ns=ns: confluent_loop(bootstrap, f"{ns}in", f"{ns}out", events, None)),
+             partial(confluent_loop, bootstrap, f"{ns}in", f"{ns}out", events, None)),
             ("confluent-kafka + fastavro", events,
-             lambda ns=ns: confluent_loop(bootstrap, f"{ns}in", f"{ns}out2", events, avro)),
+             partial(confluent_loop, bootstrap, f"{ns}in", f"{ns}out2", events, avro)),
             ("tripwire hot path (txn)", events,
-             lambda ns=ns: tripwire_hot_path(bootstrap, f"{ns}in", ns, events)),
+             partial(tripwire_hot_path, bootstrap, f"{ns}in", ns, events)),
             ("faust agent relay", faust_events,
-             lambda ns=ns: faust_relay(bootstrap, ns, payloads[:faust_events])),
+             partial(faust_relay, bootstrap, ns, payloads[:faust_events])),
         ]
         for name, n, fn in cases:
             b0 = broker_cpu()

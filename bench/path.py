@@ -128,9 +128,11 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipe
               flush=True)
 
 
-def _event_id(codec: AvroCodec, answer: bytes) -> str | None:
+def _event_id(codec: AvroCodec, answer: bytes | None) -> str | None:
     """The event an answer is for: a decision's, or the one a quarantine record
     refused (None when the refused bytes are no event at all)."""
+    if answer is None:
+        return None
     rec = codec.decode(answer)[1]
     if "original" in rec:
         try:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from tripwire.connectors.simulator import (
@@ -55,6 +56,10 @@ def _time_each(records: list[InRecord], fn: Callable[[InRecord], object]) -> lis
     return out
 
 
+def _one(path: DecisionPath, now: int, state: StateManager, r: InRecord) -> object:
+    return path.process([r], now, state)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench validation")
     ap.add_argument("--events", type=int, default=30_000)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             state = StateManager(path.name, list(path.stores), root=Path(d))
             state.open_partition(("bench", 0))
             rounds["decision path (rocksdict)"].append(
-                _time_each(records, lambda r, st=state: path.process([r], now, st)))
+                _time_each(records, partial(_one, path, now, state)))
             state.close()
 
     def stats(samples: list[list[int]]) -> tuple[float, float, float]:
