@@ -361,6 +361,12 @@ class LocalBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.retention.hours": "168",
+            # one node is its own controller: on a busy 2-core machine its heartbeat
+            # to itself was late by 8 s, the controller fenced it and every partition
+            # went offline for a while (transactions timed out). A longer session
+            # keeps a starved single node in service.
+            "broker.session.timeout.ms": "60000",
+            "broker.heartbeat.interval.ms": "2000",
         }
         text = "# written by tripwire; edits are overwritten on start\n" + "".join(
             f"{k}={v}\n" for k, v in props.items())
