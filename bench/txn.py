@@ -37,7 +37,9 @@ CASES: list[tuple[str, dict[str, Any], float]] = [  # name, producer settings, g
 
 
 def _latencies(bootstrap: str, outputs: list[str], source: str, n: int,
-               conf: dict[str, Any], gap: float) -> list[float]:
+               conf: dict[str, Any], gap: float, broker_cpu: Any) -> tuple[list[float], float]:
+    """Latencies (ms) of the measured transactions, and the broker's CPU (ms) per
+    transaction over them (nan when the broker is not a local process of ours)."""
     group = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-txn-{uuid.uuid4()}",
                       "enable.auto.commit": False})
     group.subscribe([source])
@@ -46,7 +48,11 @@ def _latencies(bootstrap: str, outputs: list[str], source: str, n: int,
                   "linger.ms": 2, **conf})
     p.init_transactions(30)
     out = []
+    skip = min(20, n // 5)  # the first ones are not counted (connections, JIT)
+    b0 = float("nan")
     for i in range(n):
+        if i == skip:
+            b0 = broker_cpu() or float("nan")
         started = time.perf_counter()
         p.begin_transaction()
         for name in outputs:
@@ -56,8 +62,9 @@ def _latencies(bootstrap: str, outputs: list[str], source: str, n: int,
         p.commit_transaction(30)
         out.append((time.perf_counter() - started) * 1000)
         time.sleep(gap)
+    b1 = broker_cpu() or float("nan")
     group.close()
-    return out[min(20, n // 5):]  # without the first ones (connections, JIT)
+    return out[skip:], (b1 - b0) / max(n - skip, 1) * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="partitions written per transaction, comma list")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.partitions.split(",")]
-    with bench_cluster() as (cluster, _):
+    with bench_cluster() as (cluster, broker_cpu):
         ns = f"bench-txn-{uuid.uuid4().hex[:6]}."
         names = [f"out-{i}" for i in range(max(counts))]
         create_topics(cluster.bootstrap, ns, [TopicSpec(n, n, "bench", partitions=1)
@@ -76,17 +83,19 @@ def main(argv: list[str] | None = None) -> None:
         for parts in counts:
             base = float("nan")
             for i, (name, conf, gap) in enumerate(CASES):
-                lat = _latencies(cluster.bootstrap, [ns + x for x in names[:parts]], ns + "in",
-                                 args.transactions, conf, gap)
+                lat, bms = _latencies(cluster.bootstrap, [ns + x for x in names[:parts]],
+                                      ns + "in", args.transactions, conf, gap, broker_cpu)
                 q = statistics.quantiles(lat, n=100)
                 if i == 0:  # the first case is the baseline
                     base = q[49]
-                rows.append((parts, name, q[49], q[98], q[49] / base))
-                print(f"  {parts} partition(s), {name}: p50 {q[49]:.1f} ms", flush=True)
+                rows.append((parts, name, q[49], q[98], q[49] / base, bms))
+                print(f"  {parts} partition(s), {name}: p50 {q[49]:.1f} ms, broker "
+                      f"{bms:.1f} ms CPU per transaction", flush=True)
     print(f"\ncommand: python -m bench txn {' '.join(argv if argv is not None else sys.argv[2:])}")
-    print(f"{'partitions':>10}  {'case':50} {'p50 ms':>7} {'p99 ms':>7} {'x baseline p50':>15}")
-    for parts, name, p50, p99, ratio in rows:
-        print(f"{parts:>10}  {name:50} {p50:>7.1f} {p99:>7.1f} {ratio:>15.2f}")
+    print(f"{'partitions':>10}  {'case':50} {'p50 ms':>7} {'p99 ms':>7} {'x baseline p50':>15} "
+          f"{'broker CPU ms/txn':>18}")
+    for parts, name, p50, p99, ratio, bms in rows:
+        print(f"{parts:>10}  {name:50} {p50:>7.1f} {p99:>7.1f} {ratio:>15.2f} {bms:>18.1f}")
 
 
 if __name__ == "__main__":
