@@ -270,8 +270,8 @@ class BatchLoop:
 
     def _on_revoke(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         # everything read so far commits before the partitions go to another worker
-        committed = self._commit_all()
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        committed = self._commit_all(leaving=set(tps))
         for tp in tps:
             self.state.close_partition(tp, clean=committed)
         self._drop(tps)
@@ -478,7 +478,7 @@ class BatchLoop:
         chunk.eager_upto = self._eager_sent
         self._inflight = self._committer.submit(self._transact, chunk)
 
-    def _check_committer(self, wait: bool = False) -> bool:
+    def _check_committer(self, wait: bool = False, leaving: set[TP] | None = None) -> bool:
         """Collect the background transaction's result; after an abort, go back to
         the last commit. False if it aborted."""
         f = self._inflight
@@ -489,16 +489,16 @@ class BatchLoop:
         self.stats.wait_seconds += time.monotonic() - started
         self._inflight = None
         if not ok:
-            self._recover()
+            self._recover(leaving or set())
         return ok
 
-    def _commit_all(self) -> bool:
+    def _commit_all(self, leaving: set[TP] | None = None) -> bool:
         """Commit everything read so far, now (rebalance, close). False if it aborted."""
-        if not self._check_committer(wait=True):
+        if not self._check_committer(wait=True, leaving=leaving):
             return False
         if self._chunk:
             self._submit()
-            return self._check_committer(wait=True)
+            return self._check_committer(wait=True, leaving=leaving)
         return True
 
     def _transact(self, chunk: _Chunk) -> bool:
@@ -583,10 +583,11 @@ class BatchLoop:
             return False
         return True
 
-    def _recover(self) -> None:
+    def _recover(self, leaving: set[TP]) -> None:
         """After an aborted transaction: every partition goes back to its last
         commit — state restored, in-memory work dropped, inputs read again. Eager
-        outputs since then will be sent again, the same."""
+        outputs since then will be sent again, the same. Partitions ``leaving``
+        (being revoked) are only dropped: their next owner restores them."""
         self.stats.aborted += 1
         self._chunk = _Chunk()
         self.state.pending = []
@@ -594,8 +595,9 @@ class BatchLoop:
         for tp in tps:
             self.state.discard(tp)
         self._drop(tps)
-        self._restore(tps)
-        self._rewind(tps)
+        staying = [tp for tp in tps if tp not in leaving]
+        self._restore(staying)
+        self._rewind(staying)
 
     def _rewind(self, tps: list[tuple[str, int]]) -> None:
         if not tps:
