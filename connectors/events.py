@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from tripwire.connectors.kafka import consumer, producer
+from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.schemas.codec import AvroCodec
 
 __all__ = ["DeliveryError", "EventProducer", "read_to_end", "read_topic"]
@@ -86,7 +86,7 @@ def read_topic(bootstrap: str, topics: Iterable[str], count: int, timeout: float
     deadline = time.monotonic() + timeout
     try:
         while len(out) < count and time.monotonic() < deadline:
-            for m in c.consume(min(500, count - len(out)), 0.2):
+            for m in consume_available(c, min(500, count - len(out)), 0.2):
                 if m.error() is None:
                     out.append(m)
     finally:
@@ -111,7 +111,7 @@ def read_to_end(bootstrap: str, name: str, timeout: float = 60.0) -> list[Messag
         out: list[Message] = []
         deadline = time.monotonic() + timeout
         while ends and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.2):
+            for m in consume_available(c, 1000, 0.2):
                 if m.error() is not None:
                     continue
                 out.append(m)
