@@ -251,6 +251,7 @@ class DecisionStage:
         self.node_timeout_ms = node_timeout_ms
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
+        self._orphans: set[str] = set()  # fragments gathering, their event not yet here
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
@@ -286,8 +287,11 @@ class DecisionStage:
             p.request, p.arrived_ms = msg, msg["arrived_ms"]
             p.deadline = now_ms + self.node_timeout_ms
             heapq.heappush(self._deadlines, (p.deadline, identity))
+            self._orphans.discard(identity)
         else:
             p.fragments[msg["entity"]] = msg
+            if p.request is None and p.deadline is None:
+                self._orphans.add(identity)
         if p.request is not None and all(n in p.fragments for n in p.request["nodes"]):
             return self._decide(identity, p, now_ms, state)
         return []
@@ -298,11 +302,12 @@ class DecisionStage:
         """Apply control releases; decide, with a partial result, every event whose
         node timeout has passed."""
         out: list[OutRecord] = self.decider.reload(now_ms)
-        if len(self.pending) > len(self._deadlines):  # fragments whose event never came
-            for identity, p in list(self.pending.items()):
-                if p.request is None and p.deadline is None:
-                    p.deadline = now_ms + self.ORPHAN_MS
-                    heapq.heappush(self._deadlines, (p.deadline, identity))
+        for identity in self._orphans:  # fragments whose event has not come: a deadline
+            p = self.pending.get(identity)
+            if p is not None and p.request is None and p.deadline is None:
+                p.deadline = now_ms + self.ORPHAN_MS
+                heapq.heappush(self._deadlines, (p.deadline, identity))
+        self._orphans.clear()
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, identity = heapq.heappop(self._deadlines)
             due = self.pending.get(identity)
@@ -354,3 +359,4 @@ class DecisionStage:
         gone = set(tps)
         for identity in [i for i, p in self.pending.items() if p.tp in gone]:
             del self.pending[identity]
+            self._orphans.discard(identity)
