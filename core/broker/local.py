@@ -366,7 +366,6 @@ class LocalBroker:
             # went offline for a while (transactions timed out). A longer session
             # keeps a starved single node in service.
             "broker.session.timeout.ms": "60000",
-            "broker.heartbeat.interval.ms": "2000",
         }
         text = "# written by tripwire; edits are overwritten on start\n" + "".join(
             f"{k}={v}\n" for k, v in props.items())
