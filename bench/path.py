@@ -128,18 +128,24 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipe
               flush=True)
 
 
-def _event_id(codec: AvroCodec, answer: bytes | None) -> str | None:
-    """The event an answer is for: a decision's, or the one a quarantine record
-    refused (None when the refused bytes are no event at all)."""
+def _read_answer(codec: AvroCodec, answer: bytes | None) -> tuple[str | None, bool]:
+    """The event an answer is for — a decision's, or the one a quarantine record
+    refused (None when the refused bytes are no event at all) — and whether it is
+    a decision taken without a feature node that did not answer in time."""
     if answer is None:
-        return None
+        return None, False
     rec = codec.decode(answer)[1]
     if "original" in rec:
         try:
-            rec = codec.decode(rec["original"])[1]
+            return str(codec.decode(rec["original"])[1]["event_id"]), False
         except DecodeError:
-            return None
-    return str(rec["event_id"])
+            return None, False
+    partial = any(e.startswith("no answer within") for e in rec["feature_errors"].values())
+    return str(rec["event_id"]), partial
+
+
+def _event_id(codec: AvroCodec, answer: bytes | None) -> str | None:
+    return _read_answer(codec, answer)[0]
 
 
 class Decisions:
@@ -154,6 +160,7 @@ class Decisions:
         self.count = 0
         self.last = 0.0
         self.seen: dict[str, float] = {}
+        self.partial: set[str] = set()  # decided without a node that timed out
         self.c = consumer(bootstrap, f"bench-reader-{uuid.uuid4().hex[:8]}")
         assign = []
         for key in ("decisions", "quarantine"):  # every event gets one or the other
@@ -173,9 +180,11 @@ class Decisions:
                     self.last = time.monotonic()
                 elif m.error() is None:
                     now = time.monotonic()
-                    eid = _event_id(self.codec, m.value())
+                    eid, partial = _read_answer(self.codec, m.value())
                     if eid is not None:
                         self.seen.setdefault(eid, now)
+                        if partial:
+                            self.partial.add(eid)
 
     def close(self) -> None:
         self.stop.set()
@@ -294,8 +303,10 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     b1 = broker_cpu()
     broker = "" if b0 is None or b1 is None else \
         f", the broker {(b1 - b0) / max(len(sent), 1) * 1e6:.0f}"
+    partial = sum(1 for e in sent if e in reader.partial)
     print(f"  open loop, {mode}: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU "
-          f"per event{broker}")
+          f"per event{broker}; {partial} of {len(sent)} decided without a feature node "
+          "(timed out)")
     stop.set()
     for x in procs:
         x.join(30)

@@ -132,7 +132,9 @@ def run_stage(
     stages: list[str] = typer.Argument(
         ..., help="intake, features, decide, or all (several run as threads of one process)"),
     entities: str = typer.Option("", help="features only: serve these nodes (comma list)"),
-    node_timeout_ms: int = typer.Option(250, help="decide: wait this long for a feature node"),
+    node_timeout_ms: int | None = typer.Option(
+        None, help="decide: wait this long (ms) for a feature node before deciding without "
+        "it, its error recorded [default: tripwire.streams.pipeline.NODE_TIMEOUT_MS]"),
     controls_dir: Path | None = typer.Option(
         None, "--controls-dir", help="decide: load the controls from this folder and reload "
         "them when its files change (default: the shipped library)"),
@@ -151,7 +153,7 @@ def run_stage(
     from tripwire.features.engine import FeatureLibrary
     from tripwire.schemas.codec import AvroCodec
     from tripwire.streams.loop import tune_gc
-    from tripwire.streams.pipeline import DecisionStage
+    from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage
     from tripwire.streams.runner import STAGES, Pipeline, attach_deferred, stage_loop
 
     settings = Settings()
@@ -168,7 +170,7 @@ def run_stage(
     loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls, library=library,
         sources=sources,
         state_dir=settings.state_dir / "stores" / (ns or "default"),
-        batch_size=settings.batch_size, node_timeout_ms=node_timeout_ms,
+        batch_size=settings.batch_size, node_timeout_ms=node_timeout_ms or NODE_TIMEOUT_MS,
         commit_interval_ms=settings.commit_interval_ms, eager=settings.delivery == "eager",
         entities=nodes if s == "features" else None,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)

@@ -20,7 +20,7 @@ from tripwire.streams.decider import Decider
 from tripwire.streams.decision_path import INPUTS
 from tripwire.streams.deferred import DeferredRunner
 from tripwire.streams.loop import BatchLoop, LoopStats, Processor
-from tripwire.streams.pipeline import DecisionStage, FeatureStage, IntakeStage
+from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage, FeatureStage, IntakeStage
 from tripwire.streams.records import OutRecord
 from tripwire.streams.topics import topic
 
@@ -45,7 +45,7 @@ def stage_topics(stage: str, namespace: str, library: FeatureLibrary,
 
 def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                controls: ControlSet, library: FeatureLibrary, state_dir: Path | None,
-               batch_size: int = 500, node_timeout_ms: int = 250,
+               batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS,
                processor: Processor | None = None,
                entities: Sequence[str] | None = None,
                batch: BatchTable | None = None,
@@ -138,7 +138,7 @@ class Pipeline:
     @classmethod
     def build(cls, bootstrap: str, namespace: str, *, codec: AvroCodec, controls: ControlSet,
               library: FeatureLibrary, state_dir: Path | None, stages: Sequence[str] = STAGES,
-              batch_size: int = 500, node_timeout_ms: int = 250) -> Pipeline:
+              batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS) -> Pipeline:
         return cls.start({s: stage_loop(s, bootstrap, namespace, codec=codec,
                                         controls=controls, library=library,
                                         state_dir=state_dir, batch_size=batch_size,
