@@ -144,10 +144,6 @@ def _read_answer(codec: AvroCodec, answer: bytes | None) -> tuple[str | None, bo
     return str(rec["event_id"]), partial
 
 
-def _event_id(codec: AvroCodec, answer: bytes | None) -> str | None:
-    return _read_answer(codec, answer)[0]
-
-
 class Decisions:
     """Reads committed answers (decisions and quarantine records) as they appear;
     notes when each event's arrives — or, with ``count_only``, just counts them
@@ -268,7 +264,7 @@ def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> set[str]:
     """Every event id with an answer on the topics now (decision or quarantine)."""
     from tripwire.connectors.events import read_to_end
 
-    ids = (_event_id(codec, m.value()) for key in ("decisions", "quarantine")
+    ids = (_read_answer(codec, m.value())[0] for key in ("decisions", "quarantine")
            for m in read_to_end(bootstrap, topic(key, ns)))
     return {e for e in ids if e is not None}
 

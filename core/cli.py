@@ -170,7 +170,8 @@ def run_stage(
     loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls, library=library,
         sources=sources,
         state_dir=settings.state_dir / "stores" / (ns or "default"),
-        batch_size=settings.batch_size, node_timeout_ms=node_timeout_ms or NODE_TIMEOUT_MS,
+        batch_size=settings.batch_size, node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None
+        else node_timeout_ms,
         commit_interval_ms=settings.commit_interval_ms, eager=settings.delivery == "eager",
         entities=nodes if s == "features" else None,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)

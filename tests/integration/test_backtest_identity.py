@@ -92,12 +92,13 @@ def test_backtest_decisions_are_the_live_pipelines_across_topics(
     traffic += [("CardPayment", e) for e in magstripe_contactless_attack(
         24, now - 10 * 60_000, 12, cards=4)]
     traffic += traffic[:3]  # repeats get the first answer, live and replayed
-    codec = DecisionPath.default().codec
+    path = DecisionPath.default()  # the shipped schemas and controls, compiled once
+    codec = path.codec
     library = FeatureLibrary()
     # one event at a time, each sent when the previous one is answered, so every
     # feature node sees them in the order the replay will: the topics' timestamps
-    loops = {s: stage_loop(s, kafka.bootstrap, ns, codec=codec, controls=DecisionPath.default()
-                           .controls, library=library, state_dir=tmp_path / "live",
+    loops = {s: stage_loop(s, kafka.bootstrap, ns, codec=codec, controls=path.controls,
+                           library=library, state_dir=tmp_path / "live",
                            batch_size=100, node_timeout_ms=120_000, commit_interval_ms=0)
              for s in STAGES}
     pipeline = Pipeline.start(loops)
