@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tripwire.broker import KafkaCluster, acquire_cluster
 from tripwire.broker.local import LocalBroker
+from tripwire.broker.scratch import release, scratch_home
 from tripwire.config import Settings
 
 __all__ = ["bench_cluster", "proc_cpu", "thread_cpu"]
@@ -48,7 +47,7 @@ def bench_cluster() -> Iterator[tuple[KafkaCluster, Callable[[], float | None]]]
     seconds — None when the broker is not a local process of ours."""
     logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
     settings = Settings()
-    home = Path(tempfile.gettempdir()) / f"tripwire-bench-{os.getpid()}"
+    home = scratch_home("bench-broker")
     cluster = acquire_cluster(settings, home=home, stop_on_close=True, say=print)
     info = LocalBroker(home, settings.cache_dir).read_record()
     pid = info.pid if info is not None and cluster.source == "local" else None
@@ -57,4 +56,4 @@ def bench_cluster() -> Iterator[tuple[KafkaCluster, Callable[[], float | None]]]
         yield cluster, (lambda: proc_cpu(pid)) if pid else (lambda: None)
     finally:
         cluster.close()
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)

@@ -26,17 +26,18 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from bench.common import bench_cluster, proc_cpu, thread_cpu
+from tripwire.broker.scratch import release, scratch_home
 from tripwire.connectors.kafka import consume_available, consumer, create_topics, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
 from tripwire.schemas.codec import AvroCodec, DecodeError
@@ -188,21 +189,40 @@ class Decisions:
         self.c.close()
 
 
+@dataclass
+class _Workers:
+    procs: list[Any]
+    stop: Any  # a multiprocessing Event
+    homes: list[Path]  # their state folders (RocksDB), deleted when they stop
+
+    def close(self) -> None:
+        self.stop.set()
+        for x in self.procs:
+            x.join(30)
+        for home in self.homes:
+            release(home)
+
+
 def _start_workers(bootstrap: str, ns: str, n: int, batch: int, mode: str,
-                   pipeline: str) -> tuple[list[Any], Any]:
+                   pipeline: str) -> _Workers:
+    """``n`` worker processes, their state in the same kind of scratch folder as the
+    benchmark's broker (memory where there is room, see tripwire.broker.scratch)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     procs = []
-    for i in range(n):
+    homes = [scratch_home("bench-worker") for _ in range(n)]
+    for home in homes:
         ready = ctx.Event()
-        p = ctx.Process(target=_worker, args=(bootstrap, ns, tempfile.mkdtemp(
-            prefix=f"bench-path-{i}-"), batch, mode, pipeline, ready, stop), daemon=True)
+        p = ctx.Process(target=_worker, args=(bootstrap, ns, str(home), batch, mode,
+                                              pipeline, ready, stop), daemon=True)
         p.start()
         procs.append((p, ready))
+    workers = _Workers([p for p, _ in procs], stop, homes)
     for _, ready in procs:
         if not ready.wait(120):
+            workers.close()
             raise RuntimeError("a worker did not start")
-    return [p for p, _ in procs], stop
+    return workers
 
 
 def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
@@ -214,7 +234,8 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     ns = f"bench-path-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec, count_only=True)
-    procs, stop = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
+    ws = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
+    procs = ws.procs
     time.sleep(3)  # the group settles: no rebalance inside the measurement
     cpu0 = [proc_cpu(x.pid) for x in procs]
     b0 = broker_cpu() or 0.0
@@ -231,9 +252,7 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     last = reader.last
     cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
     bcpu = (broker_cpu() or 0.0) - b0
-    stop.set()
-    for x in procs:
-        x.join(30)
+    ws.close()
     reader.close()
     n = len(events)
     return {"rate": n / max(last - start, 1e-9), "cpu_us": cpu / n * 1e6,
@@ -279,7 +298,8 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     ns = f"bench-open-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec)
-    procs, stop = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
+    ws = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
+    procs = ws.procs
     time.sleep(3)  # the group settles
     p = producer(bootstrap, **{"linger.ms": 1})
     n_warm = max(int(rate * warm_s), min(500, len(events) // 5))
@@ -303,9 +323,7 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     print(f"  open loop, {mode}: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU "
           f"per event{broker}; {partial} of {len(sent)} decided without a feature node "
           "(timed out)")
-    stop.set()
-    for x in procs:
-        x.join(30)
+    ws.close()
     reader.close()
     missing = [(tk, eid) for tk, _, _, eid in warm + events if eid not in reader.seen]
     if missing:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tripwire.broker import KafkaCluster, acquire_cluster
+from tripwire.broker.scratch import release, scratch_home
 from tripwire.config import Settings
 from tripwire.connectors.kafka import create_topics
 
@@ -18,14 +19,19 @@ logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    """The session's real Kafka cluster; a local broker started here is stopped at the end."""
-    home = tmp_path_factory.mktemp("kafka-broker")
-    cluster = acquire_cluster(Settings(), home=home, stop_on_close=True, say=print)
+def kafka() -> Iterator[KafkaCluster]:
+    """The session's real Kafka cluster; a local broker started here is stopped and
+    deleted at the end (its data in memory when the machine has room: see
+    :mod:`tripwire.broker.scratch`)."""
+    home = scratch_home("test-broker")
     try:
-        yield cluster
+        cluster = acquire_cluster(Settings(), home=home, stop_on_close=True, say=print)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
     finally:
-        cluster.close()
+        release(home)
 
 
 @pytest.fixture
