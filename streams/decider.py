@@ -16,7 +16,8 @@ from tripwire import __version__
 from tripwire.controls.engine import ControlResult, ControlSet, Verdict
 from tripwire.controls.plane import AUDIT_SCHEMA, ControlPlane
 from tripwire.schemas.codec import AvroCodec
-from tripwire.streams.intake import DAY_MS, EventKind, Expiring
+from tripwire.streams.compact import Compactor
+from tripwire.streams.intake import DAY_MS, EVENT_KINDS, EventKind, Expiring
 from tripwire.streams.records import OutRecord
 from tripwire.streams.state import StateView
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from tripwire.connectors.control_sources import ReleaseSource
     from tripwire.streams.deferred import DeferredRunner
 
-__all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider"]
+__all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider",
+           "memory_dictionary"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,21 @@ ENGINE_VERSION = f"tripwire-{__version__}"
 DECISION_SCHEMA = "tripwire.decisions.Decision"
 DECISIONS_STORE = "decisions.v2"  # v2: Expiring with a local index
 EXECUTION_SCHEMA = "tripwire.decisions.ControlExecutions"
+
+
+def memory_dictionary(codec: AvroCodec, provenance: Mapping[str, str],
+                      versions: Mapping[str, str]) -> bytes:
+    """What most of every remembered decision repeats: one decision of each event
+    type carrying every feature name, its provenance and the control versions
+    (the compression dictionary of the decision memory, see
+    :mod:`tripwire.streams.compact`). The same inputs give the same bytes."""
+    return b"".join(codec.encode(DECISION_SCHEMA, {
+        "decision_id": "0" * 32, "event_id": "", "event_type": schema, "entity_key": "",
+        "event_time": 0, "decided_at": 0, "outcome": "ALLOW", "actions": [], "rule_hits": [],
+        "features": dict.fromkeys(provenance, 0), "feature_errors": {},
+        "feature_provenance": dict(provenance), "control_errors": {},
+        "control_versions": dict(versions), "engine_version": ENGINE_VERSION,
+        "latency_us": 0, "repeat": False}) for schema in sorted(EVENT_KINDS))
 
 
 class Decider:
@@ -49,6 +66,9 @@ class Decider:
         self.memory = Expiring(DECISIONS_STORE)
         self.deferred: DeferredRunner | None = None  # set to run tier 2 off the path
         self._sync()
+        # remembered decisions are kept compressed (~85 % smaller: state, changelog)
+        self.compactor = Compactor(DECISIONS_STORE, memory_dictionary(
+            codec, self.provenance, self._versions))
 
     @property
     def controls(self) -> ControlSet:
@@ -149,7 +169,8 @@ class Decider:
     def emit(self, identity: str, decision: dict[str, Any], view: StateView) -> OutRecord:
         """Encode, remember for repeats, and return the decision output."""
         encoded = self.codec.encode(DECISION_SCHEMA, decision)
-        self.memory.put(view, identity.encode(), encoded, decision["event_time"] + self.ttl_ms)
+        self.memory.put(view, identity.encode(), self.compactor.pack(view, encoded),
+                        decision["event_time"] + self.ttl_ms)
         return OutRecord("decisions", decision["entity_key"].encode(), encoded)
 
     def recall(self, identity: str, view: StateView) -> OutRecord | None:
@@ -157,7 +178,7 @@ class Decider:
         stored = self.memory.get(view, identity.encode())
         if stored is None:
             return None
-        _, previous = self.codec.decode(stored)
+        _, previous = self.codec.decode(self.compactor.unpack(view, stored))
         previous["repeat"] = True
         return OutRecord("decisions", previous["entity_key"].encode(),
                          self.codec.encode(DECISION_SCHEMA, previous))

@@ -286,10 +286,12 @@ class DecisionStage:
                                         "dedup", [("DECISION_EXPIRED", None, "repeat of an "
                                                    "event whose decision is no longer kept")],
                                         now_ms, item=identity)]
-        if self.decider.memory.get(view, identity.encode()) is not None:
-            return []  # decided before a restart: read again, nothing to do
         p = self.pending.get(identity)
         if p is None:
+            # checked once, when an identity first comes: one still gathering was
+            # checked then, and only a decision (which ends its gathering) changes that
+            if self.decider.memory.get(view, identity.encode()) is not None:
+                return []  # decided before a restart: read again, nothing to do
             p = self.pending[identity] = _Pending((rec.topic, rec.partition), rec.offset)
         if is_request:
             p.request, p.arrived_ms = msg, msg["arrived_ms"]
@@ -300,7 +302,8 @@ class DecisionStage:
             p.fragments[msg["entity"]] = msg
             if p.request is None and p.deadline is None:
                 self._orphans.add(identity)
-        if p.request is not None and all(n in p.fragments for n in p.request["nodes"]):
+        if p.request is not None and len(p.fragments) >= len(p.request["nodes"]) and \
+                all(n in p.fragments for n in p.request["nodes"]):
             return self._decide(identity, p, now_ms, state)
         return []
 
