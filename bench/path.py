@@ -75,27 +75,30 @@ MODES = {  # how answers leave the loop: (eager, commit interval ms)
 }
 
 
-def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipeline: str,
-            ready: Any, stop: Any) -> None:
+ONE = ("path",)  # a worker of the one-process path
+
+
+def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
+            stages: tuple[str, ...], ready: Any, stop: Any) -> None:
     from tripwire.controls.engine import ControlSet
     from tripwire.features.engine import FeatureLibrary
     from tripwire.streams.decision_path import INPUTS, DecisionPath
     from tripwire.streams.loop import BatchLoop, tune_gc
-    from tripwire.streams.runner import STAGES, stage_loop
+    from tripwire.streams.runner import stage_loop
 
     eager, interval = MODES[mode]
-    if pipeline == "one":
+    if stages == ONE:
         loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in INPUTS],
                                    DecisionPath.default(), namespace=ns, batch_size=batch,
                                    poll_timeout=0.005, state_dir=Path(state_dir),
                                    commit_interval_ms=interval, eager=eager)}
-    else:  # the live pipeline, as `tripwire run stage all` runs it
+    else:  # the live pipeline's stages, as `tripwire run stage ...` runs them
         codec = AvroCodec(SchemaStore.default())
         controls, library = ControlSet.from_dir(), FeatureLibrary()
         loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls,
                                library=library, state_dir=Path(state_dir), batch_size=batch,
                                commit_interval_ms=interval, eager=eager, poll_timeout=0.005)
-                 for s in STAGES}
+                 for s in stages}
     tune_gc()  # as `tripwire run stage` does
     done = threading.Event()
     threads = [threading.Thread(target=lp.run, args=(done,), daemon=True)
@@ -109,7 +112,8 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str, pipe
     done.set()
     for t in threads:
         t.join(30)
-    events = next(iter(loops.values())).stats.consumed  # the first stage reads every event
+    # per event the worker's first stage read (a decide-only worker: per gather record)
+    events = next(iter(loops.values())).stats.consumed
     by_thread = sorted(thread_cpu().items(), key=lambda kv: -kv[1])
     print(f"  worker {os.getpid()} CPU µs per event by thread: " + ", ".join(
         f"{name} {sec / max(events, 1) * 1e6:.0f}" for name, sec in by_thread if sec > 0),
@@ -189,6 +193,25 @@ class Decisions:
         self.c.close()
 
 
+Layout = list[tuple[str, ...]]  # the stages of each worker process
+
+
+def layout_of(spec: str, pipeline: str, workers: int) -> Layout:
+    """``--layout``: worker processes separated by commas, each its stages joined by
+    ``+`` (``intake+features,decide``); empty: ``workers`` processes running every
+    stage (split) or the one-process path."""
+    from tripwire.streams.runner import STAGES
+
+    if not spec:
+        return [ONE if pipeline == "one" else tuple(STAGES)] * workers
+    layout = [tuple(s for s in w.split("+") if s) for w in spec.split(",")]
+    if pipeline == "one" or any(s not in STAGES for w in layout for s in w) or \
+            {s for w in layout for s in w} != set(STAGES):
+        raise ValueError(f"--layout {spec!r}: the split pipeline's stages ({', '.join(STAGES)}) "
+                         "each in one worker or more")
+    return layout
+
+
 @dataclass
 class _Workers:
     procs: list[Any]
@@ -203,18 +226,19 @@ class _Workers:
             release(home)
 
 
-def _start_workers(bootstrap: str, ns: str, n: int, batch: int, mode: str,
-                   pipeline: str) -> _Workers:
-    """``n`` worker processes, their state in the same kind of scratch folder as the
-    benchmark's broker (memory where there is room, see tripwire.broker.scratch)."""
+def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: str) \
+        -> _Workers:
+    """One worker process per entry of ``layout`` (the stages it runs), their state in
+    the same kind of scratch folder as the benchmark's broker (memory where there is
+    room, see tripwire.broker.scratch)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     procs = []
-    homes = [scratch_home("bench-worker") for _ in range(n)]
-    for home in homes:
+    homes = [scratch_home("bench-worker") for _ in layout]
+    for home, stages in zip(homes, layout, strict=True):
         ready = ctx.Event()
         p = ctx.Process(target=_worker, args=(bootstrap, ns, str(home), batch, mode,
-                                              pipeline, ready, stop), daemon=True)
+                                              stages, ready, stop), daemon=True)
         p.start()
         procs.append((p, ready))
     workers = _Workers([p for p, _ in procs], stop, homes)
@@ -226,7 +250,7 @@ def _start_workers(bootstrap: str, ns: str, n: int, batch: int, mode: str,
 
 
 def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
-               workers: int, partitions: int, batch: int, mode: str, pipeline: str,
+               layout: Layout, partitions: int, batch: int, mode: str,
                broker_cpu: Any) -> dict[str, float]:
     """Workers join and settle first; then every event is offered at once and the
     rate is taken from the start of the offer to the last answer (the same origin
@@ -234,7 +258,7 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     ns = f"bench-path-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec, count_only=True)
-    ws = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
+    ws = _start_workers(bootstrap, ns, layout, batch, mode)
     procs = ws.procs
     time.sleep(3)  # the group settles: no rebalance inside the measurement
     cpu0 = [proc_cpu(x.pid) for x in procs]
@@ -289,8 +313,8 @@ def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> set[str]:
 
 
 def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
-              workers: int, partitions: int, batch: int, rate: int, mode: str,
-              pipeline: str, broker_cpu: Any, warm_s: float) -> list[float]:
+              layout: Layout, partitions: int, batch: int, rate: int, mode: str,
+              broker_cpu: Any, warm_s: float) -> list[float]:
     """Latency (ms) of every event offered at ``rate`` per second, after ``warm_s``
     seconds of the same offer, unmeasured: the group settles, the stores open and
     the broker's JIT compiles the paths this traffic takes (raw traffic does not
@@ -298,7 +322,7 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     ns = f"bench-open-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec)
-    ws = _start_workers(bootstrap, ns, workers, batch, mode, pipeline)
+    ws = _start_workers(bootstrap, ns, layout, batch, mode)
     procs = ws.procs
     time.sleep(3)  # the group settles
     p = producer(bootstrap, **{"linger.ms": 1})
@@ -380,6 +404,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pipeline", choices=("one", "split"), default="one",
                     help="one: the one-process path per partition; split: the live "
                          "intake → features → decide pipeline (exact for any partitioning)")
+    ap.add_argument("--layout", default="",
+                    help="split pipeline: the stages of each worker process, e.g. "
+                         "'intake+features,decide' (default: --workers processes running "
+                         "every stage)")
     ap.add_argument("--modes", default="per-batch,eager",
                     help=f"how answers leave the loop, compared in one run: {', '.join(MODES)}")
     ap.add_argument("--rate", type=int, default=3000, help="open loop: events offered per s")
@@ -388,6 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warm-up", type=float, default=30.0,
                     help="open loop: seconds of the same offer before measuring")
     args = ap.parse_args(argv)
+    try:
+        layout = layout_of(args.layout, args.pipeline, args.workers)
+    except ValueError as exc:
+        ap.error(str(exc))
     modes = [m for m in args.modes.split(",") if m]
     if unknown := set(modes) - set(MODES):
         ap.error(f"unknown mode(s) {sorted(unknown)}; modes: {', '.join(MODES)}")
@@ -398,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     print("pipeline 'split' is the live one (exact features for any partitioning); 'one' "
           "keeps feature state per input partition (exact only within one topic-partition)")
     print(f"{len(events)} events (cards, logins, FPS; an attack inside); "
-          f"{args.workers} worker process(es), pipeline {args.pipeline!r}, on "
+          f"{len(layout)} worker process(es) ({', '.join('+'.join(w) for w in layout)}), "
+          f"pipeline {args.pipeline!r}, on "
           f"{args.partitions} partitions; {os.cpu_count()} cores; machine: {speed:.1f} µs "
           "per Avro decode")
     raws: list[dict[str, float]] = []
@@ -408,8 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):  # 0: the open loop only
             raws.append(_raw_round(cluster.bootstrap, events, args.partitions, broker_cpu))
             for mode in modes:  # alternating, so drift hits every mode alike
-                sat = saturation(cluster.bootstrap, codec, events, args.workers,
-                                 args.partitions, args.batch, mode, args.pipeline, broker_cpu)
+                sat = saturation(cluster.bootstrap, codec, events, layout,
+                                 args.partitions, args.batch, mode, broker_cpu)
                 sats[mode].append(sat)
                 print(f"  round {mode}: raw {raws[-1]['rate']:,.0f}/s; path "
                       f"{sat['rate']:,.0f}/s ({sat['cpu_us']:.0f} µs worker CPU, "
@@ -419,9 +452,9 @@ def main(argv: list[str] | None = None) -> None:
             offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
                               int(time.time() * 1000) - 25 * 60_000, 47)
             for mode in modes:
-                lats[mode] = open_loop(cluster.bootstrap, codec, offered, args.workers,
+                lats[mode] = open_loop(cluster.bootstrap, codec, offered, layout,
                                        args.partitions, args.batch, args.rate, mode,
-                                       args.pipeline, broker_cpu, args.warm_up)
+                                       broker_cpu, args.warm_up)
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows) if rows else float("nan")

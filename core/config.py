@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     use_testcontainers: bool = Field(
         default=True, description="Try a Kafka container when a Docker engine answers."
     )
+    scratch_on_disk: bool = Field(
+        default=False, description="Throw-away brokers (tests, benchmarks) keep their data "
+        "on disk, not in memory (tripwire.broker.scratch).")
     topic_namespace: str = Field(
         default="",
         description="Prefix for every topic name (tests use a unique one per run).",

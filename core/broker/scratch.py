@@ -23,6 +23,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tripwire.broker.local import _pid_alive
+from tripwire.config import Settings
+
 __all__ = ["MEMORY_DIR", "MIN_FREE_BYTES", "memory_dir", "release", "scratch_home"]
 
 logger = logging.getLogger(__name__)
@@ -43,24 +46,12 @@ def _is_tmpfs(path: Path) -> bool:
 def memory_dir(base: Path = MEMORY_DIR, min_free: int = MIN_FREE_BYTES) -> Path | None:
     """``base`` if it is a writable tmpfs with ``min_free`` bytes free, else None
     (containers often give /dev/shm 64 MB: then the disk it is)."""
-    if os.environ.get("TRIPWIRE_SCRATCH_ON_DISK"):
-        return None
     try:
         if not (_is_tmpfs(base) and os.access(base, os.W_OK)):
             return None
         return base if shutil.disk_usage(base).free >= min_free else None
     except OSError:
         return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sweep(base: Path, purpose: str) -> None:
@@ -73,11 +64,14 @@ def _sweep(base: Path, purpose: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def scratch_home(purpose: str) -> Path:
+def scratch_home(purpose: str, on_disk: bool | None = None) -> Path:
     """A new, empty folder for a throw-away broker (or other scratch state): in
     memory when :func:`memory_dir` allows, else in the temporary directory.
-    Set ``TRIPWIRE_SCRATCH_ON_DISK=1`` to keep it on disk. :func:`release` it."""
-    base = memory_dir()
+    ``on_disk`` (default: the ``TRIPWIRE_SCRATCH_ON_DISK`` setting) keeps it on
+    disk. :func:`release` it."""
+    if on_disk is None:
+        on_disk = Settings().scratch_on_disk
+    base = None if on_disk else memory_dir()
     if base is None:
         return Path(tempfile.mkdtemp(prefix=f"tripwire-{purpose}-"))
     _sweep(base, purpose)
