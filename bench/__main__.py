@@ -9,6 +9,7 @@ BENCHES = {
     "controls": "bench.controls",
     "path": "bench.path",
     "txn": "bench.txn",
+    "stall": "bench.stall",
 }
 
 

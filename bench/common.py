@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tripwire.broker import KafkaCluster, acquire_cluster
-from tripwire.broker.local import LocalBroker
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.config import Settings
 
@@ -49,8 +48,7 @@ def bench_cluster() -> Iterator[tuple[KafkaCluster, Callable[[], float | None]]]
     settings = Settings()
     home = scratch_home("bench-broker")
     cluster = acquire_cluster(settings, home=home, stop_on_close=True, say=print)
-    info = LocalBroker(home, settings.cache_dir).read_record()
-    pid = info.pid if info is not None and cluster.source == "local" else None
+    pid = cluster.pid
     try:
         print(f"Kafka: {cluster.detail} at {cluster.bootstrap}; {os.cpu_count()} cores")
         yield cluster, (lambda: proc_cpu(pid)) if pid else (lambda: None)

@@ -56,6 +56,7 @@ class KafkaCluster:
     source: Source
     detail: str = ""
     _closer: Callable[[], None] | None = field(default=None, repr=False)
+    pid: int | None = None  # the broker's process, when it is a local one of ours
 
     def close(self) -> None:
         if self._closer is not None:
@@ -92,4 +93,4 @@ def acquire_cluster(
         def closer() -> None:
             broker.stop()
     return KafkaCluster(info.bootstrap, "local", f"local Apache Kafka {info.version} "
-                        f"(pid {info.pid}, {broker.home})", closer)
+                        f"(pid {info.pid}, {broker.home})", closer, pid=info.pid)

@@ -1,0 +1,94 @@
+"""What librdkafka's producer threads burn while the broker does not answer.
+
+An idempotent producer may have 5 requests in flight per partition. With more
+messages queued than that and ``linger.ms`` past, librdkafka's broker thread
+wakes up at once, finds it may not send, and goes round again: it spins until
+an acknowledgement comes (``rd_kafka_toppar_producer_serve`` computes "batch
+ready", which sets the wake-up to now, before the in-flight limit stops it).
+On a machine where the broker shares the cores, the spin starves the broker
+and makes the stall longer: the bad rounds of ``bench path`` (librdkafka
+threads at ~1.2 ms of CPU per event, commits of 1 to 3 s; docs/performance.md).
+
+The broker is frozen (SIGSTOP) for ``--seconds`` while a producer keeps sending
+bursts of decision-sized records; the CPU of librdkafka's threads meanwhile is
+compared with the same producer sending nothing (the baseline).
+
+    .venv/bin/python -m bench stall --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from bench.common import bench_cluster, thread_cpu
+from tripwire.connectors.kafka import create_topics, producer
+from tripwire.streams.topics import TopicSpec
+
+__all__ = ["main"]
+
+# name, producer settings, partitions, bursts while frozen
+CASES: list[tuple[str, dict[str, Any], int, bool]] = [
+    ("idempotent, nothing sent (baseline)", {}, 2, False),
+    ("idempotent, bursts (tripwire's answers)", {}, 2, True),
+    ("not idempotent (acks=all), bursts", {"enable.idempotence": False}, 2, True),
+    ("idempotent, 8 partitions, bursts", {}, 8, True),
+]
+
+
+def _rdk_cpu() -> float:
+    return sum(v for k, v in thread_cpu().items() if k.startswith("rdk:"))
+
+
+def _frozen(bootstrap: str, broker_pid: int, topic: str, conf: dict[str, Any],
+            bursts: bool, seconds: float, burst: int, value: bytes) -> float:
+    """Share of a core librdkafka's threads used while the broker was stopped."""
+    p = producer(bootstrap, **{"linger.ms": 1, "queue.buffering.max.messages": 2_000_000,
+                               **conf})
+    p.produce(topic, b"warm")
+    p.flush(30)
+    c0, t0 = _rdk_cpu(), time.monotonic()
+    os.kill(broker_pid, signal.SIGSTOP)
+    try:
+        end = t0 + seconds
+        while time.monotonic() < end:
+            if bursts:
+                for i in range(burst):
+                    p.produce(topic, value, b"k%d" % i)
+            p.poll(0)
+            time.sleep(0.1)
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
+    share = (_rdk_cpu() - c0) / (time.monotonic() - t0)
+    p.flush(120)
+    return share
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench stall")
+    ap.add_argument("--seconds", type=float, default=3.0, help="how long the broker is frozen")
+    ap.add_argument("--burst", type=int, default=2000,
+                    help="records sent every 100 ms (a decide batch's answers)")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+    value = os.urandom(600) * 3  # a decision's size, not compressible
+    with bench_cluster() as (cluster, _):
+        if cluster.pid is None:
+            sys.exit("bench stall freezes the broker: it needs its own local broker "
+                     "(unset KAFKA_BOOTSTRAP_SERVERS)")
+        create_topics(cluster.bootstrap, "", [TopicSpec(f"stall-{n}", f"stall-{n}", "bench",
+                                                        partitions=n) for n in (2, 8)])
+        rows: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+        for _ in range(args.repeats):
+            for name, conf, partitions, bursts in CASES:
+                rows[name].append(_frozen(cluster.bootstrap, cluster.pid, f"stall-{partitions}",
+                                          conf, bursts, args.seconds, args.burst, value))
+    print(f"\nbroker frozen {args.seconds:.0f} s; command: python -m bench stall "
+          f"{' '.join(argv if argv is not None else sys.argv[2:])}")
+    print(f"{'case':42} {'librdkafka CPU, share of a core (per round)':>46}")
+    for name, shares in rows.items():
+        print(f"{name:42} {'  '.join(f'{s:6.0%}' for s in shares):>46}")
