@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from tripwire.connectors.kafka import consume_available, consumer, producer
+from tripwire.connectors.kafka import consume_available, consumer, produce_waiting, producer
 from tripwire.schemas.codec import AvroCodec
 
 __all__ = ["DeliveryError", "EventProducer", "read_to_end", "read_topic"]
@@ -49,12 +49,7 @@ class EventProducer:
                 self._on_delivery(err, msg)
                 on_delivery(err, msg)
             callback = both
-        while True:
-            try:
-                self._producer.produce(topic, value, kb, on_delivery=callback)
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
+        produce_waiting(self._producer, topic, value, kb, on_delivery=callback)
         self._producer.poll(0)
 
     def poll(self, timeout: float = 0) -> None:

@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tripwire.streams.topics import TOPICS, TopicSpec
 
 __all__ = ["admin", "consume_available", "consumer", "create_topics", "delete_topics",
-           "producer"]
+           "produce_waiting", "producer"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,36 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
     }
     conf.update(overrides)
     return Producer(conf)
+
+
+_QUEUE_FULL_WARNING_S = 10.0  # at most one warning this often while the queue stays full
+_last_queue_full_warning = 0.0
+
+
+def produce_waiting(p: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+                    *, partition: int | None = None, on_delivery: Any = None) -> None:
+    """Produce, waiting while librdkafka's local queue is full (the broker slow or
+    away): delivery reports are served meanwhile and nothing is dropped, so the
+    caller is held back instead of failing with ``BufferError``."""
+    global _last_queue_full_warning
+    kwargs: dict[str, Any] = {}
+    if partition is not None:
+        kwargs["partition"] = partition
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    since = time.monotonic()
+    while True:
+        try:
+            p.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            now = time.monotonic()
+            if now - _last_queue_full_warning > _QUEUE_FULL_WARNING_S:
+                _last_queue_full_warning = now
+                logger.warning("the Kafka producer's local queue is full (broker slow or "
+                               "unreachable): waiting for deliveries, nothing is dropped "
+                               "(%.1f s so far)", now - since)
+            p.poll(0.05)
 
 
 def consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:

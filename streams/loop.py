@@ -38,14 +38,14 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from tripwire.connectors.kafka import consume_available, create_topics
+from tripwire.connectors.kafka import consume_available, create_topics, produce_waiting
 from tripwire.connectors.kafka import consumer as make_consumer
 from tripwire.connectors.kafka import producer as make_producer
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
 from tripwire.streams.topics import TopicSpec, topic
 
-__all__ = ["BatchLoop", "LoopStats", "Processor", "tune_gc"]
+__all__ = ["BatchLoop", "LoopStats", "Processor", "send_outputs", "tune_gc"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,24 @@ class _Chunk:
             changes[(store, tp, key)] = value
         self.offsets.update(offsets)
         self.events += events
+
+
+def send_outputs(producer: Any, outputs: Sequence[OutRecord], topic_of: Callable[[str], str],
+                 on_delivery: Any = None) -> None:
+    """Produce ``outputs`` (``topic_of``: topic key → topic name). When librdkafka's
+    local queue is full — the broker slow or away — wait for deliveries instead
+    of failing: the loop is held back and nothing is dropped."""
+    produce = producer.produce
+    for o in outputs:
+        try:
+            if o.partition is None:
+                produce(topic_of(o.topic_key), o.value, o.key, on_delivery=on_delivery)
+            else:
+                produce(topic_of(o.topic_key), o.value, o.key, partition=o.partition,
+                        on_delivery=on_delivery)
+        except BufferError:
+            produce_waiting(producer, topic_of(o.topic_key), o.value, o.key,
+                            partition=o.partition, on_delivery=on_delivery)
 
 
 def _to_record(msg: Message) -> InRecord:
@@ -447,13 +465,7 @@ class BatchLoop:
             self._chunk.add(later, pending, offsets, events)
 
     def _send(self, producer: Any, outputs: list[OutRecord], on_delivery: Any = None) -> None:
-        produce, name = producer.produce, self._topic
-        for o in outputs:
-            if o.partition is None:
-                produce(name(o.topic_key), o.value, o.key, on_delivery=on_delivery)
-            else:
-                produce(name(o.topic_key), o.value, o.key, partition=o.partition,
-                        on_delivery=on_delivery)
+        send_outputs(producer, outputs, self._topic, on_delivery)
 
     # -- committing ---------------------------------------------------------------
     def _hand_over(self) -> None:
@@ -524,12 +536,15 @@ class BatchLoop:
             for k, value in chunk.changes.items():
                 store, tp, key = k
                 name = changelog(store, tp[0])
+                report = None
                 if k in last_keys:
                     self._changelog_keys[(name, tp[1])] = (store, tp)
-                    produce(name, value, key, partition=tp[1],
-                            on_delivery=self._on_changelog_delivery)
-                else:
-                    produce(name, value, key, partition=tp[1])
+                    report = self._on_changelog_delivery
+                try:
+                    produce(name, value, key, partition=tp[1], on_delivery=report)
+                except BufferError:  # a large commit on a slow broker: wait, drop nothing
+                    produce_waiting(producer, name, value, key, partition=tp[1],
+                                    on_delivery=report)
             t2 = time.monotonic()
             phases["produce"] += t2 - t
             if chunk.offsets:
