@@ -205,7 +205,10 @@ def layout_of(spec: str, pipeline: str, workers: int) -> Layout:
     if not spec:
         return [ONE if pipeline == "one" else tuple(STAGES)] * workers
     layout = [tuple(s for s in w.split("+") if s) for w in spec.split(",")]
-    if pipeline == "one" or any(s not in STAGES for w in layout for s in w) or \
+    if pipeline == "one":
+        raise ValueError("--layout places the split pipeline's stages: use it with "
+                         "--pipeline split")
+    if any(s not in STAGES for w in layout for s in w) or \
             {s for w in layout for s in w} != set(STAGES):
         raise ValueError(f"--layout {spec!r}: the split pipeline's stages ({', '.join(STAGES)}) "
                          "each in one worker or more")

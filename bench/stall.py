@@ -11,7 +11,8 @@ threads at ~1.2 ms of CPU per event, commits of 1 to 3 s; docs/performance.md).
 
 The broker is frozen (SIGSTOP) for ``--seconds`` while a producer keeps sending
 bursts of decision-sized records; the CPU of librdkafka's threads meanwhile is
-compared with the same producer sending nothing (the baseline).
+compared with a non-idempotent producer sending the same bursts (the baseline:
+the same work without the in-flight limit), and with an idle one.
 
     .venv/bin/python -m bench stall --seconds 3
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import sys
 import time
 from typing import Any
@@ -33,10 +35,10 @@ __all__ = ["main"]
 
 # name, producer settings, partitions, bursts while frozen
 CASES: list[tuple[str, dict[str, Any], int, bool]] = [
-    ("idempotent, nothing sent (baseline)", {}, 2, False),
+    ("not idempotent (acks=all), bursts (baseline)", {"enable.idempotence": False}, 2, True),
     ("idempotent, bursts (tripwire's answers)", {}, 2, True),
-    ("not idempotent (acks=all), bursts", {"enable.idempotence": False}, 2, True),
     ("idempotent, 8 partitions, bursts", {}, 8, True),
+    ("idempotent, nothing sent", {}, 2, False),
 ]
 
 
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
                                           conf, bursts, args.seconds, args.burst, value))
     print(f"\nbroker frozen {args.seconds:.0f} s; command: python -m bench stall "
           f"{' '.join(argv if argv is not None else sys.argv[2:])}")
-    print(f"{'case':42} {'librdkafka CPU, share of a core (per round)':>46}")
+    base = statistics.median(rows[CASES[0][0]])
+    print(f"{'case':46} {'librdkafka CPU, share of a core':>33} {'x baseline':>11}")
     for name, shares in rows.items():
-        print(f"{name:42} {'  '.join(f'{s:6.0%}' for s in shares):>46}")
+        rounds = "  ".join(f"{s:6.1%}" for s in shares)
+        ratio = statistics.median(shares) / base if base > 0 else float("nan")
+        print(f"{name:46} {rounds:>33} {ratio:>11.1f}")

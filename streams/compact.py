@@ -75,8 +75,8 @@ class Compactor:
         """``value`` compressed; the dictionary is stored with the partition first."""
         s = view.manager.store(self.store, view.tp)
         if s not in self._kept:
-            key = DICTIONARY_PREFIX + self.dictionary_id
-            if view.get(self.store, key) != self.dictionary:
+            key = DICTIONARY_PREFIX + self.dictionary_id  # the id is the content's hash
+            if view.get(self.store, key) is None:
                 view.put(self.store, key, self.dictionary)
             self._kept.add(s)
         return MARK + self.dictionary_id + self._compressor.compress(value)

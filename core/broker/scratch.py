@@ -4,9 +4,10 @@ A broker started for a test session or a benchmark is deleted when it stops, so
 its log segments need not survive a reboot. On an ext4 disk, the broker's
 memory-mapped offset and time indexes fault on every page written back (every
 few seconds): on the project's 2-core VM, 39 % of the broker's sampled CPU was
-in ``TimeIndex.maybeAppend`` / ``OffsetIndex.append``, and the live pipeline
-decided 1.24x more events per second with the broker's data on tmpfs
-(docs/performance.md, 2026-11-29). A broker a person starts with
+in ``TimeIndex.maybeAppend`` / ``OffsetIndex.append``. With the broker's data and
+the benchmark workers' RocksDB state both on tmpfs the live pipeline decided
+1.21x more events per second (the broker's data alone: within noise;
+docs/performance.md, 2026-11-29). A broker a person starts with
 ``tripwire broker start`` keeps its data on disk as before.
 
 >>> home = scratch_home("doc")
