@@ -14,9 +14,11 @@ decision, with the default features and controls, events of a bank-like mix
 
 Each run compares how answers leave the loop (``--modes``, see ``MODES``):
 ``per-batch`` puts answers inside the transaction, committed continuously (the
-baseline); ``eager`` (tripwire's default) sends them at once and commits state
-and offsets every 100 ms in the background; ``eager-continuous`` commits those
-as often as the committer can.
+baseline); ``eager`` (tripwire's default) sends them — and, in the split
+pipeline, the messages between stages — at once and commits state and offsets
+every 100 ms in the background; ``eager-continuous`` commits those as often as
+the committer can; ``committed-hops`` sends answers at once but the split
+pipeline's internal messages with each stage's commit (``TRIPWIRE_HOPS=committed``).
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, byt
     return out
 
 
-MODES = {  # how answers leave the loop: (eager, commit interval ms)
-    "per-batch": (False, 0),  # answers inside the transaction, committed continuously (baseline)
-    "eager": (True, 100),  # the default: answers at once; state + offsets every 100 ms
-    "eager-continuous": (True, 0),  # answers at once; state + offsets committed continuously
-    "eager-1s": (True, 1000),  # answers at once; state + offsets every second
+MODES = {  # how answers leave the loop: (eager, commit interval ms, internal messages at once)
+    "per-batch": (False, 0, False),  # answers inside the transaction, committed continuously
+    "eager": (True, 100, True),  # the default: answers and hops at once; state every 100 ms
+    "eager-continuous": (True, 0, True),  # ... state + offsets committed continuously
+    "eager-1s": (True, 1000, True),  # ... state + offsets every second
+    "committed-hops": (True, 100, False),  # answers at once, internal messages with the commit
 }
 
 
@@ -86,7 +89,7 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
     from tripwire.streams.loop import BatchLoop, tune_gc
     from tripwire.streams.runner import stage_loop
 
-    eager, interval = MODES[mode]
+    eager, interval, hops = MODES[mode]
     if stages == ONE:
         loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in INPUTS],
                                    DecisionPath.default(), namespace=ns, batch_size=batch,
@@ -97,7 +100,8 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
         controls, library = ControlSet.from_dir(), FeatureLibrary()
         loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls,
                                library=library, state_dir=Path(state_dir), batch_size=batch,
-                               commit_interval_ms=interval, eager=eager, poll_timeout=0.005)
+                               commit_interval_ms=interval, eager=eager, eager_hops=hops,
+                               poll_timeout=0.005)
                  for s in stages}
     tune_gc()  # as `tripwire run stage` does
     done = threading.Event()

@@ -9,10 +9,21 @@ On a machine where the broker shares the cores, the spin starves the broker
 and makes the stall longer: the bad rounds of ``bench path`` (librdkafka
 threads at ~1.2 ms of CPU per event, commits of 1 to 3 s; docs/performance.md).
 
-The broker is frozen (SIGSTOP) for ``--seconds`` while a producer keeps sending
-bursts of decision-sized records; the CPU of librdkafka's threads meanwhile is
-compared with a non-idempotent producer sending the same bursts (the baseline:
-the same work without the in-flight limit), and with an idle one.
+The limit counts *messages*, not requests (``rktp_msgs_inflight``; librdkafka
+PR #4989), so the spin does not need a stalled broker: whenever a request of 5
+or more messages is in flight on a partition and more are queued, the thread
+spins until the acknowledgement. tripwire's answers therefore go through a
+producer that is not idempotent (``connectors.kafka.answer_producer``: acks=all,
+one request in flight, so retries keep the order).
+
+Two parts. **Frozen**: the broker is stopped (SIGSTOP) for ``--seconds`` while a
+producer keeps sending bursts of decision-sized records; the CPU of librdkafka's
+threads meanwhile is compared with a non-idempotent producer sending the same
+bursts (the baseline: the same work without the in-flight limit), and with an
+idle one. **Answering**: the broker runs; a decide stage's answers at 3,000
+events/s (60 records every 10 ms) are sent for ``--seconds``, and librdkafka's
+CPU per 1,000 records is compared between tripwire's answer producer (the
+baseline) and an idempotent one.
 
     .venv/bin/python -m bench stall --seconds 3
 """
@@ -28,7 +39,7 @@ import time
 from typing import Any
 
 from bench.common import bench_cluster, thread_cpu
-from tripwire.connectors.kafka import create_topics, producer
+from tripwire.connectors.kafka import answer_producer, create_topics, producer
 from tripwire.streams.topics import TopicSpec
 
 __all__ = ["main"]
@@ -36,10 +47,25 @@ __all__ = ["main"]
 # name, producer settings, partitions, bursts while frozen
 CASES: list[tuple[str, dict[str, Any], int, bool]] = [
     ("not idempotent (acks=all), bursts (baseline)", {"enable.idempotence": False}, 2, True),
-    ("idempotent, bursts (tripwire's answers)", {}, 2, True),
+    ("idempotent, bursts (answers before)", {}, 2, True),
     ("idempotent, 8 partitions, bursts", {}, 8, True),
     ("idempotent, nothing sent", {}, 2, False),
+    ("tripwire's answer producer, bursts", {"answers": True}, 2, True),
 ]
+# the broker answering: name, answer producer?
+LIVE: list[tuple[str, bool]] = [
+    ("tripwire's answer producer (baseline)", True),
+    ("idempotent (answers before)", False),
+]
+
+
+def _make(bootstrap: str, conf: dict[str, Any]) -> Any:
+    conf = dict(conf)
+    if conf.pop("answers", False):
+        return answer_producer(bootstrap, **{"queue.buffering.max.messages": 2_000_000,
+                                             **conf})
+    return producer(bootstrap, **{"linger.ms": 1, "queue.buffering.max.messages": 2_000_000,
+                                  **conf})
 
 
 def _rdk_cpu() -> float:
@@ -49,8 +75,7 @@ def _rdk_cpu() -> float:
 def _frozen(bootstrap: str, broker_pid: int, topic: str, conf: dict[str, Any],
             bursts: bool, seconds: float, burst: int, value: bytes) -> float:
     """Share of a core librdkafka's threads used while the broker was stopped."""
-    p = producer(bootstrap, **{"linger.ms": 1, "queue.buffering.max.messages": 2_000_000,
-                               **conf})
+    p = _make(bootstrap, conf)
     p.produce(topic, b"warm")
     p.flush(30)
     c0, t0 = _rdk_cpu(), time.monotonic()
@@ -70,6 +95,24 @@ def _frozen(bootstrap: str, broker_pid: int, topic: str, conf: dict[str, Any],
     return share
 
 
+def _answering(bootstrap: str, topic: str, answers: bool, seconds: float, burst: int,
+               value: bytes) -> float:
+    """librdkafka CPU microseconds per record sent while the broker answers."""
+    p = _make(bootstrap, {"answers": answers})
+    p.produce(topic, b"warm")
+    p.flush(30)
+    c0, sent = _rdk_cpu(), 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for i in range(burst):
+            p.produce(topic, value, b"k%d" % i)
+        sent += burst
+        p.poll(0)
+        time.sleep(0.01)
+    p.flush(120)
+    return (_rdk_cpu() - c0) / sent * 1e6
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench stall")
     ap.add_argument("--seconds", type=float, default=3.0, help="how long the broker is frozen")
@@ -85,10 +128,14 @@ def main(argv: list[str] | None = None) -> None:
         create_topics(cluster.bootstrap, "", [TopicSpec(f"stall-{n}", f"stall-{n}", "bench",
                                                         partitions=n) for n in (2, 8)])
         rows: dict[str, list[float]] = {name: [] for name, *_ in CASES}
+        live: dict[str, list[float]] = {name: [] for name, _ in LIVE}
         for _ in range(args.repeats):
             for name, conf, partitions, bursts in CASES:
                 rows[name].append(_frozen(cluster.bootstrap, cluster.pid, f"stall-{partitions}",
                                           conf, bursts, args.seconds, args.burst, value))
+            for name, answers in LIVE:
+                live[name].append(_answering(cluster.bootstrap, "stall-2", answers,
+                                             args.seconds, 60, value))
     print(f"\nbroker frozen {args.seconds:.0f} s; command: python -m bench stall "
           f"{' '.join(argv if argv is not None else sys.argv[2:])}")
     base = statistics.median(rows[CASES[0][0]])
@@ -97,3 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         rounds = "  ".join(f"{s:6.1%}" for s in shares)
         ratio = statistics.median(shares) / base if base > 0 else float("nan")
         print(f"{name:46} {rounds:>33} {ratio:>11.1f}")
+    print(f"\nbroker answering, 60 records every 10 ms for {args.seconds:.0f} s")
+    base = statistics.median(live[LIVE[0][0]])
+    print(f"{'case':46} {'librdkafka CPU µs per 1,000 records':>37} {'x baseline':>11}")
+    for name, costs in live.items():
+        rounds = "  ".join(f"{c * 1000:8.0f}" for c in costs)
+        print(f"{name:46} {rounds:>37} {statistics.median(costs) / base:>11.1f}")

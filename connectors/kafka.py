@@ -12,8 +12,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tripwire.streams.topics import TOPICS, TopicSpec
 
-__all__ = ["admin", "consume_available", "consumer", "create_topics", "delete_topics",
-           "produce_waiting", "producer"]
+__all__ = ["admin", "answer_producer", "consume_available", "consumer", "create_topics",
+           "delete_topics", "produce_waiting", "producer"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,32 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def answer_producer(bootstrap: str, **overrides: Any) -> Producer:
+    """A producer for answers: one record per event, sent at once (acks=all,
+    one request in flight, so a retry never reorders; a lost acknowledgement can
+    repeat a record, which consumers drop by its id).
+
+    Not idempotent, on purpose. librdkafka's idempotent producer counts the
+    *messages* in flight on a partition against its limit of 5 requests
+    (``rktp_msgs_inflight``; librdkafka PR #4989), so once a request holds 5
+    answers it sends nothing more to that partition until the acknowledgement,
+    and its broker thread spins meanwhile (the linger has passed, the wake-up is
+    "now"). Measured on the live pipeline at 3,000 events/s: the answer
+    producers' threads at 97 % of a core each for seconds at a time, 113-252 µs
+    of CPU per event against 14-19 µs with this producer (docs/performance.md).
+    """
+    conf: dict[str, Any] = {
+        **_base(bootstrap),
+        "enable.idempotence": False,
+        "acks": "all",
+        "max.in.flight.requests.per.connection": 1,
+        "linger.ms": 1,
         "compression.type": "lz4",
     }
     conf.update(overrides)

@@ -173,6 +173,7 @@ def run_stage(
         batch_size=settings.batch_size, node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None
         else node_timeout_ms,
         commit_interval_ms=settings.commit_interval_ms, eager=settings.delivery == "eager",
+        eager_hops=settings.hops == "eager",
         entities=nodes if s == "features" else None,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
         if settings.batch_table else None) for s in wanted}

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         "commit_interval_ms (answers at least once, same ids on a replay); transactional: "
         "answers inside the transaction (exactly once, visible after the commit).")
     commit_interval_ms: int = Field(default=100, ge=0, le=60_000)
+    hops: Literal["eager", "committed"] = Field(
+        default="eager",
+        description="How the live pipeline's stages pass events on: eager: at once, each "
+        "applied once by its position (milliseconds per hop); committed: with the sending "
+        "stage's transaction (a commit interval per hop, less CPU at moderate rates). "
+        "With delivery=transactional everything goes with the transactions.")
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     ingest_keys: str = Field(
         default="", repr=False,

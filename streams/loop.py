@@ -5,12 +5,13 @@ The processing is a pure function of the batch and the state (see
 
 * **eager** outputs (the topic keys a processor lists in ``eager``: decisions,
   control executions, quarantine records — what people and downstream systems
-  act on) are sent at once by an idempotent producer, so an event's answer never
-  waits for a commit;
-* everything else — internal records, audit records — together with the state
-  changes (changelog records) and the input offsets, goes into one Kafka
-  transaction every ``commit_interval_ms``, committed by a background thread
-  while the loop goes on deciding.
+  act on — and the live pipeline's messages between its stages) are sent at
+  once, so an event's answer never waits for a commit;
+* everything else — audit records, internal records of a processor that keeps
+  them for its commit — together with the state changes (changelog records) and
+  the input offsets, goes into one Kafka transaction every
+  ``commit_interval_ms``, committed by a background thread while the loop goes
+  on deciding.
 
 State therefore moves exactly once with the input offsets. Eager outputs are
 delivered at least once: after a crash or an aborted transaction the inputs
@@ -38,12 +39,17 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from tripwire.connectors.kafka import consume_available, create_topics, produce_waiting
+from tripwire.connectors.kafka import (
+    answer_producer,
+    consume_available,
+    create_topics,
+    produce_waiting,
+)
 from tripwire.connectors.kafka import consumer as make_consumer
 from tripwire.connectors.kafka import producer as make_producer
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
-from tripwire.streams.topics import TopicSpec, topic
+from tripwire.streams.topics import ANSWERS, TopicSpec, topic
 
 __all__ = ["BatchLoop", "LoopStats", "Processor", "send_outputs", "tune_gc"]
 
@@ -234,8 +240,24 @@ class BatchLoop:
             **{"transactional.id": transactional_id or f"{group_id}-{uuid.uuid4().hex[:12]}",
                "linger.ms": 2, **TXN_RETRY},
         )
-        self.eager_producer = make_producer(bootstrap, **{"linger.ms": 1}) \
-            if self.eager_keys else None
+        # answers (one record per event) and packed internal records (one per
+        # partition per batch) go out through different producers. Answers: see
+        # connectors.kafka.answer_producer for why it is not idempotent. Internal
+        # records keep the idempotent producer's order per partition, which the
+        # feature nodes' position check relies on, without serialising every
+        # partition behind one request in flight; they carry few messages per
+        # request, and a 5 ms linger halves what librdkafka's threads spend on
+        # them (the spin of answer_producer's note) at 1,000 events/s
+        self._eager_by_key: dict[str, Any] = {}
+        answers = internal = None
+        for key in sorted(self.eager_keys):
+            if key in ANSWERS:
+                answers = answers or answer_producer(bootstrap)
+                self._eager_by_key[key] = answers
+            else:
+                internal = internal or make_producer(bootstrap, **{"linger.ms": 5})
+                self._eager_by_key[key] = internal
+        self.eager_producers = [p for p in (answers, internal) if p is not None]
         self._create_changelogs()
         self._bind_routes()
         self.producer.init_transactions(30)
@@ -449,17 +471,24 @@ class BatchLoop:
         into the current transaction's chunk."""
         later = outputs
         if self.eager_keys and outputs:
-            assert self.eager_producer is not None
-            eager: list[OutRecord] = []
+            by_key = self._eager_by_key
+            eager: dict[int, list[OutRecord]] = {}
             later = []
             for o in outputs:
-                (eager if o.topic_key in self.eager_keys else later).append(o)
-            self._send(self.eager_producer, eager, self._on_eager_delivery)
-            self.eager_producer.poll(0)
-            self._eager_sent += len(eager)
-            self.stats.eager += len(eager)
-            for o in eager:
-                self.stats.produced[o.topic_key] += 1
+                p = by_key.get(o.topic_key)
+                if p is None:
+                    later.append(o)
+                else:
+                    eager.setdefault(id(p), []).append(o)
+            for p in self.eager_producers:
+                sent = eager.get(id(p))
+                if sent:
+                    self._send(p, sent, self._on_eager_delivery)
+                    p.poll(0)
+                    self._eager_sent += len(sent)
+                    self.stats.eager += len(sent)
+                    for o in sent:
+                        self.stats.produced[o.topic_key] += 1
         pending, self.state.pending = self.state.pending, []
         if later or pending or offsets:
             self._chunk.add(later, pending, offsets, events)
@@ -580,11 +609,14 @@ class BatchLoop:
         meanwhile, and sends without lingering while it waits — measured, it held
         an intake's commit for up to 2 s and multiplied librdkafka's CPU.
         """
-        if self.eager_producer is None:
+        if not self.eager_producers:
             return True
         deadline = time.monotonic() + timeout
+        *others, last = self.eager_producers
         while self._eager_done < upto and time.monotonic() < deadline:
-            self.eager_producer.poll(0.01)
+            for p in others:
+                p.poll(0)
+            last.poll(0.01)
         with self._eager_lock:
             err, self._eager_error = self._eager_error, None
             left = upto - self._eager_done
@@ -627,7 +659,7 @@ class BatchLoop:
             self.consumer.close()  # revokes: everything commits, stores are checkpointed
         finally:
             self._committer.shutdown(wait=True)
-            if self.eager_producer is not None:
-                self.eager_producer.flush(10)
+            for p in self.eager_producers:
+                p.flush(10)
             self.producer.flush(10)
             self.state.close()

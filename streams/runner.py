@@ -50,17 +50,19 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                entities: Sequence[str] | None = None,
                batch: BatchTable | None = None,
                sources: Sequence[ReleaseSource] = (), commit_interval_ms: int = 100,
-               eager: bool = True, poll_timeout: float = 0.1) -> BatchLoop:
+               eager: bool = True, eager_hops: bool = True,
+               poll_timeout: float = 0.1) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
     ``entities`` limits a features loop to some nodes, which then scale apart;
     ``sources``: where the decide stage takes control releases from; ``eager`` and
     ``commit_interval_ms``: how answers and state leave the loop, see
-    :class:`~tripwire.streams.loop.BatchLoop`)."""
+    :class:`~tripwire.streams.loop.BatchLoop`; ``eager_hops``: internal messages go
+    out at once too, see :mod:`~tripwire.streams.pipeline`)."""
     if processor is None:
         if stage == "intake":
-            processor = IntakeStage(codec, library)
+            processor = IntakeStage(codec, library, eager_hops=eager_hops)
         elif stage == "features":
-            processor = FeatureStage(codec, library)
+            processor = FeatureStage(codec, library, eager_hops=eager_hops)
         else:
             processor = DecisionStage(codec, controls, node_timeout_ms, library=library,
                                       batch=batch, sources=sources)

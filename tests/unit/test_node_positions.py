@@ -1,0 +1,108 @@
+"""A feature node applies each event once, however often an intake sends its
+request: after an intake's abort or crash it reads its inputs again from its last
+commit and sends the same requests again (internal messages go out at once), and
+the node skips every position it has applied — also after its own restore."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+from tripwire.features.engine import FeatureLibrary
+from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.registry import SchemaStore
+from tripwire.streams.pipeline import FEATURE_REQUESTS, FeatureStage, IntakeStage, unpack
+from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.state import StateManager
+
+CODEC = AvroCodec(SchemaStore.default())
+LIBRARY = FeatureLibrary()
+T0 = 1_790_000_000_000
+INPUT = "payments.card.v1"
+
+
+def _events(n: int) -> list[InRecord]:
+    evs = list(normal_card_payments(1, T0, n, cards=1))
+    return [InRecord(INPUT, 0, i, b"k", CODEC.encode(CARD_SCHEMA, ev), T0)
+            for i, ev in enumerate(evs)]
+
+
+def _requests(batch: list[InRecord]) -> list[InRecord]:
+    """What a fresh intake (state of its last commit: none) sends the card node."""
+    intake = IntakeStage(CODEC, LIBRARY)
+    state = StateManager(intake.name, list(intake.stores))
+    for tp in {(r.topic, r.partition) for r in batch}:
+        state.open_partition(tp)
+    out = intake.process(batch, T0, state)
+    node = [o for o in out if o.topic_key == "features_card"]
+    assert node, "the card node gets requests"
+    return [InRecord("tripwire.features.card.v1", 0, i, None, o.value, T0)
+            for i, o in enumerate(node)]
+
+
+def _node() -> tuple[FeatureStage, StateManager]:
+    stage = FeatureStage(CODEC, LIBRARY)
+    state = StateManager(stage.name, list(stage.stores))
+    state.open_partition(("tripwire.features.card.v1", 0))
+    return stage, state
+
+
+def _fragments(out: list[OutRecord]) -> dict[str, dict[str, Any]]:
+    """identity → feature values, from a node's packed fragments."""
+    return {item[0]: item[3] for o in out for item in unpack(CODEC.decode(o.value)[1])}
+
+
+def test_requests_sent_again_are_not_counted_twice() -> None:
+    batch = _events(6)
+    stage, state = _node()
+    first = _fragments(stage.process(_requests(batch[:4]), T0, state))
+    assert len(first) == 4
+
+    # the intake aborted after sending: it reads offsets 0..5 again and sends all
+    again = _fragments(stage.process(_requests(batch), T0, state))
+    assert stage.skipped == 4
+
+    # the values equal those of a node that saw each request once
+    once, once_state = _node()
+    want = _fragments(once.process(_requests(batch), T0, once_state))
+    assert set(again) == set(want) - set(first)
+    assert {**first, **again} == want
+    counts = [v for v in want.values() if any(isinstance(x, int) and x > 1 for x in v.values())]
+    assert counts, "the card's windows count more than one event"
+
+
+def test_positions_are_kept_in_the_state_and_restored() -> None:
+    batch = _events(5)
+    stage, state = _node()
+    stage.process(_requests(batch[:3]), T0, state)
+    state.checkpoint()  # what the loop does before each commit
+
+    # another worker restores the partition from the changelog records
+    restored, rstate = _node()
+    tp = ("tripwire.features.card.v1", 0)
+    for i, (store, _tp, key, value) in enumerate(state.pending):
+        rstate.apply(store, tp, key, value, i)
+    out = _fragments(restored.process(_requests(batch), T0, rstate))
+    assert restored.skipped == 3 and len(out) == 2
+
+    # after a rollback (drop) the positions come from the store again, not memory
+    restored.drop([tp])
+    assert restored.process(_requests(batch), T0, rstate) == []
+    assert restored.skipped == 3 + 5
+
+
+def test_requests_without_a_position_are_applied() -> None:
+    """Requests of an intake from before positions were sent (5 fields)."""
+    stage, state = _node()
+    recs = _requests(_events(2))
+    old = []
+    for r in recs:
+        packed = CODEC.decode(r.value)[1]
+        items = [item[:5] for item in unpack(packed)]
+        (o,) = IntakeStage(CODEC, LIBRARY).pack(CODEC, FEATURE_REQUESTS, "features_card",
+                                                [(b"k", i) for i in items], as_json=True,
+                                                entity="card")
+        old.append(InRecord(r.topic, 0, r.offset, None, o.value, T0))
+    assert len(_fragments(stage.process(old, T0, state))) == 2
+    assert len(_fragments(stage.process(old, T0, state))) == 2  # no position: no check
+    assert stage.skipped == 0
