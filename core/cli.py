@@ -172,7 +172,7 @@ def run_stage(
         state_dir=settings.state_dir / "stores" / (ns or "default"),
         batch_size=settings.batch_size, node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None
         else node_timeout_ms,
-        commit_interval_ms=settings.commit_interval_ms, eager=settings.delivery == "eager",
+        commit_interval_ms=settings.commit_interval(), eager=settings.delivery == "eager",
         eager_hops=settings.hops == "eager",
         entities=nodes if s == "features" else None,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)

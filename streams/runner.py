@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tripwire.config import commit_interval_for
 from tripwire.connectors.control_sources import ReleaseSource
 from tripwire.connectors.events import EventProducer
 from tripwire.controls.engine import ControlSet
@@ -49,7 +50,7 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                processor: Processor | None = None,
                entities: Sequence[str] | None = None,
                batch: BatchTable | None = None,
-               sources: Sequence[ReleaseSource] = (), commit_interval_ms: int = 100,
+               sources: Sequence[ReleaseSource] = (), commit_interval_ms: int | None = None,
                eager: bool = True, eager_hops: bool = True,
                poll_timeout: float = 0.1) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
@@ -57,7 +58,10 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     ``sources``: where the decide stage takes control releases from; ``eager`` and
     ``commit_interval_ms``: how answers and state leave the loop, see
     :class:`~tripwire.streams.loop.BatchLoop`; ``eager_hops``: internal messages go
-    out at once too, see :mod:`~tripwire.streams.pipeline`)."""
+    out at once too, see :mod:`~tripwire.streams.pipeline`; the commit interval
+    defaults to :func:`~tripwire.config.commit_interval_for` the hops)."""
+    if commit_interval_ms is None:
+        commit_interval_ms = commit_interval_for(eager_hops)
     if processor is None:
         if stage == "intake":
             processor = IntakeStage(codec, library, eager_hops=eager_hops)
