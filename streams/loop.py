@@ -247,7 +247,11 @@ class BatchLoop:
         # feature nodes' position check relies on, without serialising every
         # partition behind one request in flight; they carry few messages per
         # request, and a 5 ms linger halves what librdkafka's threads spend on
-        # them (the spin of answer_producer's note) at 1,000 events/s
+        # them (the spin of answer_producer's note) at 1,000 events/s. They never
+        # time out: a request given up after message.timeout.ms while a later one
+        # to the same partition got through would be a gap the position check
+        # cannot see (the later position applied, the earlier one skipped when
+        # sent again); a broker away for that long holds the stage instead
         self._eager_by_key: dict[str, Any] = {}
         answers = internal = None
         for key in sorted(self.eager_keys):
@@ -255,7 +259,8 @@ class BatchLoop:
                 answers = answers or answer_producer(bootstrap)
                 self._eager_by_key[key] = answers
             else:
-                internal = internal or make_producer(bootstrap, **{"linger.ms": 5})
+                internal = internal or make_producer(
+                    bootstrap, **{"linger.ms": 5, "message.timeout.ms": 0})
                 self._eager_by_key[key] = internal
         self.eager_producers = [p for p in (answers, internal) if p is not None]
         self._create_changelogs()
@@ -621,6 +626,8 @@ class BatchLoop:
             err, self._eager_error = self._eager_error, None
             left = upto - self._eager_done
         if err is not None:
+            if err.fatal():  # the producer can send nothing more: fail the worker loudly
+                raise KafkaException(err)
             logger.warning("an answer was not delivered (%s); reading again from the last "
                            "commit", err)
             return False
