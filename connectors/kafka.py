@@ -42,7 +42,9 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
 def answer_producer(bootstrap: str, **overrides: Any) -> Producer:
     """A producer for answers: one record per event, sent at once (acks=all,
     one request in flight, so a retry never reorders; a lost acknowledgement can
-    repeat a record, which consumers drop by its id).
+    repeat a record, which consumers drop by its id). One request in flight is
+    per broker connection: the partitions a broker leads take turns, each request
+    carrying everything queued for its partition meanwhile.
 
     Not idempotent, on purpose. librdkafka's idempotent producer counts the
     *messages* in flight on a partition against its limit of 5 requests
