@@ -477,23 +477,21 @@ class BatchLoop:
         later = outputs
         if self.eager_keys and outputs:
             by_key = self._eager_by_key
-            eager: dict[int, list[OutRecord]] = {}
+            eager: dict[Any, list[OutRecord]] = {}  # producer → its records
             later = []
             for o in outputs:
                 p = by_key.get(o.topic_key)
                 if p is None:
                     later.append(o)
                 else:
-                    eager.setdefault(id(p), []).append(o)
-            for p in self.eager_producers:
-                sent = eager.get(id(p))
-                if sent:
-                    self._send(p, sent, self._on_eager_delivery)
-                    p.poll(0)
-                    self._eager_sent += len(sent)
-                    self.stats.eager += len(sent)
-                    for o in sent:
-                        self.stats.produced[o.topic_key] += 1
+                    eager.setdefault(p, []).append(o)
+            for p, sent in eager.items():
+                self._send(p, sent, self._on_eager_delivery)
+                p.poll(0)
+                self._eager_sent += len(sent)
+                self.stats.eager += len(sent)
+                for o in sent:
+                    self.stats.produced[o.topic_key] += 1
         pending, self.state.pending = self.state.pending, []
         if later or pending or offsets:
             self._chunk.add(later, pending, offsets, events)

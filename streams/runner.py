@@ -61,7 +61,7 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     out at once too, see :mod:`~tripwire.streams.pipeline`; the commit interval
     defaults to :func:`~tripwire.config.commit_interval_for` the hops)."""
     if commit_interval_ms is None:
-        commit_interval_ms = commit_interval_for(eager_hops)
+        commit_interval_ms = commit_interval_for(eager_hops and eager)
     if processor is None:
         if stage == "intake":
             processor = IntakeStage(codec, library, eager_hops=eager_hops)
