@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from helpers import INPUT_OF
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_to_end
@@ -79,10 +80,6 @@ def test_backtest_decisions_are_the_live_decisions(kafka: KafkaCluster, tmp_path
     assert sum(d["repeat"] for d in live) == 5
 
 
-_TOPIC_OF = {"CardPayment": ("card_payments", "card_token"), "LoginEvent": ("logins", "user_id"),
-             "FpsMessage": ("fps", "account_id")}
-
-
 def test_backtest_decisions_are_the_live_pipelines_across_topics(
         kafka: KafkaCluster, tmp_path: Path) -> None:
     ns = f"t-pipeline-identity-{uuid.uuid4().hex[:6]}."
@@ -109,7 +106,7 @@ def test_backtest_decisions_are_the_live_pipelines_across_topics(
     try:
         pipeline.wait_assigned()
         for i, (kind, ev) in enumerate(traffic):
-            name, field = _TOPIC_OF[kind]
+            name, field = INPUT_OF[kind]
             prod.send(topic(name, ns), EVENT_KINDS[f"tripwire.events.{kind}"].schema, ev,
                       ev[field])
             prod.flush()

@@ -20,11 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
+from helpers import committed_inputs
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.kafka import consumer
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
     magstripe_contactless_attack,
@@ -64,16 +63,6 @@ def _send_cards(kafka: KafkaCluster, ns: str, path: DecisionPath) -> list[dict]:
     return events
 
 
-def _committed(kafka: KafkaCluster, group: str, ns: str) -> int:
-    c = consumer(kafka.bootstrap, group)
-    try:
-        name = topic("card_payments", ns)
-        got = c.committed([TopicPartition(name, p) for p in range(3)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in got)
-    finally:
-        c.close()
-
-
 def test_decisions_precede_the_commit_and_a_crash_replays_them_identically(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
     path = DecisionPath.default()
@@ -87,7 +76,7 @@ def test_decisions_precede_the_commit_and_a_crash_replays_them_identically(
         first = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events),
                            timeout=90)
         assert len(first) == len(events), worker.stderr and worker.poll()
-        assert _committed(kafka, group, topics) == 0  # every decision came before any commit
+        assert committed_inputs(kafka, group, topics) == 0  # every decision came before any commit
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
@@ -97,7 +86,7 @@ def test_decisions_precede_the_commit_and_a_crash_replays_them_identically(
                      namespace=topics, batch_size=50, state_dir=state)
     stats = loop.run(threading.Event(), idle_exit=3.0)
     assert stats.consumed == len(events) and stats.commits >= 1
-    assert _committed(kafka, group, topics) == len(events)
+    assert committed_inputs(kafka, group, topics) == len(events)
 
     decisions = [path.codec.decode(m.value())[1] for m in read_topic(
         kafka.bootstrap, [topic("decisions", topics)], 2 * len(events), timeout=30)]
@@ -197,7 +186,7 @@ def test_an_aborted_commit_returns_every_partition_to_the_last_commit(
     # the refused record aborts one transaction; librdkafka may need one more abort
     # to bump the producer epoch (OUT_OF_ORDER_SEQUENCE_NUMBER) — each goes back
     assert processor.poisoned and stats.aborted >= 1
-    assert _committed(kafka, f"{topics}counting", topics) == 60
+    assert committed_inputs(kafka, f"{topics}counting", topics) == 60
 
     answers = [m.value().decode() for m in read_topic(
         kafka.bootstrap, [topic("decisions", topics)], 200, timeout=15)]

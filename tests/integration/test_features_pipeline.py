@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import publish
 from oracle import brute_force
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.events import EventProducer, read_to_end, read_topic
+from tripwire.connectors.events import read_to_end, read_topic
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
@@ -31,18 +32,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 CODEC = AvroCodec(SchemaStore.default())
 LIB = FeatureLibrary()
 CONTROLS = ControlSet.from_dir()
-TOPIC_OF = {"CardPayment": ("card_payments", "card_token"), "LoginEvent": ("logins", "user_id"),
-            "FpsMessage": ("fps", "account_id")}
-
-
-def _publish(kafka: KafkaCluster, ns: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-    prod = EventProducer(kafka.bootstrap, CODEC)
-    for kind, ev in events:
-        key, field = TOPIC_OF[kind]
-        prod.send(topic(key, ns), EVENT_KINDS[f"tripwire.events.{kind}"].schema, ev, ev[field])
-    prod.flush()
-
-
 def _run_until(kafka: KafkaCluster, ns: str, loops: dict, decided: int,
                timeout: float = 120) -> list[dict[str, Any]]:
     pipeline = Pipeline.start(loops)
@@ -73,12 +62,12 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
     traffic = mixed_traffic(7, now - 30 * 60_000, 360)
     first, second = traffic[:180], traffic[180:]
 
-    _publish(kafka, topics, first)
+    publish(kafka, topics, CODEC, first)
     decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2), len(first))
     assert len(decisions) == len(first)
     for d in (tmp_path / "w1", tmp_path / "w2"):
         shutil.rmtree(d, ignore_errors=True)  # lose the feature workers' disks
-    _publish(kafka, topics, second)
+    publish(kafka, topics, CODEC, second)
     decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2), len(traffic))
     assert len(decisions) == len(traffic)
     by_event = {d["event_id"]: d for d in decisions}
@@ -147,7 +136,7 @@ def test_a_slow_node_leaves_a_partial_result_and_the_decision_goes_ahead(
         traffic = [(k, ev) for k, ev in mixed_traffic(3, now - 600_000, 60)
                    if k == "CardPayment" and ev["ip"] is not None][:3]
         sent = time.monotonic()
-        _publish(kafka, topics, traffic)
+        publish(kafka, topics, CODEC, traffic)
         msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(traffic),
                           timeout=30)
         waited = time.monotonic() - sent
@@ -168,11 +157,11 @@ def test_repeats_through_the_live_pipeline_get_the_first_decision(
         kafka: KafkaCluster, topics: str, tmp_path: Path, eager_hops: bool) -> None:
     now = int(time.time() * 1000)
     traffic = mixed_traffic(5, now - 30 * 60_000, 30)
-    _publish(kafka, topics, traffic)
+    publish(kafka, topics, CODEC, traffic)
     resent = traffic[:6]
     kind, card = next((k, e) for k, e in traffic[6:] if k == "CardPayment")
     changed = [(kind, {**card, "amount_minor": card["amount_minor"] + 1})]
-    _publish(kafka, topics, resent + changed)
+    publish(kafka, topics, CODEC, resent + changed)
     decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 1,
                                                  eager_hops=eager_hops), 36)
     firsts = {d["event_id"]: d for d in decisions if not d["repeat"]}

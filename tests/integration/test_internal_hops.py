@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from helpers import committed_inputs, publish
 from oracle import brute_force
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.kafka import consumer
+from tripwire.connectors.events import read_topic
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
@@ -54,29 +53,12 @@ _INTAKE_NEVER_COMMITS = textwrap.dedent("""
 """)
 
 
-def _publish(kafka: KafkaCluster, ns: str, events: list[dict[str, Any]]) -> None:
-    prod = EventProducer(kafka.bootstrap, CODEC)
-    for ev in events:
-        prod.send(topic("card_payments", ns), CARD_SCHEMA, ev, ev["card_token"])
-    prod.flush()
-
-
-def _committed(kafka: KafkaCluster, group: str, ns: str) -> int:
-    c = consumer(kafka.bootstrap, group)
-    try:
-        got = c.committed([TopicPartition(topic("card_payments", ns), p) for p in range(3)],
-                          timeout=10)
-        return sum(max(tp.offset, 0) for tp in got)
-    finally:
-        c.close()
-
-
 def test_an_intake_dying_before_its_commit_sends_again_and_nothing_counts_twice(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
     now = int(time.time() * 1000)
     events = list(normal_card_payments(11, now - 20 * 60_000, 30, cards=1, gap_ms=20_000))
     first, later = events[:20], events[20:]
-    _publish(kafka, topics, first)
+    publish(kafka, topics, CODEC, [("CardPayment", e) for e in first])
 
     common: dict[str, Any] = dict(codec=CODEC, controls=ControlSet.from_dir(), library=LIB,
                                   batch_size=10)
@@ -95,13 +77,13 @@ def test_an_intake_dying_before_its_commit_sends_again_and_nothing_counts_twice(
                              timeout=120)
             assert len(got) == len(first), worker.poll()
             # decided through both internal hops before the intake committed anything
-            assert _committed(kafka, f"{topics}tripwire.intake", topics) == 0
+            assert committed_inputs(kafka, f"{topics}tripwire.intake", topics) == 0
         finally:
             worker.kill()
             worker.wait(30)
 
         # a new intake takes over from the last commit (none): every request again
-        _publish(kafka, topics, later)
+        publish(kafka, topics, CODEC, [("CardPayment", e) for e in later])
         intake = Pipeline.start({"intake": stage_loop(
             "intake", kafka.bootstrap, topics, state_dir=tmp_path / "i2", **common)})
         try:  # (once the dead member's session has expired and its partitions move)
