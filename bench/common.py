@@ -32,10 +32,14 @@ def thread_cpu(pid: int | None = None) -> dict[str, float]:
     for task in Path(f"/proc/{pid or os.getpid()}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip().rstrip("0123456789")
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            try:  # nanoseconds on the CPU; stat counts in ticks of 10 ms
+                seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                seconds = (int(fields[11]) + int(fields[12])) / CLK
         except OSError:  # the thread ended
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK
+        out[name] = out.get(name, 0.0) + seconds
     return out
 
 

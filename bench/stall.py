@@ -36,6 +36,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import bench_cluster, thread_cpu
@@ -44,38 +45,45 @@ from tripwire.streams.topics import TopicSpec
 
 __all__ = ["main"]
 
-# name, producer settings, partitions, bursts while frozen
-CASES: list[tuple[str, dict[str, Any], int, bool]] = [
-    ("not idempotent (acks=all), bursts (baseline)", {"enable.idempotence": False}, 2, True),
-    ("idempotent, bursts (answers before)", {}, 2, True),
-    ("idempotent, 8 partitions, bursts", {}, 8, True),
-    ("idempotent, nothing sent", {}, 2, False),
-    ("tripwire's answer producer, bursts", {"answers": True}, 2, True),
-]
-# the broker answering: name, answer producer?
-LIVE: list[tuple[str, bool]] = [
-    ("tripwire's answer producer (baseline)", True),
-    ("idempotent (answers before)", False),
-]
+_QUEUE = {"queue.buffering.max.messages": 2_000_000}
+Make = Callable[[str], Any]  # bootstrap → producer
 
 
-def _make(bootstrap: str, conf: dict[str, Any]) -> Any:
-    conf = dict(conf)
-    if conf.pop("answers", False):
-        return answer_producer(bootstrap, **{"queue.buffering.max.messages": 2_000_000,
-                                             **conf})
-    return producer(bootstrap, **{"linger.ms": 1, "queue.buffering.max.messages": 2_000_000,
-                                  **conf})
+def _idempotent(bootstrap: str) -> Any:  # as tripwire's answers were before
+    return producer(bootstrap, **{"linger.ms": 1, **_QUEUE})
+
+
+def _not_idempotent(bootstrap: str) -> Any:
+    return producer(bootstrap, **{"linger.ms": 1, "enable.idempotence": False, **_QUEUE})
+
+
+def _answers(bootstrap: str) -> Any:  # tripwire's answer producer
+    return answer_producer(bootstrap, **_QUEUE)
+
+
+# name, producer, partitions, bursts while frozen
+CASES: list[tuple[str, Make, int, bool]] = [
+    ("not idempotent (acks=all), bursts (baseline)", _not_idempotent, 2, True),
+    ("idempotent, bursts (answers before)", _idempotent, 2, True),
+    ("idempotent, 8 partitions, bursts", _idempotent, 8, True),
+    ("idempotent, nothing sent", _idempotent, 2, False),
+    ("tripwire's answer producer, bursts", _answers, 2, True),
+]
+# the broker answering: name, producer
+LIVE: list[tuple[str, Make]] = [
+    ("tripwire's answer producer (baseline)", _answers),
+    ("idempotent (answers before)", _idempotent),
+]
 
 
 def _rdk_cpu() -> float:
     return sum(v for k, v in thread_cpu().items() if k.startswith("rdk:"))
 
 
-def _frozen(bootstrap: str, broker_pid: int, topic: str, conf: dict[str, Any],
+def _frozen(bootstrap: str, broker_pid: int, topic: str, make: Make,
             bursts: bool, seconds: float, burst: int, value: bytes) -> float:
     """Share of a core librdkafka's threads used while the broker was stopped."""
-    p = _make(bootstrap, conf)
+    p = make(bootstrap)
     p.produce(topic, b"warm")
     p.flush(30)
     c0, t0 = _rdk_cpu(), time.monotonic()
@@ -95,10 +103,10 @@ def _frozen(bootstrap: str, broker_pid: int, topic: str, conf: dict[str, Any],
     return share
 
 
-def _answering(bootstrap: str, topic: str, answers: bool, seconds: float, burst: int,
+def _answering(bootstrap: str, topic: str, make: Make, seconds: float, burst: int,
                value: bytes) -> float:
     """librdkafka CPU microseconds per record sent while the broker answers."""
-    p = _make(bootstrap, {"answers": answers})
+    p = make(bootstrap)
     p.produce(topic, b"warm")
     p.flush(30)
     c0, sent = _rdk_cpu(), 0
@@ -130,11 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         rows: dict[str, list[float]] = {name: [] for name, *_ in CASES}
         live: dict[str, list[float]] = {name: [] for name, _ in LIVE}
         for _ in range(args.repeats):
-            for name, conf, partitions, bursts in CASES:
+            for name, make, partitions, bursts in CASES:
                 rows[name].append(_frozen(cluster.bootstrap, cluster.pid, f"stall-{partitions}",
-                                          conf, bursts, args.seconds, args.burst, value))
-            for name, answers in LIVE:
-                live[name].append(_answering(cluster.bootstrap, "stall-2", answers,
+                                          make, bursts, args.seconds, args.burst, value))
+            for name, make in LIVE:
+                live[name].append(_answering(cluster.bootstrap, "stall-2", make,
                                              args.seconds, 60, value))
     print(f"\nbroker frozen {args.seconds:.0f} s; command: python -m bench stall "
           f"{' '.join(argv if argv is not None else sys.argv[2:])}")
