@@ -129,7 +129,9 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
                            for k, v in st.commit_phases.items())
         print(f"  worker {os.getpid()} {name}: {st.consumed} records in {st.batches} batches "
               f"({st.consumed / max(st.batches, 1):.0f} per batch), {st.commits} commits; "
-              f"process {st.process_seconds / max(st.batches, 1) * 1000:.1f} ms per batch, "
+              f"process {st.process_seconds / max(st.batches, 1) * 1000:.1f} ms per batch "
+              f"(CPU {st.process_cpu_seconds / max(st.batches, 1) * 1000:.2f}; the loop's "
+              f"thread {st.thread_cpu_seconds / max(st.batches, 1) * 1000:.2f}), "
               f"commit {st.commit_seconds / max(st.commits, 1) * 1000:.1f} ms per "
               f"transaction ({phases}), "
               f"waited {st.wait_seconds:.2f} s for the committer; changelogs "

@@ -123,6 +123,8 @@ class LoopStats:
     commits: int = 0
     eager: int = 0  # outputs sent at once, outside the transaction
     process_seconds: float = 0.0  # wall time in the processor
+    process_cpu_seconds: float = 0.0  # CPU time of the loop's thread in the processor
+    thread_cpu_seconds: float = 0.0  # CPU time of the loop's thread in all, when it ended
     commit_seconds: float = 0.0  # wall time producing and committing transactions (background)
     wait_seconds: float = 0.0  # wall time the loop waited for the committer
     # where commit time goes: waiting for eager acknowledgements, begin + produce,
@@ -422,6 +424,7 @@ class BatchLoop:
                         break
                 self._hand_over()
         finally:
+            self.stats.thread_cpu_seconds = time.thread_time()
             self.close()
         return self.stats
 
@@ -457,8 +460,9 @@ class BatchLoop:
 
     def _run_batch(self, msgs: list[Message]) -> None:
         records = [_to_record(m) for m in msgs]
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         outputs = self.processor.process(records, int(time.time() * 1000), self.state)
+        self.stats.process_cpu_seconds += time.thread_time() - cpu
         self.stats.process_seconds += time.monotonic() - started
         offsets: dict[tuple[str, int], int] = {}
         for r in records:
