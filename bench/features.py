@@ -80,7 +80,7 @@ def _requests(codec: AvroCodec, lib: FeatureLibrary, records: list[InRecord], no
     chunks, n = [], 0
     for i in range(0, len(records), batch):
         outs = [o for o in intake.process(records[i:i + batch], now, state)
-                if o.topic_key.startswith("features_")]
+                if o.topic_key.startswith("features")]
         n += sum(codec.decode(o.value)[1]["count"] for o in outs)
         chunks.append(outs)
     return chunks, n
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             timed = TimedStage(codec, lib)
             state_dir = Path(tempfile.mkdtemp(prefix="bench-features-"))
             loop = BatchLoop(cluster.bootstrap, f"{ns}features",
-                             [topic(f"features_{e}", ns) for e in lib.entities()],
+                             [topic("features", ns)],
                              timed, namespace=ns, batch_size=1000,
                              state_dir=state_dir)
             stop = threading.Event()

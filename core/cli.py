@@ -131,7 +131,9 @@ def _controls_and_sources(directory: Path | None, follow_topic: bool, bootstrap:
 def run_stage(
     stages: list[str] = typer.Argument(
         ..., help="intake, features, decide, or all (several run as threads of one process)"),
-    entities: str = typer.Option("", help="features only: serve these nodes (comma list)"),
+    entities: str = typer.Option(
+        "", help="features only: serve these nodes apart, from their own topics (comma "
+        "list; each must be in TRIPWIRE_NODES_APART, which the intake routes by)"),
     node_timeout_ms: int | None = typer.Option(
         None, help="decide: wait this long (ms) for a feature node before deciding without "
         "it, its error recorded [default: tripwire.streams.pipeline.NODE_TIMEOUT_MS]"),
@@ -164,6 +166,12 @@ def run_stage(
     bootstrap, ns = _bootstrap(settings), settings.topic_namespace
     library = FeatureLibrary()
     nodes = [e.strip() for e in entities.split(",") if e.strip()] or None
+    apart = settings.apart()
+    if nodes and not set(nodes) <= apart:
+        raise TripwireError(
+            f"--entities {','.join(sorted(set(nodes) - apart))}: not served apart; the "
+            "intake sends every entity not in TRIPWIRE_NODES_APART "
+            f"(now {','.join(sorted(apart)) or 'empty'}) to the shared feature topic")
     codec = AvroCodec.from_url(settings.schema_registry_url)
     controls, sources = _controls_and_sources(controls_dir, follow_topic and "decide" in wanted,
                                               bootstrap, ns, codec)
@@ -174,7 +182,7 @@ def run_stage(
         else node_timeout_ms,
         commit_interval_ms=settings.commit_interval(), eager=settings.delivery == "eager",
         eager_hops=settings.hops == "eager",
-        entities=nodes if s == "features" else None,
+        entities=nodes if s == "features" else None, apart=apart,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
         if settings.batch_table else None) for s in wanted}
     deferred = [attach_deferred(loop.processor.decider, bootstrap, ns, codec)  # tier 2

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "commit_interval_for", "default_cache_dir", "default_state_dir"]
@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         "applied once by its position (milliseconds per hop); committed: with the sending "
         "stage's transaction (a commit interval per hop, less CPU at moderate rates). "
         "With delivery=transactional everything goes with the transactions.")
+    nodes_apart: str = Field(
+        default="",
+        description="Feature entities served apart (comma list, e.g. 'ip'): their requests "
+        "go to a topic of their own, served by `tripwire run stage features --entities ...`; "
+        "every other entity shares tripwire.features.v1. The intake and the feature "
+        "workers must agree on it.")
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     ingest_keys: str = Field(
         default="", repr=False,
@@ -95,6 +101,20 @@ class Settings(BaseSettings):
     batch_table: Path | None = Field(
         default=None, description="JSON Lines reference data for the batch feature node.")
     batch_refresh_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("nodes_apart")
+    @classmethod
+    def _known_entities(cls, value: str) -> str:
+        from tripwire.features.spec import ENTITIES
+
+        unknown = sorted({e.strip() for e in value.split(",") if e.strip()} - set(ENTITIES))
+        if unknown:
+            raise ValueError(f"unknown entities {unknown}; known: {', '.join(ENTITIES)}")
+        return value
+
+    def apart(self) -> frozenset[str]:
+        """The entities served apart (``nodes_apart``)."""
+        return frozenset(e.strip() for e in self.nodes_apart.split(",") if e.strip())
 
     def commit_interval(self) -> int:
         """The commit interval in ms: the setting, or the default for how events

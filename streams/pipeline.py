@@ -1,16 +1,19 @@
 """The live decision path, split across Kafka by entity so any number of workers
 compute exact features:
 
-    inputs ──► intake ──► tripwire.features.<entity>.v1 ──► features ──┐
-      (card, login,  │      (keyed by entity: card, account, device,   │
-       FPS topics)   │       ip, payee, ...)                           ▼
+    inputs ──► intake ──► tripwire.features.v1 ──────────► features ──┐
+      (card, login,  │      (keyed by entity key: card, account,        │
+       FPS topics)   │       device, ip, payee, ...)                    ▼
                      └───────────────► tripwire.gather.v1 ──► decide ──► decisions
                         (the event, keyed by identity)   (fragments, keyed by identity)
 
 * **intake** (per input partition): decode, validate, dedup; one feature request
   per entity of the event, and the event itself to the gather topic.
-* **features** (per entity partition): every entity key's state lives on exactly
-  one partition, so windows are exact whatever the number of workers.
+* **features** (per node partition): every entity key's state lives on exactly
+  one partition, so windows are exact whatever the number of workers. Every
+  entity shares one topic (an intake batch costs one produce request per
+  partition it writes); an entity listed in ``TRIPWIRE_NODES_APART`` goes to
+  ``tripwire.features.<entity>.v1`` instead, served by workers of its own.
 * **decide** (per identity partition): gathers the event and its fragments; when
   all have come — or a node's timeout passes, leaving a partial result with a
   per-node error — runs the controls and emits the decision.
@@ -30,7 +33,7 @@ again and sends the same messages again. Each is therefore applied once:
 
 * a feature request carries its event's position (input topic, partition,
   offset), and a node applies a position once — the highest applied per input
-  partition is kept in its state, committed with its windows and offsets, and
+  partition and entity is kept in its state, committed with its windows and offsets, and
   an intake sends each input partition's requests to a node partition in order
   (an idempotent producer);
 * the decide stage keys everything by event identity: a repeated request or
@@ -46,7 +49,7 @@ import dataclasses
 import heapq
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +70,7 @@ from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, 
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord, partition_for
 from tripwire.streams.state import StateManager, StateView
-from tripwire.streams.topics import ANSWERS
+from tripwire.streams.topics import ANSWERS, node_topic_key
 
 if TYPE_CHECKING:
     from tripwire.connectors.control_sources import ReleaseSource
@@ -157,12 +160,14 @@ class IntakeStage(Packer):
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  validator: Validator | None = None, ttl_ms: int = 7 * DAY_MS,
-                 eager_hops: bool = True) -> None:
+                 eager_hops: bool = True, apart: Collection[str] = ()) -> None:
         super().__init__()
         self.codec = codec
         self.library = library
         self.intake = Intake(codec, validator, ttl_ms)
-        self.routes = ("gather", *(f"features_{e}" for e in library.entities()))
+        # entity → the topic key its requests go to (the shared topic unless apart)
+        self.node_topics = {e: node_topic_key(e, set(apart)) for e in library.entities()}
+        self.routes = ("gather", *sorted(set(self.node_topics.values())))
         # quarantine records at once; internal messages too unless they go with the
         # commit (``eager_hops=False``; see the module docstring)
         self.eager = ANSWERS | frozenset(self.routes if eager_hops else ())
@@ -184,7 +189,7 @@ class IntakeStage(Packer):
                 "identity": admitted.identity, "event": rec.value, "nodes": nodes,
                 "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
         for entity, items in sorted(requests.items()):
-            out += self.pack(self.codec, FEATURE_REQUESTS, f"features_{entity}", items,
+            out += self.pack(self.codec, FEATURE_REQUESTS, self.node_topics[entity], items,
                              as_json=True, entity=entity)
         return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
 
@@ -225,8 +230,10 @@ class FeatureStage(Packer):
         self.skipped = 0  # requests applied before (sent again after an intake's abort)
 
     def applied(self, state: StateManager, tp: TP) -> dict[str, int]:
-        """The highest position applied per intake input partition, on node
-        partition ``tp`` (kept in its state, committed with its windows)."""
+        """The highest position applied per intake input partition and entity
+        (``<topic>:<partition>|<entity>``), on node partition ``tp`` (kept in its
+        state, committed with its windows). Per entity: one event's requests to
+        several entities can share a node partition, each applied once."""
         marks = self._applied.get(tp)
         if marks is None:
             raw = state.view(*tp).get(FEATURES_STORE, APPLIED_KEY)
@@ -259,7 +266,7 @@ class FeatureStage(Packer):
             for item in unpack(packed):
                 identity, _event_id, key, event_time, fields = item[:5]
                 if len(item) > 5:  # the event's position (requests of older intakes have none)
-                    source, offset = item[5], item[6]
+                    source, offset = f"{item[5]}|{entity}", item[6]
                     if offset <= marks.get(source, -1):
                         self.skipped += 1
                         continue  # applied before: its fragment went out then

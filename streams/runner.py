@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from tripwire.streams.deferred import DeferredRunner
 from tripwire.streams.loop import BatchLoop, LoopStats, Processor
 from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage, FeatureStage, IntakeStage
 from tripwire.streams.records import OutRecord
-from tripwire.streams.topics import topic
+from tripwire.streams.topics import node_topic_key, topic
 
 __all__ = ["STAGES", "Pipeline", "attach_deferred", "stage_loop", "stage_topics"]
 
@@ -34,11 +34,14 @@ STAGES = ("intake", "features", "decide")
 
 def stage_topics(stage: str, namespace: str, library: FeatureLibrary,
                  entities: Sequence[str] | None = None) -> list[str]:
-    """The topics a stage consumes (``entities``: the feature nodes to serve)."""
+    """The topics a stage consumes (``entities``: feature nodes served apart, each
+    from its own topic; none: the shared feature topic)."""
     if stage == "intake":
         return [topic(k, namespace) for k in INPUTS]
     if stage == "features":
-        return [topic(f"features_{e}", namespace) for e in (entities or library.entities())]
+        if entities:
+            return [topic(node_topic_key(e, set(entities)), namespace) for e in entities]
+        return [topic("features", namespace)]
     if stage == "decide":
         return [topic("gather", namespace)]
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -52,9 +55,11 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                batch: BatchTable | None = None,
                sources: Sequence[ReleaseSource] = (), commit_interval_ms: int | None = None,
                eager: bool = True, eager_hops: bool = True,
-               poll_timeout: float = 0.1) -> BatchLoop:
+               poll_timeout: float = 0.1, apart: Collection[str] = ()) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
-    ``entities`` limits a features loop to some nodes, which then scale apart;
+    ``apart``: the entities whose requests the intake sends to topics of their own
+    (``TRIPWIRE_NODES_APART``); ``entities``: a features loop serves those nodes
+    apart, from their own topics, instead of the shared one;
     ``sources``: where the decide stage takes control releases from; ``eager`` and
     ``commit_interval_ms``: how answers and state leave the loop, see
     :class:`~tripwire.streams.loop.BatchLoop`; ``eager_hops``: internal messages go
@@ -64,7 +69,7 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
         commit_interval_ms = commit_interval_for(eager_hops and eager)
     if processor is None:
         if stage == "intake":
-            processor = IntakeStage(codec, library, eager_hops=eager_hops)
+            processor = IntakeStage(codec, library, eager_hops=eager_hops, apart=apart)
         elif stage == "features":
             processor = FeatureStage(codec, library, eager_hops=eager_hops)
         else:

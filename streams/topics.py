@@ -15,7 +15,7 @@ from typing import Literal
 
 from tripwire.features.spec import ENTITIES
 
-__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "spec", "topic"]
+__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "node_topic_key", "spec", "topic"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -77,13 +77,33 @@ _PUBLIC: tuple[TopicSpec, ...] = (
               "Internal: validated events and their feature fragments, gathered per event",
               retention_ms=DAY_MS, keyed_by="identity"),
 )
-_FEATURE_NODES = tuple(
-    TopicSpec(f"features_{entity}", f"tripwire.features.{entity}.v1",
-              f"Internal: feature requests for the {entity} node, keyed by {entity}",
-              partitions=1 if entity == "system" else 6, retention_ms=DAY_MS,
-              keyed_by=entity)
-    for entity in ENTITIES
+# Feature requests of every entity share one topic: librdkafka sends one produce
+# request per partition, so an intake batch costs one request per partition it
+# writes — with a topic per entity that was up to 8 entities x 6 partitions per
+# batch, and the broker's and clients' per-request work dominated moderate rates
+# (docs/performance.md, 2026-11-29 session 3). An entity can still be served
+# apart, by feature workers of its own (TRIPWIRE_NODES_APART): its requests then go
+# to a topic of its own, so a slow or hot node holds back no other.
+_FEATURE_NODES = (
+    TopicSpec("features", "tripwire.features.v1",
+              "Internal: feature requests for the entity nodes, keyed by entity key",
+              retention_ms=DAY_MS, keyed_by="entity key"),
+    *(TopicSpec(f"features_{entity}", f"tripwire.features.{entity}.v1",
+                f"Internal: feature requests for the {entity} node served apart "
+                f"(TRIPWIRE_NODES_APART), keyed by {entity}",
+                partitions=1 if entity == "system" else 6, retention_ms=DAY_MS,
+                keyed_by=entity)
+      for entity in ENTITIES),
 )
+
+
+def node_topic_key(entity: str, apart: frozenset[str] | set[str] = frozenset()) -> str:
+    """The topic key an entity's feature requests go to.
+
+    >>> node_topic_key("card"), node_topic_key("ip", {"ip"})
+    ('features', 'features_ip')
+    """
+    return f"features_{entity}" if entity in apart else "features"
 TOPICS: tuple[TopicSpec, ...] = (*_PUBLIC, *_FEATURE_NODES)
 
 # The answers to events — what analysts and downstream systems act on. The decision

@@ -79,16 +79,16 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
     # the oracle: per entity key, the order in which its node saw the events
     events = {ev["event_id"]: (kind, ev) for kind, ev in traffic}
     order: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for entity in LIB.entities():
-        applied: set[tuple[str, int]] = set()
-        for m in read_to_end(kafka.bootstrap, topic(f"features_{entity}", topics)):
-            _, packed = CODEC.decode(m.value())
-            assert packed["entity"] == entity
-            for _identity, event_id, key, _time, _fields, source, offset in unpack(packed):
-                if (source, offset) in applied:  # sent again after the restart: skipped
-                    continue
-                applied.add((source, offset))
-                order[(entity, key)].append(event_id)
+    applied: set[tuple[str, str, int]] = set()
+    for m in read_to_end(kafka.bootstrap, topic("features", topics)):  # every entity's
+        _, packed = CODEC.decode(m.value())
+        entity = packed["entity"]
+        for _identity, event_id, key, _time, _fields, source, offset in unpack(packed):
+            if (source, entity, offset) in applied:  # sent again after the restart: skipped
+                continue
+            applied.add((source, entity, offset))
+            order[(entity, key)].append(event_id)
+    assert {e for e, _ in order} == set(LIB.entities())
     compared = 0
     late_seen = 0
     for (entity, _key), ids in order.items():
@@ -120,13 +120,13 @@ class SlowNode(FeatureStage):
 def test_a_slow_node_leaves_a_partial_result_and_the_decision_goes_ahead(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
     common = dict(codec=CODEC, controls=CONTROLS, library=LIB, batch_size=100)
-    others = [e for e in LIB.entities() if e != "ip"]
-    pipeline = Pipeline.start({
-        "intake": stage_loop("intake", kafka.bootstrap, topics, state_dir=tmp_path, **common),
+    pipeline = Pipeline.start({  # the ip node served apart (TRIPWIRE_NODES_APART=ip)
+        "intake": stage_loop("intake", kafka.bootstrap, topics, state_dir=tmp_path,
+                             apart={"ip"}, **common),
         "decide": stage_loop("decide", kafka.bootstrap, topics, state_dir=tmp_path,
                              node_timeout_ms=500, **common),
         "features": stage_loop("features", kafka.bootstrap, topics, state_dir=tmp_path,
-                               entities=others, **common),
+                               **common),
         "features-ip": stage_loop("features", kafka.bootstrap, topics, state_dir=tmp_path,
                                   entities=["ip"], processor=SlowNode(CODEC, LIB), **common),
     })

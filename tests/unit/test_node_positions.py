@@ -19,6 +19,7 @@ CODEC = AvroCodec(SchemaStore.default())
 LIBRARY = FeatureLibrary()
 T0 = 1_790_000_000_000
 INPUT = "payments.card.v1"
+NODE_TOPIC = "tripwire.features.v1"
 
 
 def _events(n: int) -> list[InRecord]:
@@ -27,23 +28,24 @@ def _events(n: int) -> list[InRecord]:
             for i, ev in enumerate(evs)]
 
 
-def _requests(batch: list[InRecord]) -> list[InRecord]:
-    """What a fresh intake (state of its last commit: none) sends the card node."""
+def _requests(batch: list[InRecord], entity: str | None = "card") -> list[InRecord]:
+    """What a fresh intake (state of its last commit: none) sends the ``entity``
+    node (None: every node; one node partition here)."""
     intake = IntakeStage(CODEC, LIBRARY)
     state = StateManager(intake.name, list(intake.stores))
     for tp in {(r.topic, r.partition) for r in batch}:
         state.open_partition(tp)
     out = intake.process(batch, T0, state)
-    node = [o for o in out if o.topic_key == "features_card"]
-    assert node, "the card node gets requests"
-    return [InRecord("tripwire.features.card.v1", 0, i, None, o.value, T0)
-            for i, o in enumerate(node)]
+    node = [o for o in out if o.topic_key == "features"
+            and entity in (None, CODEC.decode(o.value)[1]["entity"])]
+    assert node, f"the {entity} node gets requests"
+    return [InRecord(NODE_TOPIC, 0, i, None, o.value, T0) for i, o in enumerate(node)]
 
 
 def _node() -> tuple[FeatureStage, StateManager]:
     stage = FeatureStage(CODEC, LIBRARY)
     state = StateManager(stage.name, list(stage.stores))
-    state.open_partition(("tripwire.features.card.v1", 0))
+    state.open_partition((NODE_TOPIC, 0))
     return stage, state
 
 
@@ -79,7 +81,7 @@ def test_positions_are_kept_in_the_state_and_restored() -> None:
 
     # another worker restores the partition from the changelog records
     restored, rstate = _node()
-    tp = ("tripwire.features.card.v1", 0)
+    tp = (NODE_TOPIC, 0)
     for i, (store, _tp, key, value) in enumerate(state.pending):
         rstate.apply(store, tp, key, value, i)
     out = _fragments(restored.process(_requests(batch), T0, rstate))
@@ -99,10 +101,28 @@ def test_requests_without_a_position_are_applied() -> None:
     for r in recs:
         packed = CODEC.decode(r.value)[1]
         items = [item[:5] for item in unpack(packed)]
-        (o,) = IntakeStage(CODEC, LIBRARY).pack(CODEC, FEATURE_REQUESTS, "features_card",
+        (o,) = IntakeStage(CODEC, LIBRARY).pack(CODEC, FEATURE_REQUESTS, "features",
                                                 [(b"k", i) for i in items], as_json=True,
                                                 entity="card")
         old.append(InRecord(r.topic, 0, r.offset, None, o.value, T0))
     assert len(_fragments(stage.process(old, T0, state))) == 2
     assert len(_fragments(stage.process(old, T0, state))) == 2  # no position: no check
     assert stage.skipped == 0
+
+
+def test_one_events_requests_to_several_entities_on_one_partition_each_count() -> None:
+    """The entities share a topic: one event's requests to its card, account, device
+    ... nodes can land on the same node partition with the same position, and each
+    is applied once — not the first entity only."""
+    batch = _events(4)
+    stage, state = _node()
+    recs = _requests(batch, entity=None)
+    entities = {CODEC.decode(r.value)[1]["entity"] for r in recs}
+    assert len(entities) > 2, entities
+    items = sum(len(unpack(CODEC.decode(r.value)[1])) for r in recs)
+    fragments = [item for o in stage.process(recs, T0, state)
+                 for item in unpack(CODEC.decode(o.value)[1])]
+    assert len(fragments) == items and stage.skipped == 0
+    assert {f[1] for f in fragments} == entities
+    assert stage.process(_requests(batch, entity=None), T0, state) == []  # sent again
+    assert stage.skipped == items
