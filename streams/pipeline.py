@@ -188,22 +188,29 @@ class IntakeStage(Packer):
             gather.append((admitted.identity.encode(), {
                 "identity": admitted.identity, "event": rec.value, "nodes": nodes,
                 "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
-        for entity, items in sorted(requests.items()):
-            out += self.pack(self.codec, FEATURE_REQUESTS, self.node_topics[entity], items,
+        for topic_key, items in sorted(requests.items()):
+            # one record per partition, whatever the entities: librdkafka's idempotent
+            # producer blocks a partition (and spins) once 5 messages are in flight on
+            # it (see connectors.kafka.answer_producer), which a record per entity
+            # reached at once on the shared topic
+            entity = "" if topic_key == "features" else topic_key.removeprefix("features_")
+            out += self.pack(self.codec, FEATURE_REQUESTS, topic_key, items,
                              as_json=True, entity=entity)
         return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
 
     def _requests(self, a: Admitted, nodes: list[str],
                   requests: dict[str, list[tuple[bytes, list[Any]]]]) -> None:
+        """``requests``: per node topic key, (entity key, request item) pairs."""
         view = make_view(a.kind.short, a.event, a.kind.jit(a.event))
         rec = a.rec
         source = f"{rec.topic}:{rec.partition}"
+        node_topics = self.node_topics
         for entity, key in sorted(self.library.entities_of(view).items()):
             nodes.append(entity)
             fields = {f: view.get(f) for f in self.library.fields_for(entity)}
-            requests[entity].append((key.encode(), [
+            requests[node_topics[entity]].append((key.encode(), [
                 a.identity, a.event["event_id"], key, a.event["event_time"], fields,
-                source, rec.offset]))
+                source, rec.offset, entity]))
 
 
 class FeatureStage(Packer):
@@ -255,16 +262,16 @@ class FeatureStage(Packer):
         fragments: list[tuple[bytes, list[Any]]] = []
         states = feature_states(state, self.cache_keys)
         get, compute = states.get, self.compute
+        by_entity = self.library.by_entity
         for rec in batch:
             _, packed = self.codec.decode(rec.value)  # written by intake: trusted
-            entity = packed["entity"]
-            known = entity in self.library.by_entity
             tp = (rec.topic, rec.partition)
-            prefix = f"{entity}|"
             marks = self.applied(state, tp)
             moved = False
             for item in unpack(packed):
                 identity, _event_id, key, event_time, fields = item[:5]
+                # each item names its entity (older intakes: one entity per record)
+                entity = item[7] if len(item) > 7 else packed["entity"]
                 if len(item) > 5:  # the event's position (requests of older intakes have none)
                     source, offset = f"{item[5]}|{entity}", item[6]
                     if offset <= marks.get(source, -1):
@@ -274,10 +281,10 @@ class FeatureStage(Packer):
                     moved = True
                 values: dict[str, Any]
                 notes: list[str]
-                if not known:
+                if entity not in by_entity:
                     values, notes = {}, [f"no features are defined for {entity}"]
                 else:
-                    st = get(state, tp, (prefix + key).encode())
+                    st = get(state, tp, f"{entity}|{key}".encode())
                     values, notes = compute(entity, fields, event_time, st)
                 fragments.append((identity.encode(), [identity, entity, key, values, notes]))
             if moved:

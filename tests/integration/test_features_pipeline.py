@@ -82,8 +82,7 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
     applied: set[tuple[str, str, int]] = set()
     for m in read_to_end(kafka.bootstrap, topic("features", topics)):  # every entity's
         _, packed = CODEC.decode(m.value())
-        entity = packed["entity"]
-        for _identity, event_id, key, _time, _fields, source, offset in unpack(packed):
+        for _identity, event_id, key, _time, _fields, source, offset, entity in unpack(packed):
             if (source, entity, offset) in applied:  # sent again after the restart: skipped
                 continue
             applied.add((source, entity, offset))
