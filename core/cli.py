@@ -163,8 +163,6 @@ def run_stage(
     unknown = set(wanted) - set(STAGES)
     if unknown:
         raise TripwireError(f"unknown stage(s) {sorted(unknown)}; use {', '.join(STAGES)}, all")
-    bootstrap, ns = _bootstrap(settings), settings.topic_namespace
-    library = FeatureLibrary()
     nodes = [e.strip() for e in entities.split(",") if e.strip()] or None
     apart = settings.apart()
     if nodes and not set(nodes) <= apart:
@@ -172,6 +170,8 @@ def run_stage(
             f"--entities {','.join(sorted(set(nodes) - apart))}: not served apart; the "
             "intake sends every entity not in TRIPWIRE_NODES_APART "
             f"(now {','.join(sorted(apart)) or 'empty'}) to the shared feature topic")
+    bootstrap, ns = _bootstrap(settings), settings.topic_namespace
+    library = FeatureLibrary()
     codec = AvroCodec.from_url(settings.schema_registry_url)
     controls, sources = _controls_and_sources(controls_dir, follow_topic and "decide" in wanted,
                                               bootstrap, ns, codec)

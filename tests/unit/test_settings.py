@@ -17,3 +17,27 @@ def test_the_commit_interval_follows_what_waits_for_it(monkeypatch: pytest.Monke
     assert Settings(delivery="transactional").commit_interval() == 100
     monkeypatch.setenv("TRIPWIRE_COMMIT_INTERVAL_MS", "250")
     assert Settings(hops="committed").commit_interval() == 250
+
+
+def test_nodes_apart_are_known_entities(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIPWIRE_NODES_APART", " ip, card ")
+    assert Settings().apart() == {"ip", "card"}
+    monkeypatch.setenv("TRIPWIRE_NODES_APART", "ip,cards")
+    with pytest.raises(ValueError, match=r"unknown entities \['cards'\]"):
+        Settings()
+
+
+def test_a_features_worker_serves_apart_only_what_the_intake_routes_apart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run stage features --entities ip` without TRIPWIRE_NODES_APART=ip would wait
+    on a topic no intake writes to: refused at once, before any broker is sought."""
+    from typer.testing import CliRunner
+
+    from tripwire.cli import app
+    from tripwire.errors import TripwireError
+
+    monkeypatch.delenv("TRIPWIRE_NODES_APART", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    result = CliRunner().invoke(app, ["run", "stage", "features", "--entities", "ip"])
+    assert isinstance(result.exception, TripwireError)
+    assert "--entities ip: not served apart" in str(result.exception)
