@@ -33,9 +33,9 @@ again and sends the same messages again. Each is therefore applied once:
 
 * a feature request carries its event's position (input topic, partition,
   offset), and a node applies a position once — the highest applied per input
-  partition and entity is kept in its state, committed with its windows and offsets, and
-  an intake sends each input partition's requests to a node partition in order
-  (an idempotent producer);
+  partition and entity is kept in its state, committed with its windows and
+  offsets, and an intake sends each input partition's requests to a node
+  partition in order (an idempotent producer);
 * the decide stage keys everything by event identity: a repeated request or
   fragment of an event still gathering replaces the first, and one of an event
   already decided is dropped (its decision is remembered).
