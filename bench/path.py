@@ -83,6 +83,7 @@ MODES = {  # how answers leave the loop: (eager, commit interval ms, internal me
 
 
 ONE = ("path",)  # a worker of the one-process path
+COMBINED = ("combined",)  # a worker running every stage in one loop
 
 
 def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
@@ -99,6 +100,13 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
                                    DecisionPath.default(), namespace=ns, batch_size=batch,
                                    poll_timeout=0.005, state_dir=Path(state_dir),
                                    commit_interval_ms=interval, eager=eager)}
+    elif stages == COMBINED:
+        from tripwire.streams.runner import combined_loop
+
+        loops = {"all": combined_loop(
+            bootstrap, ns, codec=AvroCodec(SchemaStore.default()), controls=ControlSet.from_dir(),
+            library=FeatureLibrary(), state_dir=Path(state_dir), batch_size=batch,
+            commit_interval_ms=interval, eager=eager, eager_hops=hops, poll_timeout=0.005)}
     else:  # the live pipeline's stages, as `tripwire run stage ...` runs them
         codec = AvroCodec(SchemaStore.default())
         controls, library = ControlSet.from_dir(), FeatureLibrary()
@@ -237,6 +245,8 @@ def layout_of(spec: str, pipeline: str, workers: int) -> Layout:
 
     if not spec:
         return [ONE if pipeline == "one" else tuple(STAGES)] * workers
+    if spec == COMBINED[0]:  # every stage in one loop per worker (streams.runner.Combined)
+        return [COMBINED] * workers
     layout = [tuple(s for s in w.split("+") if s) for w in spec.split(",")]
     if pipeline == "one":
         raise ValueError("--layout places the split pipeline's stages: use it with "

@@ -22,12 +22,15 @@ from tripwire.streams.decision_path import INPUTS
 from tripwire.streams.deferred import DeferredRunner
 from tripwire.streams.loop import BatchLoop, LoopStats, Processor
 from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage, FeatureStage, IntakeStage
-from tripwire.streams.records import OutRecord
+from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.state import StateManager
 from tripwire.streams.topics import node_topic_key, topic
 
 __all__ = ["STAGES", "Pipeline", "attach_deferred", "stage_loop", "stage_topics"]
 
 logger = logging.getLogger(__name__)
+
+TP = tuple[str, int]
 
 STAGES = ("intake", "features", "decide")
 
@@ -82,6 +85,93 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                      processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / stage,
+                     commit_interval_ms=commit_interval_ms, eager=eager)
+
+
+class Combined:
+    """Every stage in one loop: one consumer (one group over the inputs, the feature
+    topic and the gather topic, a worker getting the same partition numbers of
+    each), one transaction per commit and one thread per worker process, instead
+    of three of each. Records still cross Kafka between the stages, so features
+    stay exact for any number of workers; each record goes to the stage its topic
+    feeds, in the order intake, features, decide."""
+
+    name = "all"
+
+    def __init__(self, stages: Sequence[tuple[Processor, Sequence[str]]]) -> None:
+        self.stages = [(p, frozenset(topics)) for p, topics in stages]
+        self.stores = tuple(s for p, _ in stages for s in p.stores)
+        # each input topic's stores: a stage's own (the state manager opens no others)
+        self.stores_by_topic = {t: list(p.stores) for p, topics in stages for t in topics}
+        self.eager = frozenset().union(*(getattr(p, "eager", ()) for p, _ in stages))
+        self.routes = tuple(sorted({r for p, _ in stages for r in getattr(p, "routes", ())}))
+
+    @property
+    def partitions(self) -> dict[str, int]:
+        return {}
+
+    @partitions.setter
+    def partitions(self, counts: dict[str, int]) -> None:
+        for p, _ in self.stages:
+            if getattr(p, "routes", ()):
+                p.partitions = counts  # type: ignore[attr-defined]
+
+    def process(self, batch: Sequence[InRecord], now_ms: int,
+                state: StateManager) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        for p, topics in self.stages:
+            mine = [r for r in batch if r.topic in topics]
+            if mine:
+                out += p.process(mine, now_ms, state)
+        return out
+
+    def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        for p, _ in self.stages:
+            tick = getattr(p, "tick", None)
+            if tick is not None:
+                out += tick(now_ms, state)
+        return out
+
+    def safe_offsets(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        safe = dict(offsets)
+        for p, topics in self.stages:
+            cap = getattr(p, "safe_offsets", None)
+            if cap is not None:
+                safe.update(cap({tp: o for tp, o in offsets.items() if tp[0] in topics}))
+        return safe
+
+    def drop(self, tps: Sequence[TP]) -> None:
+        for p, topics in self.stages:
+            drop = getattr(p, "drop", None)
+            if drop is not None:
+                drop([tp for tp in tps if tp[0] in topics])
+
+
+def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
+                  controls: ControlSet, library: FeatureLibrary, state_dir: Path | None,
+                  batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS,
+                  batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
+                  commit_interval_ms: int | None = None, eager: bool = True,
+                  eager_hops: bool = True, poll_timeout: float = 0.1,
+                  apart: Collection[str] = ()) -> BatchLoop:
+    """Every stage in one loop (:class:`Combined`); the arguments as
+    :func:`stage_loop`'s. Its group is its own (``tripwire.all``): run either
+    combined workers or per-stage ones on a namespace, not both."""
+    if commit_interval_ms is None:
+        commit_interval_ms = commit_interval_for(eager_hops and eager)
+    processor = Combined([
+        (IntakeStage(codec, library, eager_hops=eager_hops, apart=apart),
+         stage_topics("intake", namespace, library)),
+        (FeatureStage(codec, library, eager_hops=eager_hops),
+         stage_topics("features", namespace, library)),
+        (DecisionStage(codec, controls, node_timeout_ms, library=library, batch=batch,
+                       sources=sources), stage_topics("decide", namespace, library)),
+    ])
+    return BatchLoop(bootstrap, f"{namespace}tripwire.all",
+                     sorted(processor.stores_by_topic), processor,
+                     namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
+                     state_dir=None if state_dir is None else state_dir / "all",
                      commit_interval_ms=commit_interval_ms, eager=eager)
 
 

@@ -220,6 +220,8 @@ class StateManager:
                  root: Path | None = None) -> None:
         self.processor = processor
         self.store_names = list(stores)
+        # input topic -> the stores its partitions have (None: every store)
+        self.stores_by_topic: dict[str, list[str]] | None = None
         self.namespace = namespace
         self.root = root
         self._stores: dict[tuple[str, TP], KeyValueStore] = {}
@@ -255,6 +257,12 @@ class StateManager:
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, topic, partition)
 
+    def stores_of(self, topic: str) -> list[str]:
+        """The stores the partitions of input ``topic`` have."""
+        if self.stores_by_topic is None:
+            return self.store_names
+        return self.stores_by_topic.get(topic, self.store_names)
+
     def changelog(self, store: str, topic: str) -> str:
         name = self._changelogs.get((store, topic))
         if name is None:
@@ -285,7 +293,7 @@ class StateManager:
         """Open the stores of ``tp``; returns, per store, the changelog offset to
         restore from (a clean checkpoint, or 0 after wiping an unclean copy)."""
         start: dict[str, int] = {}
-        for name in self.store_names:
+        for name in self.stores_of(tp[0]):
             checkpoint = None
             if self.root is not None:
                 d = self._dir(name, tp)

@@ -24,7 +24,7 @@ from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.intake import EVENT_KINDS
 from tripwire.streams.pipeline import FeatureStage, unpack
-from tripwire.streams.runner import Pipeline, stage_loop
+from tripwire.streams.runner import Pipeline, combined_loop, stage_loop
 from tripwire.streams.topics import topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -43,9 +43,15 @@ def _run_until(kafka: KafkaCluster, ns: str, loops: dict, decided: int,
 
 
 def _loops(kafka: KafkaCluster, ns: str, state: Path, feature_workers: int,
-           **kw: Any) -> dict:
+           combined: bool = False, **kw: Any) -> dict:
+    """An intake, a decide stage and ``feature_workers`` feature nodes; or, with
+    ``combined``, that many workers each running every stage in one loop."""
     common = dict(codec=CODEC, controls=CONTROLS, library=LIB, batch_size=100,
                   eager_hops=kw.get("eager_hops", True))
+    if combined:
+        return {f"all-{i}": combined_loop(kafka.bootstrap, ns, state_dir=state / f"w{i + 1}",
+                                          node_timeout_ms=120_000, **common)
+                for i in range(feature_workers)}
     loops = {"intake": stage_loop("intake", kafka.bootstrap, ns, state_dir=state / "w0",
                                   **common),
              "decide": stage_loop("decide", kafka.bootstrap, ns, state_dir=state / "w0",
@@ -56,19 +62,25 @@ def _loops(kafka: KafkaCluster, ns: str, state: Path, feature_workers: int,
     return loops
 
 
+@pytest.mark.parametrize("combined", [False, True], ids=["per-stage", "combined"])
 def test_features_equal_the_oracle_across_workers_and_a_restart(
-        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+        kafka: KafkaCluster, topics: str, tmp_path: Path, combined: bool) -> None:
+    """Combined: two workers each running every stage in one loop (one group over
+    all the topics), both losing their disks — intake, node and decide state all
+    come back from the changelogs."""
     now = int(time.time() * 1000)
     traffic = mixed_traffic(7, now - 30 * 60_000, 360)
     first, second = traffic[:180], traffic[180:]
 
     publish(kafka, topics, CODEC, first)
-    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2), len(first))
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2, combined),
+                           len(first))
     assert len(decisions) == len(first)
     for d in (tmp_path / "w1", tmp_path / "w2"):
         shutil.rmtree(d, ignore_errors=True)  # lose the feature workers' disks
     publish(kafka, topics, CODEC, second)
-    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2), len(traffic))
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2, combined),
+                           len(traffic))
     assert len(decisions) == len(traffic)
     by_event = {d["event_id"]: d for d in decisions}
     assert len(by_event) == len(traffic) and not any(d["repeat"] for d in decisions)
