@@ -142,6 +142,10 @@ def run_stage(
         "them when its files change (default: the shipped library)"),
     follow_topic: bool = typer.Option(True, "--follow-controls-topic/--no-follow-controls-topic",
                                       help="decide: apply releases from the controls topic"),
+    one_loop: bool = typer.Option(
+        False, "--one-loop", help="all only: every stage in one loop (one consumer, one "
+        "transaction, one thread; less CPU, see docs/performance.md). Run either one-loop "
+        "workers or per-stage ones on a namespace, not both"),
 ) -> None:
     """Run stages of the live decision path until SIGTERM/Ctrl-C.
 
@@ -156,13 +160,23 @@ def run_stage(
     from tripwire.schemas.codec import AvroCodec
     from tripwire.streams.loop import tune_gc
     from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage
-    from tripwire.streams.runner import STAGES, Pipeline, attach_deferred, stage_loop
+    from tripwire.streams.runner import (
+        STAGES,
+        Pipeline,
+        attach_deferred,
+        combined_loop,
+        processors_of,
+        stage_loop,
+    )
 
     settings = Settings()
     wanted = list(STAGES) if stages == ["all"] else stages
     unknown = set(wanted) - set(STAGES)
     if unknown:
         raise TripwireError(f"unknown stage(s) {sorted(unknown)}; use {', '.join(STAGES)}, all")
+    if one_loop and (stages != ["all"] or entities.strip()):
+        raise TripwireError("--one-loop runs every stage, every node on the shared topic: use "
+                            "`tripwire run stage all --one-loop`, without --entities")
     nodes = [e.strip() for e in entities.split(",") if e.strip()] or None
     apart = settings.apart()
     if nodes and not set(nodes) <= apart:
@@ -175,24 +189,27 @@ def run_stage(
     codec = AvroCodec.from_url(settings.schema_registry_url)
     controls, sources = _controls_and_sources(controls_dir, follow_topic and "decide" in wanted,
                                               bootstrap, ns, codec)
-    loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls, library=library,
-        sources=sources,
+    common: dict[str, Any] = dict(
+        codec=codec, controls=controls, library=library, sources=sources,
         state_dir=settings.state_dir / "stores" / (ns or "default"),
         batch_size=settings.batch_size, node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None
         else node_timeout_ms,
         commit_interval_ms=settings.commit_interval(), eager=settings.delivery == "eager",
-        eager_hops=settings.hops == "eager",
-        entities=nodes if s == "features" else None, apart=apart,
+        eager_hops=settings.hops == "eager", apart=apart,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
-        if settings.batch_table else None) for s in wanted}
-    deferred = [attach_deferred(loop.processor.decider, bootstrap, ns, codec)  # tier 2
-                for s, loop in loops.items() if s == "decide"
-                and isinstance(loop.processor, DecisionStage)]
+        if settings.batch_table else None)
+    loops = {"all": combined_loop(bootstrap, ns, **common)} if one_loop else {
+        s: stage_loop(s, bootstrap, ns, entities=nodes if s == "features" else None, **common)
+        for s in wanted}
+    deferred = [attach_deferred(p.decider, bootstrap, ns, codec)  # tier 2
+                for loop in loops.values() for p in processors_of(loop.processor)
+                if isinstance(p, DecisionStage)]
     tune_gc()
     pipeline = Pipeline.start(loops)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.stop_event.set())
-    err_console.print(f"running {', '.join(wanted)} on {bootstrap} (namespace {ns!r})")
+    err_console.print(f"running {', '.join(wanted)}{' in one loop' if one_loop else ''} on "
+                      f"{bootstrap} (namespace {ns!r})")
     while any(t.is_alive() for t in pipeline.threads):
         pipeline.stop_event.wait(5)
         for name, loop in loops.items():

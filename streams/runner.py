@@ -26,7 +26,8 @@ from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
 from tripwire.streams.topics import node_topic_key, topic
 
-__all__ = ["STAGES", "Pipeline", "attach_deferred", "stage_loop", "stage_topics"]
+__all__ = ["STAGES", "Combined", "Pipeline", "attach_deferred", "combined_loop",
+           "processors_of", "stage_loop", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,11 @@ class Combined:
             drop = getattr(p, "drop", None)
             if drop is not None:
                 drop([tp for tp in tps if tp[0] in topics])
+
+
+def processors_of(processor: Processor) -> list[Processor]:
+    """The stage processors a loop runs: the stages of a :class:`Combined`, or itself."""
+    return [p for p, _ in processor.stages] if isinstance(processor, Combined) else [processor]
 
 
 def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,

@@ -25,10 +25,12 @@ def _env(kafka: KafkaCluster, ns: str, state: Path) -> dict[str, str]:
             "TRIPWIRE_TOPIC_NAMESPACE": ns, "TRIPWIRE_STATE_DIR": str(state)}
 
 
+@pytest.mark.parametrize("one_loop", [False, True], ids=["per-stage", "one-loop"])
 def test_all_stages_decide_and_stop_cleanly_on_sigterm(kafka: KafkaCluster, topics: str,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, one_loop: bool) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all",
-                             "--node-timeout-ms", "2000"], env=_env(kafka, topics, tmp_path),
+                             "--node-timeout-ms", "2000", *(["--one-loop"] if one_loop else [])],
+                            env=_env(kafka, topics, tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         codec = AvroCodec.from_url(None)
@@ -44,7 +46,7 @@ def test_all_stages_decide_and_stop_cleanly_on_sigterm(kafka: KafkaCluster, topi
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "running intake, features, decide" in err
+    assert "running intake, features, decide" + (" in one loop" if one_loop else "") in err
     # an analyst asks why
     why = subprocess.run([sys.executable, "-m", "tripwire", "explain", events[0]["event_id"]],
                          env=_env(kafka, topics, tmp_path), capture_output=True, text=True,
@@ -65,6 +67,10 @@ def test_an_unknown_stage_is_a_clear_error(kafka: KafkaCluster, tmp_path: Path) 
                          env=_env(kafka, "x.", tmp_path), capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2 and "unknown stage(s) ['scoring']" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "tripwire", "run", "stage", "decide",
+                          "--one-loop"], env=_env(kafka, "x.", tmp_path), capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "--one-loop runs every stage" in res.stderr
 
 
 def test_the_decide_stage_reloads_a_watched_controls_folder(kafka: KafkaCluster, topics: str,
