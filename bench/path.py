@@ -92,7 +92,7 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
     from tripwire.features.engine import FeatureLibrary
     from tripwire.streams.decision_path import INPUTS, DecisionPath
     from tripwire.streams.loop import BatchLoop, tune_gc
-    from tripwire.streams.runner import stage_loop
+    from tripwire.streams.runner import combined_loop, stage_loop
 
     eager, interval, hops = MODES[mode]
     if stages == ONE:
@@ -100,21 +100,13 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
                                    DecisionPath.default(), namespace=ns, batch_size=batch,
                                    poll_timeout=0.005, state_dir=Path(state_dir),
                                    commit_interval_ms=interval, eager=eager)}
-    elif stages == COMBINED:
-        from tripwire.streams.runner import combined_loop
-
-        loops = {"all": combined_loop(
-            bootstrap, ns, codec=AvroCodec(SchemaStore.default()), controls=ControlSet.from_dir(),
-            library=FeatureLibrary(), state_dir=Path(state_dir), batch_size=batch,
-            commit_interval_ms=interval, eager=eager, eager_hops=hops, poll_timeout=0.005)}
     else:  # the live pipeline's stages, as `tripwire run stage ...` runs them
-        codec = AvroCodec(SchemaStore.default())
-        controls, library = ControlSet.from_dir(), FeatureLibrary()
-        loops = {s: stage_loop(s, bootstrap, ns, codec=codec, controls=controls,
-                               library=library, state_dir=Path(state_dir), batch_size=batch,
-                               commit_interval_ms=interval, eager=eager, eager_hops=hops,
-                               poll_timeout=0.005)
-                 for s in stages}
+        common: dict[str, Any] = dict(
+            codec=AvroCodec(SchemaStore.default()), controls=ControlSet.from_dir(),
+            library=FeatureLibrary(), state_dir=Path(state_dir), batch_size=batch,
+            commit_interval_ms=interval, eager=eager, eager_hops=hops, poll_timeout=0.005)
+        loops = {"all": combined_loop(bootstrap, ns, **common)} if stages == COMBINED else \
+            {s: stage_loop(s, bootstrap, ns, **common) for s in stages}
     tune_gc()  # as `tripwire run stage` does
     done = threading.Event()
     threads = [threading.Thread(target=lp.run, args=(done,), daemon=True)

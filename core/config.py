@@ -29,6 +29,10 @@ def commit_interval_for(eager_hops: bool) -> int:
     return 1000 if eager_hops else 100
 
 
+def _names(comma_list: str) -> frozenset[str]:
+    return frozenset(e.strip() for e in comma_list.split(",") if e.strip())
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tripwire"
@@ -107,14 +111,14 @@ class Settings(BaseSettings):
     def _known_entities(cls, value: str) -> str:
         from tripwire.features.spec import ENTITIES
 
-        unknown = sorted({e.strip() for e in value.split(",") if e.strip()} - set(ENTITIES))
+        unknown = sorted(_names(value) - set(ENTITIES))
         if unknown:
             raise ValueError(f"unknown entities {unknown}; known: {', '.join(ENTITIES)}")
         return value
 
     def apart(self) -> frozenset[str]:
         """The entities served apart (``nodes_apart``)."""
-        return frozenset(e.strip() for e in self.nodes_apart.split(",") if e.strip())
+        return _names(self.nodes_apart)
 
     def commit_interval(self) -> int:
         """The commit interval in ms: the setting, or the default for how events

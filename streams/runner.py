@@ -27,7 +27,7 @@ from tripwire.streams.state import StateManager
 from tripwire.streams.topics import node_topic_key, topic
 
 __all__ = ["STAGES", "Combined", "Pipeline", "attach_deferred", "combined_loop",
-           "processors_of", "stage_loop", "stage_topics"]
+           "processors_of", "stage_loop", "stage_processor", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,21 @@ def stage_topics(stage: str, namespace: str, library: FeatureLibrary,
         return [topic("features", namespace)]
     if stage == "decide":
         return [topic("gather", namespace)]
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def stage_processor(stage: str, codec: AvroCodec, controls: ControlSet,
+                    library: FeatureLibrary, node_timeout_ms: int = NODE_TIMEOUT_MS,
+                    batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
+                    eager_hops: bool = True, apart: Collection[str] = ()) -> Processor:
+    """The default processor of one stage (the arguments as :func:`stage_loop`'s)."""
+    if stage == "intake":
+        return IntakeStage(codec, library, eager_hops=eager_hops, apart=apart)
+    if stage == "features":
+        return FeatureStage(codec, library, eager_hops=eager_hops)
+    if stage == "decide":
+        return DecisionStage(codec, controls, node_timeout_ms, library=library, batch=batch,
+                             sources=sources)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
@@ -72,13 +87,8 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     if commit_interval_ms is None:
         commit_interval_ms = commit_interval_for(eager_hops and eager)
     if processor is None:
-        if stage == "intake":
-            processor = IntakeStage(codec, library, eager_hops=eager_hops, apart=apart)
-        elif stage == "features":
-            processor = FeatureStage(codec, library, eager_hops=eager_hops)
-        else:
-            processor = DecisionStage(codec, controls, node_timeout_ms, library=library,
-                                      batch=batch, sources=sources)
+        processor = stage_processor(stage, codec, controls, library, node_timeout_ms, batch,
+                                    sources, eager_hops, apart)
     group = f"{namespace}tripwire.{stage}"
     if entities:
         group += "." + "-".join(sorted(entities))
@@ -106,13 +116,17 @@ class Combined:
         self.stores_by_topic = {t: list(p.stores) for p, topics in stages for t in topics}
         self.eager = frozenset().union(*(getattr(p, "eager", ()) for p, _ in stages))
         self.routes = tuple(sorted({r for p, _ in stages for r in getattr(p, "routes", ())}))
+        self._partitions: dict[str, int] = {}
 
     @property
     def partitions(self) -> dict[str, int]:
-        return {}
+        """The output topics' partition counts, as the loop set them on every stage
+        that routes its records itself."""
+        return self._partitions
 
     @partitions.setter
     def partitions(self, counts: dict[str, int]) -> None:
+        self._partitions = counts
         for p, _ in self.stages:
             if getattr(p, "routes", ()):
                 p.partitions = counts  # type: ignore[attr-defined]
@@ -167,13 +181,9 @@ def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
     if commit_interval_ms is None:
         commit_interval_ms = commit_interval_for(eager_hops and eager)
     processor = Combined([
-        (IntakeStage(codec, library, eager_hops=eager_hops, apart=apart),
-         stage_topics("intake", namespace, library)),
-        (FeatureStage(codec, library, eager_hops=eager_hops),
-         stage_topics("features", namespace, library)),
-        (DecisionStage(codec, controls, node_timeout_ms, library=library, batch=batch,
-                       sources=sources), stage_topics("decide", namespace, library)),
-    ])
+        (stage_processor(stage, codec, controls, library, node_timeout_ms, batch, sources,
+                         eager_hops, apart), stage_topics(stage, namespace, library))
+        for stage in STAGES])
     return BatchLoop(bootstrap, f"{namespace}tripwire.all",
                      sorted(processor.stores_by_topic), processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
