@@ -231,14 +231,18 @@ Layout = list[tuple[str, ...]]  # the stages of each worker process
 
 def layout_of(spec: str, pipeline: str, workers: int) -> Layout:
     """``--layout``: worker processes separated by commas, each its stages joined by
-    ``+`` (``intake+features,decide``); empty: ``workers`` processes running every
-    stage (split) or the one-process path."""
+    ``+`` (``intake+features,decide``, a loop per stage); ``per-stage``: ``workers``
+    processes each running every stage, a loop each; empty or ``combined``:
+    ``workers`` processes each running every stage in one loop (split; the one-process
+    path with ``--pipeline one``)."""
     from tripwire.streams.runner import STAGES
 
-    if not spec:
-        return [ONE if pipeline == "one" else tuple(STAGES)] * workers
-    if spec == COMBINED[0]:  # every stage in one loop per worker (streams.runner.Combined)
+    if not spec and pipeline == "one":
+        return [ONE] * workers
+    if spec in ("", COMBINED[0]):  # every stage in one loop per worker (the default)
         return [COMBINED] * workers
+    if spec == "per-stage":
+        spec = ",".join(["+".join(STAGES)] * workers)
     layout = [tuple(s for s in w.split("+") if s) for w in spec.split(",")]
     if pipeline == "one":
         raise ValueError("--layout places the split pipeline's stages: use it with "
@@ -450,9 +454,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="one: the one-process path per partition; split: the live "
                          "intake → features → decide pipeline (exact for any partitioning)")
     ap.add_argument("--layout", default="",
-                    help="split pipeline: the stages of each worker process, e.g. "
-                         "'intake+features,decide' (default: --workers processes running "
-                         "every stage)")
+                    help="split pipeline: the stages of each worker process, a loop each, "
+                         "e.g. 'intake+features,decide'; 'per-stage': --workers processes "
+                         "each running every stage, a loop each (default, or 'combined': "
+                         "--workers processes each running every stage in one loop)")
     ap.add_argument("--modes", default="per-batch,eager",
                     help=f"how answers leave the loop, compared in one run: {', '.join(MODES)}")
     ap.add_argument("--rate", type=int, default=3000, help="open loop: events offered per s")

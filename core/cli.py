@@ -130,7 +130,8 @@ def _controls_and_sources(directory: Path | None, follow_topic: bool, bootstrap:
 @run_app.command("stage")
 def run_stage(
     stages: list[str] = typer.Argument(
-        ..., help="intake, features, decide, or all (several run as threads of one process)"),
+        ..., help="intake, features, decide, or all (every stage in one loop unless "
+        "--loop-per-stage; several stages named run as threads of one process)"),
     entities: str = typer.Option(
         "", help="features only: serve these nodes apart, from their own topics (comma "
         "list; each must be in TRIPWIRE_NODES_APART, which the intake routes by)"),
@@ -142,10 +143,12 @@ def run_stage(
         "them when its files change (default: the shipped library)"),
     follow_topic: bool = typer.Option(True, "--follow-controls-topic/--no-follow-controls-topic",
                                       help="decide: apply releases from the controls topic"),
-    one_loop: bool = typer.Option(
-        False, "--one-loop", help="all only: every stage in one loop (one consumer, one "
-        "transaction, one thread; less CPU, see docs/performance.md). Run either one-loop "
-        "workers or per-stage ones on a namespace, not both"),
+    one_loop: bool | None = typer.Option(
+        None, "--one-loop/--loop-per-stage", help="all: every stage in one loop (one "
+        "consumer, one transaction, one thread; the default: less CPU and latency, see "
+        "docs/performance.md) or a loop per stage. Stop one layout before starting the "
+        "other on a namespace: the other starts where it stopped, with its state",
+        show_default=False),
 ) -> None:
     """Run stages of the live decision path until SIGTERM/Ctrl-C.
 
@@ -176,7 +179,8 @@ def run_stage(
         raise TripwireError(f"unknown stage(s) {sorted(unknown)}; use {', '.join(STAGES)}, all")
     if one_loop and (stages != ["all"] or entities.strip()):
         raise TripwireError("--one-loop runs every stage, every node on the shared topic: use "
-                            "`tripwire run stage all --one-loop`, without --entities")
+                            "`tripwire run stage all`, without --entities")
+    one_loop = stages == ["all"] and not entities.strip() and one_loop is not False
     nodes = [e.strip() for e in entities.split(",") if e.strip()] or None
     apart = settings.apart()
     if nodes and not set(nodes) <= apart:

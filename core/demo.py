@@ -63,7 +63,7 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
                                       state_dir=Path(state_dir))
             try:
                 pipeline.wait_assigned()
-                console.print("Pipeline running: intake → feature nodes "
+                console.print("Pipeline running, every stage in one loop: intake → feature nodes "
                               f"({', '.join(library.entities())}) → decide")
                 return _traffic(console, cluster.bootstrap, ns, codec, normal, attack)
             finally:
@@ -127,8 +127,9 @@ def _print_decisions(console: Console, decisions: list[dict]) -> None:
     table.add_column("why", overflow="fold")
     colour = {"ALLOW": "green", "STEP_UP": "yellow", "MANUAL_REVIEW": "yellow", "DENY": "red"}
     decisions = sorted(decisions, key=lambda d: d["event_time"])
-    shown = [d for d in decisions if d["outcome"] != "ALLOW"] + \
-            [d for d in decisions if d["outcome"] == "ALLOW"][:5] + \
+    first = [d for d in decisions if not d["repeat"]]  # each repeat is shown once, last
+    shown = [d for d in first if d["outcome"] != "ALLOW"] + \
+            [d for d in first if d["outcome"] == "ALLOW"][:5] + \
             [d for d in decisions if d["repeat"]]
     for d in shown:
         f = d["features"]

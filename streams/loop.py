@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from tripwire.connectors.kafka import (
     answer_producer,
@@ -206,8 +213,14 @@ class BatchLoop:
         state_dir: Path | None = None,
         commit_interval_ms: int = 100,
         eager: bool = True,
+        peer_groups: Sequence[str] = (),
     ) -> None:
         self.bootstrap = bootstrap
+        # groups of other layouts of the same stages (one loop per stage, or every
+        # stage in one loop) that may have consumed these inputs before this group:
+        # a partition starts from the furthest offset any of them committed
+        self.peer_groups = [g for g in peer_groups if g != group_id]
+        self._seeded: dict[TP, int] = {}  # partitions started from a peer group's offset
         self.inputs = list(inputs)
         self.processor = processor
         self.namespace = namespace
@@ -226,6 +239,10 @@ class BatchLoop:
         self._eager_done = 0  # ... and acknowledged or failed (delivery reports)
         self._eager_lock = threading.Lock()  # reports are served by both threads
         self.state = StateManager(processor.name, list(processor.stores), namespace, state_dir)
+        # a loop running several stages: each topic's stores are its stage's, and their
+        # changelogs carry its stage's name (the same as when the stage runs alone)
+        self.state.stores_by_topic = getattr(processor, "stores_by_topic", None)
+        self.state.owners = dict(getattr(processor, "owners", {}))
         self.state.defer_decoded = True  # decoded state is written back once per commit
         self._topics: dict[str, str] = {}
         # changelog (topic, partition) -> (store, input tp), for delivery reports
@@ -285,7 +302,7 @@ class BatchLoop:
             n = len(md.topics[t].partitions)
             specs += [TopicSpec(name, name, f"changelog of {s} for {t}", partitions=n,
                                 cleanup="compact")
-                      for s in self.state.store_names
+                      for s in self.state.stores_of(t)
                       if (name := self.state.changelog(s, t))]
         create_topics(self.bootstrap, "", specs)
 
@@ -305,10 +322,39 @@ class BatchLoop:
             counts[key] = len(t.partitions)
         self.processor.partitions = counts  # type: ignore[attr-defined]
 
-    def _on_assign(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, c: Consumer, partitions: list[TopicPartition]) -> None:
         self._restore([(tp.topic, tp.partition) for tp in partitions])
+        starts = self._peer_starts(partitions)
+        self._seeded.update(starts)
+        if starts:
+            c.assign([TopicPartition(tp.topic, tp.partition, starts.get(
+                (tp.topic, tp.partition), OFFSET_STORED)) for tp in partitions])
         self._assigned_at = time.monotonic()
         logger.info("assigned %d partitions", len(partitions))
+
+    def _peer_starts(self, partitions: list[TopicPartition]) -> dict[TP, int]:
+        """Partitions where a peer group (another layout of these stages) committed
+        further than this group: start there, not at this group's older position or
+        at the beginning (which would decide every retained event again)."""
+        if not self.peer_groups or not partitions:
+            return {}
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        own = {(t.topic, t.partition): t.offset for t in self.consumer.committed(asked, 30)}
+        starts: dict[TP, int] = {}
+        for group in self.peer_groups:
+            peer = make_consumer(self.bootstrap, group)  # reads offsets; never joins
+            try:
+                for c in peer.committed(asked, 30):
+                    tp = (c.topic, c.partition)
+                    if c.offset >= 0 and c.offset > max(own.get(tp, -1), starts.get(tp, -1)):
+                        starts[tp] = c.offset
+            finally:
+                peer.close()
+        for (name, p), offset in sorted(starts.items()):
+            logger.info("%s[%d]: starting at offset %d, committed by another layout of "
+                        "these stages (this group's: %d)", name, p, offset,
+                        own.get((name, p), -1))
+        return starts
 
     @property
     def assigned_at(self) -> float | None:
@@ -660,8 +706,9 @@ class BatchLoop:
             return
         committed = self.consumer.committed(
             [TopicPartition(t, p) for (t, p) in tps], timeout=30)
-        for tp in committed:
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
+        for tp in committed:  # nothing committed yet: where the partition started
+            start = tp.offset if tp.offset >= 0 else self._seeded.get((tp.topic, tp.partition), 0)
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
     def close(self) -> None:
         try:

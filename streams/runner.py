@@ -8,6 +8,7 @@ import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tripwire.config import commit_interval_for
 from tripwire.connectors.control_sources import ReleaseSource
@@ -27,7 +28,7 @@ from tripwire.streams.state import StateManager
 from tripwire.streams.topics import node_topic_key, topic
 
 __all__ = ["STAGES", "Combined", "Pipeline", "attach_deferred", "combined_loop",
-           "processors_of", "stage_loop", "stage_processor", "stage_topics"]
+           "processors_of", "stage_group", "stage_loop", "stage_processor", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,20 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     if processor is None:
         processor = stage_processor(stage, codec, controls, library, node_timeout_ms, batch,
                                     sources, eager_hops, apart)
-    group = f"{namespace}tripwire.{stage}"
+    group = stage_group(stage, namespace)
     if entities:
         group += "." + "-".join(sorted(entities))
     return BatchLoop(bootstrap, group, stage_topics(stage, namespace, library, entities),
                      processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / stage,
-                     commit_interval_ms=commit_interval_ms, eager=eager)
+                     commit_interval_ms=commit_interval_ms, eager=eager,
+                     peer_groups=() if entities else [stage_group("all", namespace)])
+
+
+def stage_group(stage: str, namespace: str) -> str:
+    """The consumer group of one stage's loops (``all``: of the one-loop workers)."""
+    return f"{namespace}tripwire.{stage}"
 
 
 class Combined:
@@ -114,6 +121,8 @@ class Combined:
         self.stores = tuple(s for p, _ in stages for s in p.stores)
         # each input topic's stores: a stage's own (the state manager opens no others)
         self.stores_by_topic = {t: list(p.stores) for p, topics in stages for t in topics}
+        # each input topic's changelogs are named after its stage, as when run alone
+        self.owners = {t: p.name for p, topics in stages for t in topics}
         self.eager = frozenset().union(*(getattr(p, "eager", ()) for p, _ in stages))
         self.routes = tuple(sorted({r for p, _ in stages for r in getattr(p, "routes", ())}))
         self._partitions: dict[str, int] = {}
@@ -176,19 +185,22 @@ def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                   eager_hops: bool = True, poll_timeout: float = 0.1,
                   apart: Collection[str] = ()) -> BatchLoop:
     """Every stage in one loop (:class:`Combined`); the arguments as
-    :func:`stage_loop`'s. Its group is its own (``tripwire.all``): run either
-    combined workers or per-stage ones on a namespace, not both."""
+    :func:`stage_loop`'s. Its group is its own (``tripwire.all``), its changelogs
+    the stages' own: a namespace can move between the layouts (stop one, start the
+    other; each starts from the furthest offsets either committed and restores
+    the same state), but must not run both at once."""
     if commit_interval_ms is None:
         commit_interval_ms = commit_interval_for(eager_hops and eager)
     processor = Combined([
         (stage_processor(stage, codec, controls, library, node_timeout_ms, batch, sources,
                          eager_hops, apart), stage_topics(stage, namespace, library))
         for stage in STAGES])
-    return BatchLoop(bootstrap, f"{namespace}tripwire.all",
+    return BatchLoop(bootstrap, stage_group("all", namespace),
                      sorted(processor.stores_by_topic), processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / "all",
-                     commit_interval_ms=commit_interval_ms, eager=eager)
+                     commit_interval_ms=commit_interval_ms, eager=eager,
+                     peer_groups=[stage_group(s, namespace) for s in STAGES])
 
 
 def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: AvroCodec,
@@ -255,8 +267,13 @@ class Pipeline:
     @classmethod
     def build(cls, bootstrap: str, namespace: str, *, codec: AvroCodec, controls: ControlSet,
               library: FeatureLibrary, state_dir: Path | None, stages: Sequence[str] = STAGES,
-              batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS) -> Pipeline:
-        return cls.start({s: stage_loop(s, bootstrap, namespace, codec=codec,
-                                        controls=controls, library=library,
-                                        state_dir=state_dir, batch_size=batch_size,
-                                        node_timeout_ms=node_timeout_ms) for s in stages})
+              batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS,
+              one_loop: bool = True) -> Pipeline:
+        """``stages`` in threads of this process: every stage in one loop (the
+        default when all run) or, with ``one_loop`` False or a subset, a loop each."""
+        common: dict[str, Any] = dict(codec=codec, controls=controls, library=library,
+                                      state_dir=state_dir, batch_size=batch_size,
+                                      node_timeout_ms=node_timeout_ms)
+        if one_loop and tuple(stages) == STAGES:
+            return cls.start({"all": combined_loop(bootstrap, namespace, **common)})
+        return cls.start({s: stage_loop(s, bootstrap, namespace, **common) for s in stages})

@@ -222,6 +222,10 @@ class StateManager:
         self.store_names = list(stores)
         # input topic -> the stores its partitions have (None: every store)
         self.stores_by_topic: dict[str, list[str]] | None = None
+        # input topic -> the processor whose name its changelogs carry (default: this
+        # one); a loop running several stages names each topic's after its stage, so
+        # every layout of the stages writes and restores the same changelogs
+        self.owners: dict[str, str] = {}
         self.namespace = namespace
         self.root = root
         self._stores: dict[tuple[str, TP], KeyValueStore] = {}
@@ -267,7 +271,7 @@ class StateManager:
         name = self._changelogs.get((store, topic))
         if name is None:
             name = self._changelogs[(store, topic)] = changelog_topic(
-                self.namespace, self.processor, store, topic)
+                self.namespace, self.owners.get(topic, self.processor), store, topic)
         return name
 
     def _dir(self, store: str, tp: TP) -> Path:

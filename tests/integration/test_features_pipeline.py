@@ -17,14 +17,16 @@ from oracle import brute_force
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import read_to_end, read_topic
+from tripwire.connectors.kafka import admin
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.intake import EVENT_KINDS
-from tripwire.streams.pipeline import FeatureStage, unpack
-from tripwire.streams.runner import Pipeline, combined_loop, stage_loop
+from tripwire.streams.pipeline import DecisionStage, FeatureStage, IntakeStage, unpack
+from tripwire.streams.runner import Pipeline, combined_loop, stage_loop, stage_topics
+from tripwire.streams.state import changelog_topic
 from tripwire.streams.topics import topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -62,24 +64,26 @@ def _loops(kafka: KafkaCluster, ns: str, state: Path, feature_workers: int,
     return loops
 
 
-@pytest.mark.parametrize("combined", [False, True], ids=["per-stage", "combined"])
+@pytest.mark.parametrize("layouts", [(False, False), (True, True), (False, True)],
+                         ids=["per-stage", "combined", "per-stage-then-combined"])
 def test_features_equal_the_oracle_across_workers_and_a_restart(
-        kafka: KafkaCluster, topics: str, tmp_path: Path, combined: bool) -> None:
+        kafka: KafkaCluster, topics: str, tmp_path: Path, layouts: tuple[bool, bool]) -> None:
     """Combined: two workers each running every stage in one loop (one group over
     all the topics), both losing their disks — intake, node and decide state all
-    come back from the changelogs."""
+    come back from the changelogs. Per-stage then combined: the restart also moves
+    to the other layout, which starts where the first stopped, with its state."""
     now = int(time.time() * 1000)
     traffic = mixed_traffic(7, now - 30 * 60_000, 360)
     first, second = traffic[:180], traffic[180:]
 
     publish(kafka, topics, CODEC, first)
-    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2, combined),
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2, layouts[0]),
                            len(first))
     assert len(decisions) == len(first)
     for d in (tmp_path / "w1", tmp_path / "w2"):
         shutil.rmtree(d, ignore_errors=True)  # lose the feature workers' disks
     publish(kafka, topics, CODEC, second)
-    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2, combined),
+    decisions = _run_until(kafka, topics, _loops(kafka, topics, tmp_path, 2, layouts[1]),
                            len(traffic))
     assert len(decisions) == len(traffic)
     by_event = {d["event_id"]: d for d in decisions}
@@ -87,6 +91,13 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
     odd = [d["feature_errors"] for d in decisions
            if any("late" not in e for e in d["feature_errors"].values())]
     assert not odd, odd[:3]
+    # whatever the layout, a topic's state is its own stage's, under its stage's name
+    changelogs = {t for t in admin(kafka.bootstrap).list_topics(timeout=30).topics
+                  if t.startswith(topics) and t.endswith(".changelog")}
+    assert changelogs == {changelog_topic(topics, stage.name, store, t)
+                          for stage in (IntakeStage, FeatureStage, DecisionStage)
+                          for t in stage_topics(stage.name, topics, LIB)
+                          for store in stage.stores}
 
     # the oracle: per entity key, the order in which its node saw the events
     events = {ev["event_id"]: (kind, ev) for kind, ev in traffic}

@@ -25,28 +25,56 @@ def _env(kafka: KafkaCluster, ns: str, state: Path) -> dict[str, str]:
             "TRIPWIRE_TOPIC_NAMESPACE": ns, "TRIPWIRE_STATE_DIR": str(state)}
 
 
-@pytest.mark.parametrize("one_loop", [False, True], ids=["per-stage", "one-loop"])
-def test_all_stages_decide_and_stop_cleanly_on_sigterm(kafka: KafkaCluster, topics: str,
-                                                       tmp_path: Path, one_loop: bool) -> None:
+def _run_all(kafka: KafkaCluster, ns: str, state: Path, codec: AvroCodec,
+             send: list[dict], decisions: int, *flags: str) -> tuple[list[dict], str]:
+    """``tripwire run stage all [flags]`` until ``decisions`` more decisions came, then
+    SIGTERM: (those decisions, its stderr)."""
+    start = read_topic(kafka.bootstrap, [topic("decisions", ns)], 10**9, timeout=2)
     proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all",
-                             "--node-timeout-ms", "2000", *(["--one-loop"] if one_loop else [])],
-                            env=_env(kafka, topics, tmp_path),
+                             "--node-timeout-ms", "2000", *flags], env=_env(kafka, ns, state),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        codec = AvroCodec.from_url(None)
-        events = list(normal_card_payments(4, int(time.time() * 1000) - 5_000, 10))
         prod = EventProducer(kafka.bootstrap, codec)
-        for e in events:
-            prod.send(topic("card_payments", topics), CARD_SCHEMA, e, e["card_token"])
+        for e in send:
+            prod.send(topic("card_payments", ns), CARD_SCHEMA, e, e["card_token"])
         prod.flush()
-        msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], 10, timeout=90)
-        decided = {codec.decode(m.value())[1]["event_id"] for m in msgs}
-        assert decided == {e["event_id"] for e in events}
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", ns)], len(start) + decisions,
+                          timeout=90)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "running intake, features, decide" + (" in one loop" if one_loop else "") in err
+    return [codec.decode(m.value())[1] for m in msgs[len(start):]], err
+
+
+def test_all_stages_decide_stop_cleanly_and_move_between_layouts(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    """A loop per stage first, then the default one loop on the same namespace and
+    state folder: it starts where the per-stage loops stopped, with their state
+    (nothing decided twice, a resend answered as a repeat, windows carried over)."""
+    codec = AvroCodec.from_url(None)
+    events = list(normal_card_payments(4, int(time.time() * 1000) - 5_000, 20, cards=3))
+    first, err = _run_all(kafka, topics, tmp_path, codec, events[:10], 10, "--loop-per-stage")
+    assert "running intake, features, decide on" in err
+    assert {d["event_id"] for d in first} == {e["event_id"] for e in events[:10]}
+    resent = events[0]
+    second, err = _run_all(kafka, topics, tmp_path, codec, [*events[10:], resent], 11)
+    assert "running intake, features, decide in one loop" in err
+    assert sorted(d["event_id"] for d in second if not d["repeat"]) == \
+        sorted(e["event_id"] for e in events[10:])  # none of the first ten again
+    again = [d for d in second if d["repeat"]]
+    assert [d["event_id"] for d in again] == [resent["event_id"]]
+    assert again[0]["decision_id"] == next(d["decision_id"] for d in first
+                                           if d["event_id"] == resent["event_id"])
+    by_card: dict[str, int] = {}
+    for e in events:
+        by_card[e["card_token"]] = by_card.get(e["card_token"], 0) + 1
+    carried = [d for d in second if not d["repeat"] and by_card[d["entity_key"]] > 1]
+    assert carried, "the simulator gave no card two payments"
+    for d in carried:  # a card's count over the hour includes its payments of the first run
+        earlier = [e for e in events if e["card_token"] == d["entity_key"]
+                   and e["event_time"] <= d["event_time"]]
+        assert d["features"]["card_auths_1h"] == len(earlier), d["event_id"]
     # an analyst asks why
     why = subprocess.run([sys.executable, "-m", "tripwire", "explain", events[0]["event_id"]],
                          env=_env(kafka, topics, tmp_path), capture_output=True, text=True,
