@@ -28,9 +28,10 @@ events that match, e.g. ``{"kind": "TOPUP"}``; others cost nothing and leave no
 execution record) and ``EXAMPLES`` (inputs and the expected ``signal`` or
 ``outcome``, run by ``tripwire controls test`` and before a control is accepted).
 
-A control sees the event fields and features it names as string literals in its
-source (``features.get("card_declines_10m")``): that is all it is given, and it
-is what its execution record shows as its inputs. Each call has a time budget
+A control has Starlark's standard globals and ``json`` (``json.encode``,
+``json.decode``). It sees the event fields and features it names as string
+literals in its source (``features.get("card_declines_10m")``): that is all it is
+given, and it is what its execution record shows as its inputs. Each call has a time budget
 (checked about every thousand Starlark steps) and a call-depth limit. Errors
 are values: a failing control is recorded, the others still run, and its
 ``ON_ERROR`` outcome is proposed. Starlark has no memory limit: one huge
@@ -51,6 +52,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 import starlark as sl
 
 __all__ = ["LIBRARY", "MODES", "OUTCOMES", "STAGES", "Control", "ControlError", "ControlResult",
@@ -68,6 +70,15 @@ DEFAULT_BUDGET_MS = 5.0
 TIER0_BUDGET_MS = 1.0
 MAX_CALL_DEPTH = 64
 _SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
+# The engine calls a control through an entry point appended to its source (the
+# version and every line number stay the source's): the arguments go in as one
+# JSON string, the result comes back as one. starlark-pyo3 converts each argument
+# and result through Python's json module; orjson here and Starlark's own json
+# there cost about half as much per call (5-9 µs less on the shipped detectors;
+# docs/performance.md, 2026-11-29 session 4).
+_ENTRY = "tripwire_engine_entry"
+_ENTRY_SOURCE = "\n\ndef {entry}(args):\n    return json.encode({function}(*json.decode(args)))\n"
+_GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])  # standard, and json
 
 
 class ControlError(ValueError):
@@ -169,16 +180,13 @@ class Control:
     @classmethod
     def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
             -> Control:
-        try:
-            tree = sl.parse(f"{control_id}.star", source)
-            module = sl.Module()
-            sl.eval(module, tree, sl.Globals.standard())
-        except Exception as exc:
-            raise ControlError(f"{control_id}: {exc}") from exc
+        module = _evaluated(control_id, source)
         defined = [f for f in _FUNCTIONS if _defines_function(module, f)]
         if len(defined) != 1:
             raise ControlError(f"{control_id}: defines {'no' if not defined else 'more than one'}"
                                f" function of {_SIGNATURES}")
+        if _defines_function(module, _ENTRY):
+            raise ControlError(f"{control_id}: {_ENTRY} is the engine's name; use another")
         stage = _FUNCTIONS[defined[0]]
         applies = module["APPLIES_TO"]  # optional global: ["CardPayment", ...]
         if applies is not None and (not isinstance(applies, list)
@@ -216,7 +224,8 @@ class Control:
                                "list of values (not on the selection control)")
         conditions = tuple((k, frozenset(v if isinstance(v, list) else [v]))
                            for k, v in sorted(when.items()))
-        frozen = module.freeze()
+        frozen = _evaluated(control_id, source + _ENTRY_SOURCE.format(
+            entry=_ENTRY, function=defined[0])).freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
@@ -280,8 +289,9 @@ class Control:
         self.budget.deadline = start + self.budget.budget_ns
         error = signal = None
         try:
-            out = self.module.call_with(self.budget.options, self.function, *args).value
-            outcome, reason, actions, score, signal = self._parse(out)
+            out = self.module.call_with(self.budget.options, _ENTRY,
+                                        orjson.dumps(args).decode()).value
+            outcome, reason, actions, score, signal = self._parse(orjson.loads(out))
         except Exception as exc:
             error = str(exc)
             if "cancelled" in error:
@@ -363,6 +373,15 @@ def _summary(exc: Exception) -> str:
     if what is None:
         return f"{type(exc).__name__}: {(lines or [''])[-1][:300]}"
     return f"{what} at {where}" if where else what
+
+
+def _evaluated(control_id: str, source: str) -> Any:
+    try:
+        module = sl.Module()
+        sl.eval(module, sl.parse(f"{control_id}.star", source), _GLOBALS)
+    except Exception as exc:
+        raise ControlError(f"{control_id}: {exc}") from exc
+    return module
 
 
 def _defines_function(module: Any, name: str) -> bool:
