@@ -55,6 +55,7 @@ def test_errors_are_values_and_the_others_still_run() -> None:
     results = verdict.results
     assert [r.control_id for r in results] == ["broken", "fine", "respond", "select"]
     assert results[0].error and "nope" in results[0].error
+    assert "broken.star:5:" in results[0].error  # the control's own line, not the engine's
     assert results[0].outcome == "MANUAL_REVIEW"  # its fail policy, proposed to selection
     assert results[1].signal == "possible_card_testing" and results[1].error is None
     assert verdict.outcome == "MANUAL_REVIEW"
@@ -115,6 +116,8 @@ def test_a_network_needs_exactly_one_selection_control() -> None:
     ("TIER = 3\ndef detect(e, f): return None", "TIER"),
     ("TIER = 2\ndef act(e, f, d): return None", "only detectors"),
     ('MODE = "SHADOW"\ndef select(e, p): return None', "must be ACTIVE"),
+    ("def detect(e, f): return None\ndef tripwire_engine_entry(a): return a",
+     "the engine's name"),
 ])
 def test_broken_controls_are_refused_at_load(src: str, message: str) -> None:
     with pytest.raises(ControlError, match=message):
