@@ -10,6 +10,7 @@ BENCHES = {
     "path": "bench.path",
     "txn": "bench.txn",
     "stall": "bench.stall",
+    "state": "bench.state",
 }
 
 

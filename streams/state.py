@@ -92,13 +92,24 @@ class RocksStore:
     """
 
     MAX_BUFFERED = 20_000
+    # Bloom filter bits per key in every table file (as Kafka Streams' stores have):
+    # most lookups miss — a new event in the dedup store, a new identity in the
+    # decision memory — and a miss then skips the files instead of reading a
+    # block of each (`bench state`: ~0.4 against ~4 µs per miss in page cache,
+    # a disk read each when not). 0: none.
+    BLOOM_BITS = 10
 
-    def __init__(self, path: Path) -> None:
-        from rocksdict import Options, Rdict, WriteOptions
+    def __init__(self, path: Path, bloom_bits: int = BLOOM_BITS) -> None:
+        from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = Rdict(str(path), Options(raw_mode=True))
+        options = Options(raw_mode=True)
+        if bloom_bits:
+            table = BlockBasedOptions()
+            table.set_bloom_filter(bloom_bits, False)  # full filters, not per block
+            options.set_block_based_table_factory(table)
+        self._db = Rdict(str(path), options)
         # No write-ahead log: the changelog topic is the durable log. A copy not
         # closed cleanly is wiped and restored from it; a clean close flushes first.
         no_wal = WriteOptions()
