@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tripwire.streams.topics import TOPICS, TopicSpec
+from tripwire.streams.topics import TopicSpec, declared
 
 __all__ = ["admin", "answer_producer", "consume_available", "consumer", "create_topics",
            "delete_topics", "produce_waiting", "producer"]
@@ -132,11 +132,14 @@ def admin(bootstrap: str) -> AdminClient:
 def create_topics(
     bootstrap: str,
     namespace: str = "",
-    specs: Iterable[TopicSpec] = TOPICS,
+    specs: Iterable[TopicSpec] | None = None,
     partitions: int | None = None,
     timeout: float = 30.0,
 ) -> dict[str, str]:
-    """Create the declared topics if missing; returns name -> "created" | "exists"."""
+    """Create ``specs`` (default: the declared topics, no entity served apart, see
+    :func:`~tripwire.streams.topics.declared`) if missing; returns name ->
+    "created" | "exists"."""
+    specs = declared() if specs is None else specs
     client = admin(bootstrap)
     existing = set(client.list_topics(timeout=timeout).topics)
     wanted = [

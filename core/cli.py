@@ -85,12 +85,14 @@ def broker_logs(lines: int = typer.Option(40, help="how many lines")) -> None:
 @topics_app.command("create")
 def topics_create(partitions: int = typer.Option(0, help="override every topic's count"))\
         -> None:
-    """Create every declared topic that is missing (idempotent)."""
+    """Create every declared topic that is missing (idempotent); an entity's own
+    feature topic only when TRIPWIRE_NODES_APART names it."""
     from tripwire.connectors.kafka import create_topics
+    from tripwire.streams.topics import declared
 
     settings = Settings()
     result = create_topics(_bootstrap(settings), settings.topic_namespace,
-                           partitions=partitions or None)
+                           declared(settings.apart()), partitions=partitions or None)
     for name, state in sorted(result.items()):
         console.print(f"{state:8} {name}")
 

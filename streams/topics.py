@@ -10,12 +10,13 @@ upstream events and ``tripwire.<stream>.v<major>`` for what tripwire writes. A
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
 from tripwire.features.spec import ENTITIES
 
-__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "node_topic_key", "spec", "topic"]
+__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "declared", "node_topic_key", "spec", "topic"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -95,6 +96,18 @@ _FEATURE_NODES = (
                 keyed_by=entity)
       for entity in ENTITIES),
 )
+
+
+def declared(apart: Collection[str] = ()) -> tuple[TopicSpec, ...]:
+    """The topics a deployment needs: every public and internal topic, and the
+    feature topics of the entities served apart (``TRIPWIRE_NODES_APART``) only —
+    the others' would stand idle on the broker.
+
+    >>> [t.key for t in declared({"ip"}) if t.key.startswith("features")]
+    ['features', 'features_ip']
+    """
+    return tuple(t for t in TOPICS if not t.key.startswith("features_")
+                 or t.key.removeprefix("features_") in apart)
 
 
 def node_topic_key(entity: str, apart: frozenset[str] | set[str] = frozenset()) -> str:

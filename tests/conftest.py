@@ -14,6 +14,8 @@ from tripwire.broker import KafkaCluster, acquire_cluster
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.config import Settings
 from tripwire.connectors.kafka import create_topics
+from tripwire.features.spec import ENTITIES
+from tripwire.streams.topics import declared
 
 logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
 
@@ -43,6 +45,7 @@ def namespace(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def topics(kafka: KafkaCluster, namespace: str) -> str:
-    """The declared topics, created under the test's namespace (3 partitions each)."""
-    create_topics(kafka.bootstrap, namespace, partitions=3)
+    """The declared topics, every entity's own feature topic too, created under the
+    test's namespace (3 partitions each)."""
+    create_topics(kafka.bootstrap, namespace, declared(ENTITIES), partitions=3)
     return namespace

@@ -23,19 +23,24 @@ from tripwire.connectors.simulator import (
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.loop import BatchLoop
-from tripwire.streams.topics import TOPICS, TopicSpec, spec, topic
+from tripwire.streams.topics import TOPICS, TopicSpec, declared, spec, topic
 
 pytestmark = pytest.mark.kafka
 
 
 def test_declared_topics_are_created_idempotently(kafka: KafkaCluster, namespace: str) -> None:
     first = create_topics(kafka.bootstrap, namespace)
-    assert set(first.values()) == {"created"} and len(first) == len(TOPICS)
+    wanted = declared()  # no entity served apart: no idle per-entity feature topics
+    assert set(first.values()) == {"created"} and len(first) == len(wanted) < len(TOPICS)
+    assert topic("features", namespace) in first and topic("features_ip", namespace) not in first
     assert set(create_topics(kafka.bootstrap, namespace).values()) == {"exists"}
     client = admin(kafka.bootstrap)
     md = client.list_topics(timeout=10)
-    for t in TOPICS:
+    for t in wanted:
         assert len(md.topics[namespace + t.name].partitions) == t.partitions
+    apart = create_topics(kafka.bootstrap, namespace, declared({"ip"}))  # TRIPWIRE_NODES_APART=ip
+    assert [n for n, state in apart.items() if state == "created"] == \
+        [topic("features_ip", namespace)]
     from confluent_kafka.admin import ConfigResource
     res = ConfigResource("topic", topic("controls", namespace))
     cfg = client.describe_configs([res])[res].result(10)
