@@ -30,11 +30,11 @@ execution record) and ``EXAMPLES`` (inputs and the expected ``signal`` or
 
 A control has Starlark's standard globals and ``json`` (``json.encode``,
 ``json.decode``). It sees the event fields and features it names as string
-literals in its source (``features.get("card_declines_10m")``): that is all it is
-given, and it is what its execution record shows as its inputs. Each call has a time budget
-(checked about every thousand Starlark steps) and a call-depth limit. Errors
-are values: a failing control is recorded, the others still run, and its
-``ON_ERROR`` outcome is proposed. Starlark has no memory limit: one huge
+literals in its source (``features.get("card_declines_10m")``): that is all it
+is given, and it is what its execution record shows as its inputs. Each call has
+a time budget (checked about every thousand Starlark steps) and a call-depth
+limit. Errors are values: a failing control is recorded, the others still run,
+and its ``ON_ERROR`` outcome is proposed. Starlark has no memory limit: one huge
 allocation is not stopped (run controls in worker processes with an
 address-space limit where that matters).
 """
