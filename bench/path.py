@@ -46,16 +46,13 @@ from tripwire.broker.scratch import release, scratch_home
 from tripwire.connectors.kafka import consume_available, consumer, create_topics, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
 from tripwire.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
+from tripwire.schemas.models import EVENT_MODELS
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.decider import DECISION_SCHEMA
 from tripwire.streams.intake import EVENT_KINDS
 from tripwire.streams.topics import topic
 
 __all__ = ["main"]
-
-_TOPIC_OF = {"tripwire.events.CardPayment": "card_payments",
-             "tripwire.events.LoginEvent": "logins", "tripwire.events.FpsMessage": "fps"}
-
 
 def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, bytes, bytes, str]]:
     """(topic key, key, value, event id) in event-time order."""
@@ -69,7 +66,8 @@ def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, byt
     for schema, e in traffic:
         kind = EVENT_KINDS[schema]
         key = str(e.get(kind.entity_field) or e["event_id"]).encode()
-        out.append((_TOPIC_OF[schema], key, codec.encode(schema, e), e["event_id"]))
+        out.append((EVENT_MODELS[schema].topic_key, key, codec.encode(schema, e),
+                    e["event_id"]))
     return out
 
 

@@ -12,12 +12,15 @@ from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer
 from tripwire.connectors.kafka import consumer
 from tripwire.schemas.codec import AvroCodec
-from tripwire.streams.intake import EVENT_KINDS
+from tripwire.schemas.models import EVENT_MODELS
 from tripwire.streams.topics import topic
 
-# event kind → (input topic key, the field its records are keyed by)
-INPUT_OF = {"CardPayment": ("card_payments", "card_token"), "LoginEvent": ("logins", "user_id"),
-            "FpsMessage": ("fps", "account_id")}
+
+def send_event(prod: EventProducer, ns: str, kind: str, ev: dict[str, Any]) -> None:
+    """One event of ``kind`` (``CardPayment``, ...) to its input topic, keyed as
+    upstream does (the event models' topic and key field)."""
+    model = EVENT_MODELS[f"tripwire.events.{kind}"]
+    prod.send(topic(model.topic_key, ns), model.schema_name, ev, ev[model.key_field])
 
 
 def publish(kafka: KafkaCluster, ns: str, codec: AvroCodec,
@@ -25,8 +28,7 @@ def publish(kafka: KafkaCluster, ns: str, codec: AvroCodec,
     """Send (kind, event) pairs to their input topics, keyed as upstream does."""
     prod = EventProducer(kafka.bootstrap, codec)
     for kind, ev in events:
-        key, field = INPUT_OF[kind]
-        prod.send(topic(key, ns), EVENT_KINDS[f"tripwire.events.{kind}"].schema, ev, ev[field])
+        send_event(prod, ns, kind, ev)
     prod.flush()
 
 

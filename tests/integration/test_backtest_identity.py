@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import INPUT_OF
+from helpers import send_event
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_to_end
@@ -29,7 +29,6 @@ from tripwire.connectors.simulator import CARD_SCHEMA, magstripe_contactless_att
 from tripwire.features.engine import FeatureLibrary
 from tripwire.streams.backtest import comparable
 from tripwire.streams.decision_path import INPUTS, DecisionPath
-from tripwire.streams.intake import EVENT_KINDS
 from tripwire.streams.loop import BatchLoop
 from tripwire.streams.runner import STAGES, Pipeline, stage_loop
 from tripwire.streams.topics import topic
@@ -106,9 +105,7 @@ def test_backtest_decisions_are_the_live_pipelines_across_topics(
     try:
         pipeline.wait_assigned()
         for i, (kind, ev) in enumerate(traffic):
-            name, field = INPUT_OF[kind]
-            prod.send(topic(name, ns), EVENT_KINDS[f"tripwire.events.{kind}"].schema, ev,
-                      ev[field])
+            send_event(prod, ns, kind, ev)
             prod.flush()
             deadline = time.monotonic() + 60
             while len(live) <= i:
