@@ -70,7 +70,7 @@ from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, 
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord, partition_for
 from tripwire.streams.state import StateManager, StateView
-from tripwire.streams.topics import ANSWERS, node_topic_key
+from tripwire.streams.topics import ANSWERS, apart_entity, node_topic_key
 
 if TYPE_CHECKING:
     from tripwire.connectors.control_sources import ReleaseSource
@@ -193,9 +193,8 @@ class IntakeStage(Packer):
             # producer blocks a partition (and spins) once 5 messages are in flight on
             # it (see connectors.kafka.answer_producer), which a record per entity
             # reached at once on the shared topic
-            entity = "" if topic_key == "features" else topic_key.removeprefix("features_")
             out += self.pack(self.codec, FEATURE_REQUESTS, topic_key, items,
-                             as_json=True, entity=entity)
+                             as_json=True, entity=apart_entity(topic_key))
         return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
 
     def _requests(self, a: Admitted, nodes: list[str],

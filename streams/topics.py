@@ -16,7 +16,8 @@ from typing import Literal
 
 from tripwire.features.spec import ENTITIES
 
-__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "declared", "node_topic_key", "spec", "topic"]
+__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "apart_entity", "declared", "node_topic_key",
+           "spec", "topic"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -37,6 +38,15 @@ class TopicSpec:
         if self.cleanup == "delete":
             cfg["retention.ms"] = str(self.retention_ms if self.retention_ms is not None else -1)
         return cfg
+
+
+def node_topic_key(entity: str, apart: frozenset[str] | set[str] = frozenset()) -> str:
+    """The topic key an entity's feature requests go to.
+
+    >>> node_topic_key("card"), node_topic_key("ip", {"ip"})
+    ('features', 'features_ip')
+    """
+    return f"features_{entity}" if entity in apart else "features"
 
 
 _PUBLIC: tuple[TopicSpec, ...] = (
@@ -89,13 +99,26 @@ _FEATURE_NODES = (
     TopicSpec("features", "tripwire.features.v1",
               "Internal: feature requests for the entity nodes, keyed by entity key",
               retention_ms=DAY_MS, keyed_by="entity key"),
-    *(TopicSpec(f"features_{entity}", f"tripwire.features.{entity}.v1",
+    *(TopicSpec(node_topic_key(entity, {entity}), f"tripwire.features.{entity}.v1",
                 f"Internal: feature requests for the {entity} node served apart "
                 f"(TRIPWIRE_NODES_APART), keyed by {entity}",
                 partitions=1 if entity == "system" else 6, retention_ms=DAY_MS,
                 keyed_by=entity)
       for entity in ENTITIES),
 )
+
+
+TOPICS: tuple[TopicSpec, ...] = (*_PUBLIC, *_FEATURE_NODES)
+_APART = {node_topic_key(e, {e}): e for e in ENTITIES}  # an entity's own topic → the entity
+
+
+def apart_entity(topic_key: str) -> str:
+    """The entity whose own feature topic ``topic_key`` is ("" for any other topic).
+
+    >>> apart_entity("features_ip"), apart_entity("features")
+    ('ip', '')
+    """
+    return _APART.get(topic_key, "")
 
 
 def declared(apart: Collection[str] = ()) -> tuple[TopicSpec, ...]:
@@ -106,18 +129,7 @@ def declared(apart: Collection[str] = ()) -> tuple[TopicSpec, ...]:
     >>> [t.key for t in declared({"ip"}) if t.key.startswith("features")]
     ['features', 'features_ip']
     """
-    return tuple(t for t in TOPICS if not t.key.startswith("features_")
-                 or t.key.removeprefix("features_") in apart)
-
-
-def node_topic_key(entity: str, apart: frozenset[str] | set[str] = frozenset()) -> str:
-    """The topic key an entity's feature requests go to.
-
-    >>> node_topic_key("card"), node_topic_key("ip", {"ip"})
-    ('features', 'features_ip')
-    """
-    return f"features_{entity}" if entity in apart else "features"
-TOPICS: tuple[TopicSpec, ...] = (*_PUBLIC, *_FEATURE_NODES)
+    return tuple(t for t in TOPICS if apart_entity(t.key) in ("", *apart))
 
 # The answers to events — what analysts and downstream systems act on. The decision
 # path sends them at once, outside its state transaction (at least once: a replay
