@@ -71,13 +71,15 @@ TIER0_BUDGET_MS = 1.0
 MAX_CALL_DEPTH = 64
 _SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
 # The engine calls a control through an entry point appended to its source (the
-# version and every line number stay the source's): the arguments go in as one
-# JSON string, the result comes back as one. starlark-pyo3 converts each argument
-# and result through Python's json module; orjson here and Starlark's own json
-# there cost about half as much per call (5-9 µs less on the shipped detectors;
-# docs/performance.md, 2026-11-29 session 4).
+# version and every line number stay the source's): its inputs go in as one JSON
+# object — the one its execution record shows — and the result comes back as one
+# JSON string. starlark-pyo3 converts each argument and result through Python's
+# json module; orjson here and Starlark's own json there cost about half as much
+# per call (5-9 µs less on the shipped detectors; docs/performance.md, 2026-11-29
+# session 4).
 _ENTRY = "tripwire_engine_entry"
-_ENTRY_SOURCE = "\n\ndef {entry}(args):\n    return json.encode({function}(*json.decode(args)))\n"
+_PARAMETERS = {"DETECTOR": ("event", "features"), "ACTION": ("event", "features", "detections"),
+               "SELECTION": ("event", "proposals")}
 _GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])  # standard, and json
 
 
@@ -100,6 +102,7 @@ class ControlResult:
     stage: str = "DETECTOR"
     signal: str | None = None  # a detector's finding; None: nothing seen
     inputs: Mapping[str, Any] = field(default_factory=dict)  # what the control was given
+    inputs_json: str | None = None  # ... as the JSON it was called with (None: not called)
 
     @property
     def fired(self) -> bool:
@@ -224,8 +227,10 @@ class Control:
                                "list of values (not on the selection control)")
         conditions = tuple((k, frozenset(v if isinstance(v, list) else [v]))
                            for k, v in sorted(when.items()))
-        frozen = _evaluated(control_id, source + _ENTRY_SOURCE.format(
-            entry=_ENTRY, function=defined[0])).freeze()
+        given = ", ".join(f'given["{p}"]' for p in _PARAMETERS[stage])
+        frozen = _evaluated(control_id, f"{source}\n\ndef {_ENTRY}(inputs):\n"
+                            f"    given = json.decode(inputs)\n"
+                            f"    return json.encode({defined[0]}({given}))\n").freeze()
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
@@ -281,16 +286,12 @@ class Control:
         result's ``error`` and the fail policy. ``entity_key`` decides whether a
         canary's result counts. ``extra``: ``detections`` or ``proposals``."""
         given = self.inputs(event, features, extra)
-        args = [given["event"]]
-        if self.stage != "SELECTION":
-            args.append(given["features"])
-        args += extra.values()
         start = time.perf_counter_ns()
         self.budget.deadline = start + self.budget.budget_ns
-        error = signal = None
+        error = signal = given_json = None
         try:
-            out = self.module.call_with(self.budget.options, _ENTRY,
-                                        orjson.dumps(args).decode()).value
+            given_json = orjson.dumps(given).decode()
+            out = self.module.call_with(self.budget.options, _ENTRY, given_json).value
             outcome, reason, actions, score, signal = self._parse(orjson.loads(out))
         except Exception as exc:
             error = str(exc)
@@ -305,7 +306,7 @@ class Control:
         return ControlResult(self.control_id, self.version, outcome, reason, actions, score,
                              error, (time.perf_counter_ns() - start) // 1000, self.mode,
                              self.mode == "ACTIVE" or self.decides_for(entity_key),
-                             self.stage, signal, given)
+                             self.stage, signal, given, given_json)
 
     def failure_reason(self, error: str) -> str:
         """Why a failed control proposes its fail-policy outcome (empty: IGNORE)."""

@@ -131,7 +131,7 @@ class Decider:
                                "executed_at": now_ms, "executions": [{
                 "control_id": r.control_id, "control_version": r.version, "stage": r.stage,
                 "mode": r.mode, "tier": tiers.get(r.control_id, 1),
-                "inputs_json": orjson.dumps(r.inputs, default=repr).decode(),
+                "inputs_json": r.inputs_json or orjson.dumps(r.inputs, default=repr).decode(),
                 "output_json": None if r.error else orjson.dumps(
                     {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
                     "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
