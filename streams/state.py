@@ -117,6 +117,11 @@ class RocksStore:
         self._db.set_write_options(no_wal)
         self._buffer: dict[bytes, bytes | None] = {}  # None: a delete
 
+    @property
+    def buffered(self) -> int:
+        """Writes not applied yet."""
+        return len(self._buffer)
+
     def get(self, key: bytes) -> bytes | None:
         if key in self._buffer:
             return self._buffer[key]
@@ -264,10 +269,12 @@ class StateManager:
         if not self.defer_decoded:
             self.checkpoint()
 
-    def checkpoint(self) -> None:
-        """Write every changed decoded value back to its store (and changelog)."""
+    def checkpoint(self, full: bool = True) -> None:
+        """Write every changed decoded value back to its store (and changelog);
+        ``full`` False: only those not written back since the last full checkpoint
+        (see :meth:`DecodedCache.flush`)."""
         for cache in self._decoded.values():
-            cache.flush(self)
+            cache.flush(self, full)
 
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, topic, partition)
@@ -353,10 +360,12 @@ class StateManager:
         self.store(name, tp).put_many(items)
         self.pending.extend((name, tp, k, v) for k, v in items)
 
-    def flush_writes(self) -> None:
-        """Apply every store's buffered writes (the loop: once per commit)."""
+    def flush_writes(self, at_least: int = 1) -> None:
+        """Apply the buffered writes of every store holding ``at_least`` of them (the
+        loop: after each batch the stores with many, so that a commit is not left
+        with a second's worth; before each commit all of them)."""
         for s in self._stores.values():
-            if isinstance(s, RocksStore):
+            if isinstance(s, RocksStore) and s.buffered >= at_least:
                 s.flush()
 
     def discard(self, tp: TP) -> None:
@@ -397,6 +406,8 @@ class DecodedCache:
         self.store, self.decode, self.encode, self.max_keys = store, decode, encode, max_keys
         self._cache: dict[tuple[TP, bytes], Any] = {}  # oldest loaded first
         self._dirty: set[tuple[TP, bytes]] = set()
+        # keys written back since the last full flush: changed again, they wait for it
+        self._settled: set[tuple[TP, bytes]] = set()
 
     def get(self, state: StateManager, tp: TP, key: bytes) -> Any:
         """The decoded value, marked dirty: the caller may change it in place."""
@@ -407,13 +418,25 @@ class DecodedCache:
         self._dirty.add(k)
         return value
 
-    def flush(self, state: StateManager) -> None:
+    def flush(self, state: StateManager, full: bool = True) -> None:
+        """Write changed values back. ``full`` False (after a batch, between commits):
+        only keys not written back since the last full flush, so the work of a
+        commit is spread over its batches while a hot key is still encoded about
+        once per commit; the full flush (before a commit) writes the rest."""
+        settled = self._settled
+        keys = self._dirty if full else [k for k in self._dirty if k not in settled]
         by_tp: dict[TP, list[tuple[bytes, bytes]]] = {}
-        for tp, key in self._dirty:
-            by_tp.setdefault(tp, []).append((key, self.encode(self._cache[(tp, key)])))
+        cache, encode = self._cache, self.encode
+        for k in keys:
+            by_tp.setdefault(k[0], []).append((k[1], encode(cache[k])))
         for tp, items in by_tp.items():
             state.put_many(self.store, tp, items)
+        if not full:
+            settled.update(keys)
+            self._dirty.difference_update(keys)
+            return
         self._dirty.clear()
+        settled.clear()
         excess = len(self._cache) - self.max_keys
         if excess > 0:  # forget the keys loaded longest ago (state is in the store)
             for k in list(itertools.islice(self._cache, excess)):
@@ -424,3 +447,4 @@ class DecodedCache:
         for k in [k for k in self._cache if k[0] in gone]:
             del self._cache[k]
         self._dirty = {k for k in self._dirty if k[0] not in gone}
+        self._settled = {k for k in self._settled if k[0] not in gone}
