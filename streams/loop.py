@@ -723,8 +723,8 @@ class BatchLoop:
     def _produce_chunk(self, chunk: _Chunk, early: bool = False) -> None:
         """Produce the chunk's outputs and changelog records not produced yet into
         its open transaction (from the loop's thread while the committer is idle,
-        or from the committer's at hand-over: one at a time). ``early``: keys
-        produced early before wait for the hand-over."""
+        or from the committer's at hand-over: one at a time). ``early``: a key
+        already produced into this transaction is kept back for the hand-over."""
         producer = self.producer
         outputs, chunk.outputs = chunk.outputs, []
         self._send(producer, outputs)
