@@ -49,7 +49,6 @@ from tripwire.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
 from tripwire.schemas.models import EVENT_MODELS
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.decider import DECISION_SCHEMA
-from tripwire.streams.intake import EVENT_KINDS
 from tripwire.streams.topics import topic
 
 __all__ = ["main"]
@@ -64,10 +63,9 @@ def _events(codec: AvroCodec, n: int, t0: int, seed: int) -> list[tuple[str, byt
     traffic.sort(key=lambda se: se[1]["event_time"])
     out = []
     for schema, e in traffic:
-        kind = EVENT_KINDS[schema]
-        key = str(e.get(kind.entity_field) or e["event_id"]).encode()
-        out.append((EVENT_MODELS[schema].topic_key, key, codec.encode(schema, e),
-                    e["event_id"]))
+        model = EVENT_MODELS[schema]
+        key = str(e.get(model.key_field) or e["event_id"]).encode()
+        out.append((model.topic_key, key, codec.encode(schema, e), e["event_id"]))
     return out
 
 
@@ -452,10 +450,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="one: the one-process path per partition; split: the live "
                          "intake → features → decide pipeline (exact for any partitioning)")
     ap.add_argument("--layout", default="",
-                    help="split pipeline: the stages of each worker process, a loop each, "
-                         "e.g. 'intake+features,decide'; 'per-stage': --workers processes "
-                         "each running every stage, a loop each (default, or 'combined': "
-                         "--workers processes each running every stage in one loop)")
+                    help="split pipeline: '' or 'combined' (the default): --workers "
+                         "processes each running every stage in one loop; 'per-stage': "
+                         "--workers processes each running every stage, a loop each; or the "
+                         "stages of each worker process, a loop each, e.g. "
+                         "'intake+features,decide'")
     ap.add_argument("--modes", default="per-batch,eager",
                     help=f"how answers leave the loop, compared in one run: {', '.join(MODES)}")
     ap.add_argument("--rate", type=int, default=3000, help="open loop: events offered per s")

@@ -131,6 +131,7 @@ def declared(apart: Collection[str] = ()) -> tuple[TopicSpec, ...]:
     """
     return tuple(t for t in TOPICS if apart_entity(t.key) in ("", *apart))
 
+
 # The answers to events — what analysts and downstream systems act on. The decision
 # path sends them at once, outside its state transaction (at least once: a replay
 # after a crash sends the same records again; a decision keeps its decision_id, a
