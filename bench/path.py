@@ -8,7 +8,9 @@ decision, with the default features and controls, events of a bank-like mix
      next to a raw confluent-kafka hop of the same messages (baseline);
   2. open loop: events offered at a fixed rate (not waiting for answers), the
      latency of each from its send to its decision being readable (committed),
-     p50 / p99 / max.
+     p50 / p99 / max, next to the same offer through a bare relay chain of the
+     split pipeline's shape (baseline, :func:`_relay`): what the hops alone cost
+     on this machine.
 
     .venv/bin/python -m bench path --events 30000 --workers 3 --partitions 3 --rate 3000
 
@@ -25,6 +27,7 @@ commit, every 100 ms (``TRIPWIRE_HOPS=committed``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from fastavro.io.binary_decoder import BinaryDecoder
 
 from bench.common import bench_cluster, proc_cpu, thread_cpu
@@ -137,6 +140,62 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
               f"{st.changelog_records / max(st.consumed, 1):.1f} records, "
               f"{st.changelog_bytes / max(st.consumed, 1):,.0f} bytes per record read",
               flush=True)
+
+
+RELAY = "relay"  # the open loop's baseline: a bare relay chain instead of the workers
+_STAND_IN_ID = b"\x0arelay"  # an Avro string, "relay", spliced in as a decision_id
+
+
+def stand_in_decision(event: bytes) -> bytes:
+    """What a bare relay answers: the event with a decision_id ("relay") spliced in
+    after its 10-byte header. Events start with event_id, decisions with
+    decision_id then event_id, so :func:`_decision_event_id` reads the event's id
+    from it as from a decision."""
+    return event[:10] + _STAND_IN_ID + event[10:]
+
+
+def _relay(bootstrap: str, ns: str, batch: int, ready: Any, stop: Any) -> None:
+    """The floor of the split pipeline's shape: a worker that forwards every event
+    along the critical path of its hops — input → feature topic → gather topic →
+    decisions — and does nothing else (no decoding, validation, features, controls
+    or state; offsets committed every second, outside any transaction). Same
+    consumer subscription and assignment as a one-loop worker, same producers for
+    the hops (idempotent, 5 ms linger) and the answers (``answer_producer``), one
+    record per event and hop (tripwire packs them per partition). What reaches the
+    decisions topic is the event with a stand-in decision_id spliced in front of
+    its body (:func:`stand_in_decision`)."""
+    from tripwire.connectors.kafka import answer_producer
+    from tripwire.streams.decision_path import INPUTS
+
+    inputs = [topic(k, ns) for k in INPUTS]
+    feats, gather, decisions = (topic(k, ns) for k in ("features", "gather", "decisions"))
+    following = {**{t: feats for t in inputs}, feats: gather}
+    c = consumer(bootstrap, f"{ns}relay", **{"partition.assignment.strategy": "range"})
+    hops = producer(bootstrap, **{"linger.ms": 5, "message.timeout.ms": 0})
+    answers = answer_producer(bootstrap)
+    assigned = threading.Event()
+    c.subscribe([*inputs, feats, gather], on_assign=lambda *_: assigned.set())
+    committed = time.monotonic()
+    while not stop.is_set():
+        for m in consume_available(c, batch, 0.005):
+            if m.error() is not None:
+                continue
+            value, name = m.value() or b"", m.topic() or ""
+            if name == gather:
+                answers.produce(decisions, stand_in_decision(value), m.key())
+            else:
+                hops.produce(following[name], value, m.key())
+        hops.poll(0)
+        answers.poll(0)
+        if assigned.is_set() and not ready.is_set():
+            ready.set()
+        if time.monotonic() - committed >= 1.0:
+            committed = time.monotonic()
+            with contextlib.suppress(KafkaException):  # nothing consumed yet
+                c.commit(asynchronous=True)
+    hops.flush(10)
+    answers.flush(10)
+    c.close()
 
 
 def _decision_event_id(value: bytes) -> str:
@@ -268,14 +327,16 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
         -> _Workers:
     """One worker process per entry of ``layout`` (the stages it runs), their state in
     the same kind of scratch folder as the benchmark's broker (memory where there is
-    room, see tripwire.broker.scratch)."""
+    room, see tripwire.broker.scratch); with ``mode`` RELAY, as many bare relays."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     procs = []
-    homes = [scratch_home("bench-worker") for _ in layout]
-    for home, stages in zip(homes, layout, strict=True):
+    homes = [] if mode == RELAY else [scratch_home("bench-worker") for _ in layout]
+    for i, stages in enumerate(layout):
         ready = ctx.Event()
-        p = ctx.Process(target=_worker, args=(bootstrap, ns, str(home), batch, mode,
+        p = ctx.Process(target=_relay, args=(bootstrap, ns, batch, ready, stop), daemon=True) \
+            if mode == RELAY else \
+            ctx.Process(target=_worker, args=(bootstrap, ns, str(homes[i]), batch, mode,
                                               stages, ready, stop), daemon=True)
         p.start()
         procs.append((p, ready))
@@ -390,11 +451,16 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
         f", the broker {(b1 - b0) / max(len(sent), 1) * 1e6:.0f}"
     ws.close()
     reader.close()
-    later, late = _answered(bootstrap, ns, codec)  # read again, whole, after the run
-    partial = sum(1 for e in sent if e in late)
-    print(f"  open loop, {mode}: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs CPU "
-          f"per event{broker}; {partial} of {len(sent)} decided without a feature node "
-          "(timed out)")
+    if mode == RELAY:  # stand-in decisions: nothing to read again
+        later: set[str] = set()
+        print(f"  open loop, {mode} (baseline): relays used "
+              f"{cpu / max(len(sent), 1) * 1e6:.0f} µs CPU per event{broker}")
+    else:
+        later, late = _answered(bootstrap, ns, codec)  # read again, whole, after the run
+        partial = sum(1 for e in sent if e in late)
+        print(f"  open loop, {mode}: workers used {cpu / max(len(sent), 1) * 1e6:.0f} µs "
+              f"CPU per event{broker}; {partial} of {len(sent)} decided without a feature "
+              "node (timed out)")
     missing = [(tk, eid) for tk, _, _, eid in warm + events if eid not in reader.seen]
     if missing:
         kinds = Counter(tk for tk, _ in missing)
@@ -498,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
             # event times end 5 min ago: within the allowed clock skew whatever the offer takes
             offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
                               int(time.time() * 1000) - 25 * 60_000, 47)
-            for mode in modes:
+            for mode in ([RELAY] if args.pipeline == "split" else []) + modes:
                 lats[mode] = open_loop(cluster.bootstrap, codec, offered, layout,
                                        args.partitions, args.batch, args.rate, mode,
                                        broker_cpu, args.warm_up)
@@ -519,15 +585,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{f'decision path ({args.pipeline}), {mode}':48} {med(rows, 'rate'):>9,.0f} "
               f"{med(rows, 'cpu_us'):>13.1f} {med(rows, 'broker_us'):>11.1f} "
               f"{med(rows, 'cpu_us') / base:>10.2f} {med(rows, 'rate') / first:>18.2f}")
+    floor: list[float] | None = None  # the relay chain's p50, p99
     for mode, lat in lats.items():
         if len(lat) < 2:
             print(f"open loop, {mode}: too few events to measure ({len(lat)}); offer more "
                   "with --rate and --seconds")
             continue
         q = statistics.quantiles(lat, n=100)
-        print(f"open loop, {mode}, {args.rate}/s for {args.seconds} s ({len(lat)} events): "
+        name = "bare relay chain of the same shape (baseline)" if mode == RELAY else mode
+        ratio = "" if floor is None else \
+            f" (x baseline: p50 {q[49] / floor[0]:.1f}, p99 {q[98] / floor[1]:.1f})"
+        print(f"open loop, {name}, {args.rate}/s for {args.seconds} s ({len(lat)} events): "
               f"event → readable answer p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, "
-              f"max {lat[-1]:.1f} ms")
+              f"max {lat[-1]:.1f} ms{ratio}")
+        if mode == RELAY:
+            floor = [q[49], q[98]]
 
 
 if __name__ == "__main__":

@@ -52,3 +52,23 @@ def test_the_event_id_read_from_the_prefix_is_the_one_written(
                                                 "event_id": event_id})
     assert reader._decision_event_id(value) == event_id
     reader._check_decision_prefix(PATH.codec)  # the schema still starts as it assumes
+
+
+def test_a_relay_stand_in_answer_reads_as_its_events_id(reader: ModuleType) -> None:
+    """The open loop's baseline (a bare relay chain) answers with the event itself,
+    a decision_id spliced in front: the reader must find each event's id there,
+    for every kind of event the benchmark offers."""
+    events = reader._events(PATH.codec, 300, T0, 5)
+    kinds = {PATH.codec.decode(value)[0].name for _, _, value, _ in events}
+    assert kinds == {"tripwire.events.CardPayment", "tripwire.events.LoginEvent",
+                     "tripwire.events.FpsMessage"}
+    for _, _, value, event_id in events:
+        assert reader._decision_event_id(reader.stand_in_decision(value)) == event_id
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_id=st.text(min_size=1, max_size=300))
+def test_a_stand_in_answer_carries_any_event_id(reader: ModuleType, event_id: str) -> None:
+    (ev,) = normal_card_payments(2, T0, 1)
+    value = PATH.codec.encode(CARD_SCHEMA, {**ev, "event_id": event_id})
+    assert reader._decision_event_id(reader.stand_in_decision(value)) == event_id
