@@ -160,18 +160,19 @@ def _relay(bootstrap: str, ns: str, batch: int, ready: Any, stop: Any) -> None:
     decisions — and does nothing else (no decoding, validation, features, controls
     or state; offsets committed every second, outside any transaction). Same
     consumer subscription and assignment as a one-loop worker, same producers for
-    the hops (idempotent, 5 ms linger) and the answers (``answer_producer``), one
+    the hops (idempotent, ``HOPS``) and the answers (``answer_producer``), one
     record per event and hop (tripwire packs them per partition). What reaches the
     decisions topic is the event with a stand-in decision_id spliced in front of
     its body (:func:`stand_in_decision`)."""
     from tripwire.connectors.kafka import answer_producer
     from tripwire.streams.decision_path import INPUTS
+    from tripwire.streams.loop import HOPS
 
     inputs = [topic(k, ns) for k in INPUTS]
     feats, gather, decisions = (topic(k, ns) for k in ("features", "gather", "decisions"))
     following = {**{t: feats for t in inputs}, feats: gather}
     c = consumer(bootstrap, f"{ns}relay", **{"partition.assignment.strategy": "range"})
-    hops = producer(bootstrap, **{"linger.ms": 5, "message.timeout.ms": 0})
+    hops = producer(bootstrap, **HOPS)
     answers = answer_producer(bootstrap)
     assigned = threading.Event()
     c.subscribe([*inputs, feats, gather], on_assign=lambda *_: assigned.set())
@@ -334,10 +335,12 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
     homes = [] if mode == RELAY else [scratch_home("bench-worker") for _ in layout]
     for i, stages in enumerate(layout):
         ready = ctx.Event()
-        p = ctx.Process(target=_relay, args=(bootstrap, ns, batch, ready, stop), daemon=True) \
-            if mode == RELAY else \
-            ctx.Process(target=_worker, args=(bootstrap, ns, str(homes[i]), batch, mode,
-                                              stages, ready, stop), daemon=True)
+        if mode == RELAY:
+            p = ctx.Process(target=_relay, args=(bootstrap, ns, batch, ready, stop),
+                            daemon=True)
+        else:
+            p = ctx.Process(target=_worker, args=(bootstrap, ns, str(homes[i]), batch, mode,
+                                                  stages, ready, stop), daemon=True)
         p.start()
         procs.append((p, ready))
     workers = _Workers([p for p, _ in procs], stop, homes)
