@@ -8,9 +8,9 @@ decision, with the default features and controls, events of a bank-like mix
      next to a raw confluent-kafka hop of the same messages (baseline);
   2. open loop: events offered at a fixed rate (not waiting for answers), the
      latency of each from its send to its decision being readable (committed),
-     p50 / p99 / max, next to the same offer through a bare relay chain of the
-     split pipeline's shape (baseline, :func:`_relay`): what the hops alone cost
-     on this machine.
+     p50 / p99 / max, next to the same offer through bare relays of the
+     pipeline's shape (baseline, :func:`_relay`): what the hops alone cost on
+     this machine.
 
     .venv/bin/python -m bench path --events 30000 --workers 3 --partitions 3 --rate 3000
 
@@ -154,10 +154,11 @@ def stand_in_decision(event: bytes) -> bytes:
     return event[:10] + _STAND_IN_ID + event[10:]
 
 
-def _relay(bootstrap: str, ns: str, batch: int, ready: Any, stop: Any) -> None:
+def _relay(bootstrap: str, ns: str, batch: int, direct: bool, ready: Any, stop: Any) -> None:
     """The floor of the split pipeline's shape: a worker that forwards every event
     along the critical path of its hops — input → feature topic → gather topic →
-    decisions — and does nothing else (no decoding, validation, features, controls
+    decisions (``direct``, the one-process path's shape: input → decisions) — and
+    does nothing else (no decoding, validation, features, controls
     or state; offsets committed every second, outside any transaction). Same
     consumer subscription and assignment as a one-loop worker, same producers for
     the hops (idempotent, ``HOPS``) and the answers (``answer_producer``), one
@@ -171,18 +172,20 @@ def _relay(bootstrap: str, ns: str, batch: int, ready: Any, stop: Any) -> None:
     inputs = [topic(k, ns) for k in INPUTS]
     feats, gather, decisions = (topic(k, ns) for k in ("features", "gather", "decisions"))
     following = {**{t: feats for t in inputs}, feats: gather}
+    answered = set(inputs) if direct else {gather}
     c = consumer(bootstrap, f"{ns}relay", **{"partition.assignment.strategy": "range"})
     hops = producer(bootstrap, **HOPS)
     answers = answer_producer(bootstrap)
     assigned = threading.Event()
-    c.subscribe([*inputs, feats, gather], on_assign=lambda *_: assigned.set())
+    c.subscribe(inputs if direct else [*inputs, feats, gather],
+                on_assign=lambda *_: assigned.set())
     committed = time.monotonic()
     while not stop.is_set():
         for m in consume_available(c, batch, 0.005):
             if m.error() is not None:
                 continue
             value, name = m.value() or b"", m.topic() or ""
-            if name == gather:
+            if name in answered:
                 answers.produce(decisions, stand_in_decision(value), m.key())
             else:
                 hops.produce(following[name], value, m.key())
@@ -336,8 +339,8 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
     for i, stages in enumerate(layout):
         ready = ctx.Event()
         if mode == RELAY:
-            p = ctx.Process(target=_relay, args=(bootstrap, ns, batch, ready, stop),
-                            daemon=True)
+            p = ctx.Process(target=_relay, args=(bootstrap, ns, batch, stages == ONE, ready,
+                                                 stop), daemon=True)
         else:
             p = ctx.Process(target=_worker, args=(bootstrap, ns, str(homes[i]), batch, mode,
                                                   stages, ready, stop), daemon=True)
@@ -567,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
             # event times end 5 min ago: within the allowed clock skew whatever the offer takes
             offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
                               int(time.time() * 1000) - 25 * 60_000, 47)
-            for mode in ([RELAY] if args.pipeline == "split" else []) + modes:
+            for mode in [RELAY, *modes]:
                 lats[mode] = open_loop(cluster.bootstrap, codec, offered, layout,
                                        args.partitions, args.batch, args.rate, mode,
                                        broker_cpu, args.warm_up)
@@ -595,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
                   "with --rate and --seconds")
             continue
         q = statistics.quantiles(lat, n=100)
-        name = "bare relay chain of the same shape (baseline)" if mode == RELAY else mode
+        name = "bare relays of the same shape (baseline)" if mode == RELAY else mode
         ratio = "" if floor is None else \
             f" (x baseline: p50 {q[49] / floor[0]:.1f}, p99 {q[98] / floor[1]:.1f})"
         print(f"open loop, {name}, {args.rate}/s for {args.seconds} s ({len(lat)} events): "
