@@ -235,7 +235,7 @@ def _read_answer(codec: AvroCodec, answer: bytes | None) -> tuple[str | None, bo
             return str(codec.decode(rec["original"])[1]["event_id"]), False
         except DecodeError:
             return None, False
-    partial = any(e.startswith("no answer within") for e in rec["feature_errors"].values())
+    partial = any(e.startswith("no answer") for e in rec["feature_errors"].values())
     return str(rec["event_id"]), partial
 
 
@@ -250,6 +250,7 @@ class Decisions:
         self.codec = codec
         self.count_only = count_only
         self.count = 0
+        self.first = 0.0  # when the first answer was read (monotonic)
         self.last = 0.0
         self.seen: dict[str, float] = {}
         self.decisions = topic("decisions", ns)
@@ -271,6 +272,7 @@ class Decisions:
                 if m.error() is None and self.count_only:
                     self.count += 1
                     self.last = time.monotonic()
+                    self.first = self.first or self.last
                 elif m.error() is None:
                     now = time.monotonic()
                     value = m.value() or b""
@@ -385,6 +387,44 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     reader.close()
     n = len(events)
     return {"rate": n / max(last - start, 1e-9), "cpu_us": cpu / n * 1e6,
+            "broker_us": bcpu / n * 1e6}
+
+
+def catch_up(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
+             layout: Layout, partitions: int, batch: int, mode: str,
+             broker_cpu: Any) -> dict[str, float]:
+    """A backlog: every event published while no worker runs, then the workers
+    start and work through it. The rate is taken from the first answer to the
+    last (the workers' start-up and restore left out), CPU over the same span."""
+    ns = f"bench-path-{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, ns, partitions=partitions)
+    p = producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
+    for tk, key, value, _ in events:
+        p.produce(topic(tk, ns), value, key)
+        p.poll(0)
+    p.flush(120)
+    reader = Decisions(bootstrap, ns, codec, count_only=True)
+    ws = _start_workers(bootstrap, ns, layout, batch, mode)
+    procs = ws.procs
+    started = time.monotonic()
+    while not reader.count:
+        if time.monotonic() - started > 120:
+            raise RuntimeError("no answer within 120 s of the workers' start")
+        time.sleep(0.005)
+    cpu0 = [proc_cpu(x.pid) for x in procs]
+    b0 = broker_cpu() or 0.0
+    first = reader.first
+    while reader.count < len(events):
+        if time.monotonic() - started > 600:
+            raise RuntimeError(f"only {reader.count} of {len(events)} answered in 600 s")
+        time.sleep(0.01)
+    last = reader.last
+    cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
+    bcpu = (broker_cpu() or 0.0) - b0
+    ws.close()
+    reader.close()
+    n = len(events)
+    return {"rate": (n - 1) / max(last - first, 1e-9), "cpu_us": cpu / n * 1e6,
             "broker_us": bcpu / n * 1e6}
 
 
@@ -532,6 +572,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=int, default=3000, help="open loop: events offered per s")
     ap.add_argument("--seconds", type=int, default=20, help="open loop: how long")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--catch-up", action="store_true",
+                    help="each round also publishes the events first and then starts the "
+                    "workers: the rate of working through a backlog, next to saturation's")
     ap.add_argument("--warm-up", type=float, default=30.0,
                     help="open loop: seconds of the same offer before measuring")
     args = ap.parse_args(argv)
@@ -555,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
           "per Avro decode")
     raws: list[dict[str, float]] = []
     sats: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    catches: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     lats: dict[str, list[float]] = {}
     with bench_cluster() as (cluster, broker_cpu):
         for _ in range(args.repeats):  # 0: the open loop only
@@ -566,6 +610,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  round {mode}: raw {raws[-1]['rate']:,.0f}/s; path "
                       f"{sat['rate']:,.0f}/s ({sat['cpu_us']:.0f} µs worker CPU, "
                       f"{sat['broker_us']:.0f} µs broker)", flush=True)
+                if args.catch_up:
+                    caught = catch_up(cluster.bootstrap, codec, events, layout,
+                                      args.partitions, args.batch, mode, broker_cpu)
+                    catches[mode].append(caught)
+                    print(f"  round {mode}: catching up a backlog {caught['rate']:,.0f}/s "
+                          f"({caught['cpu_us']:.0f} µs worker CPU)", flush=True)
         if args.seconds:  # 0: saturation only
             # event times end 5 min ago: within the allowed clock skew whatever the offer takes
             offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
@@ -587,10 +637,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{base:>13.1f} {med(raws, 'broker_us'):>11.1f} {1:>10.2f} {'':>18}")
     first = med(sats[modes[0]], "rate") if modes and sats[modes[0]] else float("nan")
     for mode in modes:
-        rows = sats[mode]
-        print(f"{f'decision path ({args.pipeline}), {mode}':48} {med(rows, 'rate'):>9,.0f} "
-              f"{med(rows, 'cpu_us'):>13.1f} {med(rows, 'broker_us'):>11.1f} "
-              f"{med(rows, 'cpu_us') / base:>10.2f} {med(rows, 'rate') / first:>18.2f}")
+        for what, rows in ((f"decision path ({args.pipeline}), {mode}", sats[mode]),
+                           (f"  catching up a backlog, {mode}", catches[mode])):
+            if rows:
+                print(f"{what:48} {med(rows, 'rate'):>9,.0f} {med(rows, 'cpu_us'):>13.1f} "
+                      f"{med(rows, 'broker_us'):>11.1f} {med(rows, 'cpu_us') / base:>10.2f} "
+                      f"{med(rows, 'rate') / first:>18.2f}")
     floor: list[float] | None = None  # the relay chain's p50, p99
     for mode, lat in lats.items():
         if len(lat) < 2:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
@@ -20,6 +21,53 @@ logger = logging.getLogger(__name__)
 # librdkafka's own log lines (connection churn, coordinator retries) go through
 # Python logging under this name instead of straight to stderr.
 client_logger = logging.getLogger("tripwire.librdkafka")
+
+
+class RepeatsBackOff(logging.Filter):
+    """Lets a kind of client log line through once, then again only after a delay
+    that doubles each time (1 s up to ``max_delay_s``), saying how many were held
+    back: a broker away for 20 s cost one line per reconnect attempt of every
+    client (1,758 lines from two workers), where one says it all. A kind is the
+    line without its numbers, bracketed client names and parenthesised details;
+    one not seen for ``max_delay_s`` starts afresh.
+
+    >>> f = RepeatsBackOff(clock=iter([0.0, 0.5, 0.7, 1.2]).__next__)
+    >>> def rec(msg):
+    ...     return logging.LogRecord("x", logging.ERROR, "", 0, msg, None, None)
+    >>> [f.filter(rec(f"FAIL [rdkafka#consumer-{i}]: Connection refused (after {i}ms)"))
+    ...  for i in range(4)]
+    [True, False, False, True]
+    """
+
+    _NOISE = re.compile(r"\[[^\]]*\]|\([^)]*\)|\d+")
+
+    def __init__(self, max_delay_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.max_delay_s = max_delay_s
+        self.clock = clock
+        self._kinds: dict[str, list[float]] = {}  # kind -> [next allowed, delay, held, last]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self.clock()
+        kind = self._NOISE.sub("", record.getMessage())
+        seen = self._kinds.get(kind)
+        if seen is None or now - seen[3] > self.max_delay_s:
+            self._kinds[kind] = [now + 1.0, 1.0, 0, now]
+            return True
+        seen[3] = now
+        if now < seen[0]:
+            seen[2] += 1
+            return False
+        if seen[2]:
+            record.msg = f"{record.getMessage()} ({int(seen[2])} more like this held back)"
+            record.args = None
+        seen[1] = min(seen[1] * 2, self.max_delay_s)
+        seen[0], seen[2] = now + seen[1], 0
+        return True
+
+
+client_logger.addFilter(RepeatsBackOff())
 
 
 def _base(bootstrap: str) -> dict[str, Any]:

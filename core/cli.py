@@ -158,7 +158,13 @@ def run_stage(
     stage applies control releases between batches (examples first; a broken one
     is refused and audited, the running version stays).
     """
+    import faulthandler
     import signal
+    import threading
+
+    stopping = threading.Event()  # a SIGTERM while starting up stops as soon as it can
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
 
     from tripwire.features.batch import BatchTable
     from tripwire.features.engine import FeatureLibrary
@@ -211,9 +217,12 @@ def run_stage(
                 for loop in loops.values() for p in processors_of(loop.processor)
                 if isinstance(p, DecisionStage)]
     tune_gc()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
     pipeline = Pipeline.start(loops)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.stop_event.set())
+    if stopping.is_set():
+        pipeline.stop_event.set()
     err_console.print(f"running {', '.join(wanted)}{' in one loop' if one_loop else ''} on "
                       f"{bootstrap} (namespace {ns!r})")
     while any(t.is_alive() for t in pipeline.threads):
@@ -296,7 +305,9 @@ def _backtest_records(events: str, codec: Any) -> tuple[list[Any], list[tuple[in
                 recs.append(InRecord(m.topic() or "", m.partition() or 0, m.offset() or 0,
                                      m.key(), m.value(), m.timestamp()[1]))
         if len({(r.topic, r.partition) for r in recs}) > 1:  # one log keeps its own order
-            recs.sort(key=lambda r: (r.timestamp_ms, r.topic, r.partition, r.offset))
+            from tripwire.streams.align import log_order
+
+            recs = log_order(recs)  # the live feature nodes' order
         return recs, []
     path = Path(events)
     if not path.is_file():

@@ -29,14 +29,17 @@ commit).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,14 +97,24 @@ class Processor(Protocol):
 # p50 103 ms with the default, 10.5 ms with 5 ms.
 TXN_RETRY = {"retry.backoff.ms": 5, "retry.backoff.max.ms": 100}
 TXN_TIMEOUT_MS = 20_000  # see BatchLoop.__init__
+# one try of a blocking transactional call: _resuming tries again (and logs why),
+# and a loop told to stop notices within this long
+TXN_CALL_S = 5.0
+# a transaction not finished after this long is given up (BatchLoop._unstick): the
+# coordinator aborts one older than TXN_TIMEOUT_MS anyway; a
+# broker away for longer holds the loop in init_transactions until it is back
+COMMIT_STUCK_S = 30.0
 HOPS = {"linger.ms": 5, "message.timeout.ms": 0}  # internal records' producer: BatchLoop.__init__
 
 
-def _resuming(call: Callable[[], object], what: str, patience: float = 600.0) -> None:
+def _resuming(call: Callable[[], object], what: str, patience: float = 600.0,
+              until: Callable[[], float | None] = lambda: None) -> None:
     """Call a blocking transactional operation; when it times out with a retriable
-    error (librdkafka: "retry call to resume", e.g. a broker busy for more than
-    30 s), call it again rather than fail the worker — for up to ``patience``
-    seconds. Errors that need an abort, fatal ones and others are raised."""
+    error (librdkafka: "retry call to resume", e.g. a broker busy or away), call
+    it again rather than fail the worker — for up to ``patience`` seconds, or
+    until the monotonic time ``until()`` gives (looked at before each try: a loop
+    that is stopping gives up at its deadline). Errors that need an abort, fatal
+    ones and others are raised."""
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -109,8 +122,10 @@ def _resuming(call: Callable[[], object], what: str, patience: float = 600.0) ->
             return
         except KafkaException as exc:
             err = exc.args[0]
+            now = time.monotonic()
+            stop_by = until()
             if not err.retriable() or err.txn_requires_abort() or err.fatal() or \
-                    time.monotonic() > deadline:
+                    now > deadline or (stop_by is not None and now > stop_by):
                 raise
             logger.warning("%s: %s; trying again", what, err)
 
@@ -193,6 +208,38 @@ class _Chunk:
         self.events += events
 
 
+class _Committer:
+    """One daemon thread running the loop's transactions, one at a time. Not a
+    ThreadPoolExecutor: its threads are joined at interpreter exit, and a
+    librdkafka call that never returns (see BatchLoop._unstick) then kept a
+    stopped worker alive for ever."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[bool], Callable[[_Chunk], bool],
+                                             _Chunk] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[_Chunk], bool], chunk: _Chunk) -> Future[bool]:
+        f: Future[bool] = Future()
+        self._queue.put((f, fn, chunk))
+        return f
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            f, fn, chunk = job
+            if f.set_running_or_notify_cancel():
+                try:
+                    f.set_result(fn(chunk))
+                except BaseException as exc:
+                    f.set_exception(exc)
+
+    def shutdown(self, timeout: float) -> None:
+        """Finish the transaction under way, waiting ``timeout`` seconds at most."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
 def send_outputs(producer: Any, outputs: Sequence[OutRecord], topic_of: Callable[[str], str],
                  on_delivery: Any = None) -> None:
     """Produce ``outputs`` (``topic_of``: topic key → topic name). When librdkafka's
@@ -254,7 +301,8 @@ class BatchLoop:
         self.max_chunk_events = max(batch_size * 20, 10_000)
         self._chunk = _Chunk()
         self._inflight: Future[bool] | None = None
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"{processor.name}-commit")
+        self._committer = _Committer(f"{processor.name}-commit")
+        self._inflight_since = 0.0
         self._eager_error: KafkaError | None = None
         self._eager_sent = 0  # eager outputs handed to the producer (the loop's thread)
         self._eager_done = 0  # ... and acknowledged or failed (delivery reports)
@@ -274,7 +322,11 @@ class BatchLoop:
         # partitions and 47 % of the traffic). Revoked state is checkpointed, so
         # partitions coming back restore from there.
         self.consumer = make_consumer(bootstrap, group_id,
-                                      **{"partition.assignment.strategy": "range"})
+                                      **{"partition.assignment.strategy": "range",
+                                         "enable.partition.eof": True})
+        # input partitions at the end of their log (no lag): a processor that orders
+        # its inputs across partitions marks them idle (tripwire.streams.align)
+        self.at_end: set[TP] = set()
         # The loop produces a transaction's records as it goes (see _produce_early);
         # they linger until the commit sends them, so the broker still gets a few
         # large requests per commit instead of one or more per batch (measured: 20 %
@@ -283,12 +335,11 @@ class BatchLoop:
         # a worker that died blocks read-committed readers of its partitions (a
         # restore, eager=False answers) until the coordinator aborts it: after 20 s
         # instead of librdkafka's default 60 (Kafka Streams uses 10 s).
-        self.producer = make_producer(
-            bootstrap,
-            **{"transactional.id": transactional_id or f"{group_id}-{uuid.uuid4().hex[:12]}",
-               "linger.ms": max(2, min(commit_interval_ms, 1000)),
-               "transaction.timeout.ms": TXN_TIMEOUT_MS, **TXN_RETRY},
-        )
+        self._txn_conf = {
+            "transactional.id": transactional_id or f"{group_id}-{uuid.uuid4().hex[:12]}",
+            "linger.ms": max(2, min(commit_interval_ms, 1000)),
+            "transaction.timeout.ms": TXN_TIMEOUT_MS, **TXN_RETRY}
+        self.producer = make_producer(bootstrap, **self._txn_conf)
         # answers (one record per event) and packed internal records (one per
         # partition per batch) go out through different producers. Answers: see
         # connectors.kafka.answer_producer for why it is not idempotent. Internal
@@ -313,9 +364,13 @@ class BatchLoop:
         self.eager_producers = [p for p in (answers, internal) if p is not None]
         self._create_changelogs()
         self._bind_routes()
+        self._bind_watches()
         self.producer.init_transactions(30)
         self._assigned_at: float | None = None
+        self._stop_by: float | None = None  # set when stopping: see STOP_S
+        self._stop_event: threading.Event | None = None
         self._collected_at = time.monotonic()
+        self._ticked = 0.0
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 
@@ -351,6 +406,25 @@ class BatchLoop:
                                      "`tripwire topics create` first")
             counts[key] = len(t.partitions)
         self.processor.partitions = counts  # type: ignore[attr-defined]
+
+    def _bind_watches(self) -> None:
+        """Tell a processor that orders its inputs (its ``watches``: topic keys) the
+        partition counts of those topics (``watched``) and which of the loop's
+        input partitions are at the end of their log (``at_end``, kept up to date)."""
+        watches = getattr(self.processor, "watches", ())
+        if not watches:
+            return
+        md = self.consumer.list_topics(timeout=30)
+        watched = {}
+        for key in watches:
+            name = self._topic(key)
+            t = md.topics.get(name)
+            if t is None or t.error is not None:
+                raise KafkaException(f"input topic {name} does not exist; run "
+                                     "`tripwire topics create` first")
+            watched[name] = len(t.partitions)
+        self.processor.watched = watched  # type: ignore[attr-defined]
+        self.processor.at_end = self.at_end  # type: ignore[attr-defined]
 
     def _on_assign(self, c: Consumer, partitions: list[TopicPartition]) -> None:
         self._restore([(tp.topic, tp.partition) for tp in partitions])
@@ -394,6 +468,7 @@ class BatchLoop:
     def _on_revoke(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         # everything read so far commits before the partitions go to another worker
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.at_end.difference_update(tps)
         committed = self._commit_all(leaving=set(tps))
         for tp in tps:
             self.state.close_partition(tp, clean=committed)
@@ -401,6 +476,7 @@ class BatchLoop:
 
     def _on_lost(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.at_end.difference_update(tps)
         for tp in tps:
             self.state.discard(tp)
         self._drop(tps)
@@ -435,7 +511,9 @@ class BatchLoop:
                 err = exc.args[0]
                 if not (err.retriable() or err.code() in (
                         KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                        KafkaError.UNKNOWN_TOPIC_OR_PART)) or time.monotonic() > deadline:
+                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+                        KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                        KafkaError._TIMED_OUT)) or time.monotonic() > deadline:
                     raise
                 logger.info("waiting for %s[%d]: %s", ctp.topic, ctp.partition, err)
                 time.sleep(0.2)
@@ -484,6 +562,7 @@ class BatchLoop:
         """Process until ``stop`` is set, or (with ``idle_exit``) until nothing has
         arrived for that many seconds since partitions were assigned."""
         last_data = 0.0
+        self._stop_event = stop
         try:
             while not stop.is_set():
                 self._check_committer()
@@ -492,6 +571,8 @@ class BatchLoop:
                 if batch:
                     last_data = time.monotonic()
                     self._run_batch(batch)
+                    if last_data - self._ticked > self.TICK_S:
+                        self._tick()  # timeouts, heartbeats and marks under load too
                 else:
                     self._tick()
                     self._collect_if_idle(last_data)
@@ -530,8 +611,11 @@ class BatchLoop:
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
         if err is None:
+            if self.at_end:
+                self.at_end.discard((msg.topic() or "", msg.partition() or 0))
             return True
         if err.code() == KafkaError._PARTITION_EOF:
+            self.at_end.add((msg.topic() or "", msg.partition() or 0))
             return False
         if err.fatal():
             raise KafkaException(err)
@@ -551,10 +635,14 @@ class BatchLoop:
             if err is not None:  # the transaction of its inputs aborts: they are read again
                 self._eager_error = err
 
+    # between batches a processor's tick runs at least this often
+    TICK_S = 0.1
+
     def _tick(self) -> None:
         tick = getattr(self.processor, "tick", None)
         if tick is None:
             return
+        self._ticked = time.monotonic()
         self._take(tick(int(time.time() * 1000), self.state), {}, 0)
 
     def _run_batch(self, msgs: list[Message]) -> None:
@@ -650,20 +738,68 @@ class BatchLoop:
         chunk.group = self.consumer.consumer_group_metadata() if chunk.offsets else None
         chunk.eager_upto = self._eager_sent
         self._inflight = self._committer.submit(self._transact, chunk)
+        self._inflight_since = time.monotonic()
 
     def _check_committer(self, wait: bool = False, leaving: set[TP] | None = None) -> bool:
         """Collect the background transaction's result; after an abort, go back to
         the last commit. False if it aborted."""
         f = self._inflight
-        if f is None or not (wait or f.done()):
+        if f is None:
             return True
         started = time.monotonic()
-        ok = f.result()  # a fatal error raises here, in the loop's thread
-        self.stats.wait_seconds += time.monotonic() - started
+        stuck_at = self._inflight_since + COMMIT_STUCK_S
+        if not (wait or f.done()):
+            if started < stuck_at:
+                return True
+            return self._unstick(leaving or set())
+        try:  # a fatal error raises here, in the loop's thread
+            ok = f.result(self._wait(max(0.0, stuck_at - started)))
+        except FutureTimeout:
+            return self._unstick(leaving or set())
+        finally:
+            self.stats.wait_seconds += time.monotonic() - started
         self._inflight = None
         if not ok:
-            self._recover(leaving or set())
+            if self._stop_by is None:
+                self._recover(leaving or set())
+            else:  # stopping: nothing is read again here, the next owner does it
+                self.stats.aborted += 1
+                self._chunk = _Chunk()
         return ok
+
+    def _unstick(self, leaving: set[TP]) -> bool:
+        """A commit that has not finished in COMMIT_STUCK_S (or by the stop's
+        deadline) is given up: its thread and producer are left behind, a new
+        producer with the same transactional id fences them (the coordinator aborts
+        their transaction), and every partition goes back to its last commit.
+        librdkafka's send_offsets_to_transaction can block for ever, whatever its
+        timeout, once the group coordinator's broker went away and came back
+        (librdkafka #5456, #5511): a worker then stopped committing after a broker
+        restart and could not be stopped. Returns False (nothing committed)."""
+        self._inflight = None
+        self.stats.aborted += 1
+        self._committer = _Committer(f"{self.processor.name}-commit")
+        stopping = self._stopping_by() is not None
+        logger.error("a commit did not finish in %.0f s (the broker away, or a client that "
+                     "lost its coordinator): %s", COMMIT_STUCK_S,
+                     "abandoned - its inputs are read again by their next owner" if stopping
+                     else "starting over from the last commit with a new producer")
+        if stopping:
+            self._chunk = _Chunk()
+            return False
+        self.producer = make_producer(self.bootstrap, **self._txn_conf)
+        _resuming(lambda: self.producer.init_transactions(TXN_CALL_S), "starting transactions",
+                  until=self._stopping_by)
+        self._chunk = _Chunk()
+        self.state.pending = []
+        tps = sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
+        for tp in tps:
+            self.state.discard(tp)
+        self._drop(tps)
+        staying = [tp for tp in tps if tp not in leaving]
+        self._restore(staying)
+        self._rewind(staying)
+        return False
 
     def _commit_all(self, leaving: set[TP] | None = None) -> bool:
         """Commit everything read so far, now (rebalance, close). False if it aborted."""
@@ -681,9 +817,10 @@ class BatchLoop:
         producer = self.producer
         phases = self.stats.commit_phases
         try:
-            if not self._eager_acknowledged(chunk.eager_upto):
+            if not self._eager_acknowledged(chunk.eager_upto, self._wait(30)):
                 if chunk.begun:  # records of the loop's are in it: they go
-                    _resuming(lambda: producer.abort_transaction(30), "aborting")
+                    _resuming(lambda: producer.abort_transaction(self._wait(TXN_CALL_S)),
+                              "aborting", until=self._stopping_by)
                 return False
             t = time.monotonic()
             phases["acks"] += t - started
@@ -699,20 +836,30 @@ class BatchLoop:
             phases["produce"] += t2 - t
             if chunk.offsets:
                 offsets = [TopicPartition(tp, p, off) for (tp, p), off in chunk.offsets.items()]
-                _resuming(lambda: producer.send_offsets_to_transaction(offsets, chunk.group, 30),
-                          "sending offsets to the transaction")
+                _resuming(lambda: producer.send_offsets_to_transaction(
+                    offsets, chunk.group, self._wait(TXN_CALL_S)),
+                    "sending offsets to the transaction", until=self._stopping_by)
             t3 = time.monotonic()
             phases["offsets"] += t3 - t2
-            _resuming(lambda: producer.commit_transaction(30), "committing")
+            _resuming(lambda: producer.commit_transaction(self._wait(TXN_CALL_S)),
+                      "committing", until=self._stopping_by)
             phases["commit"] += time.monotonic() - t3
             producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
             err = exc.args[0]
+            if self._stop_by is not None and not err.fatal():
+                logger.warning("stopping: the last commit could not be made in time (%s); "
+                               "abandoned - its inputs are read again by their next owner",
+                               err)
+                with contextlib.suppress(KafkaException):
+                    producer.abort_transaction(self._wait(2))
+                return False
             if not err.txn_requires_abort():
                 raise
             logger.warning("transaction aborted; reading again from the last commit: %s",
                            err)
-            _resuming(lambda: producer.abort_transaction(30), "aborting")
+            _resuming(lambda: producer.abort_transaction(self._wait(TXN_CALL_S)), "aborting",
+                      until=self._stopping_by)
             return False
         finally:
             self.stats.commit_seconds += time.monotonic() - started
@@ -812,12 +959,57 @@ class BatchLoop:
             start = tp.offset if tp.offset >= 0 else self._seeded.get((tp.topic, tp.partition), 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
+    # once stopping, everything the loop waits for (the last commit, acknowledgements,
+    # the consumer's goodbye) must be done within this many seconds, whatever the
+    # broker is doing: what is not committed by then is read again by the next owner
+    STOP_S = 5.0
+
+    def _stopping_by(self) -> float | None:
+        """The stop's deadline once the loop is told to stop (None before)."""
+        if self._stop_by is None and self._stop_event is not None and \
+                self._stop_event.is_set():
+            self._stop_by = time.monotonic() + self.STOP_S
+        return self._stop_by
+
+    def _wait(self, seconds: float) -> float:
+        """How long a blocking call may take: ``seconds``, or what is left of the stop."""
+        stop_by = self._stopping_by()
+        if stop_by is None:
+            return seconds
+        return max(0.1, min(seconds, stop_by - time.monotonic()))
+
     def close(self) -> None:
+        self._stop_by = time.monotonic() + self.STOP_S
         try:
-            self.consumer.close()  # revokes: everything commits, stores are checkpointed
+            self._close_consumer()  # revokes: everything commits, stores are checkpointed
         finally:
-            self._committer.shutdown(wait=True)
+            self._committer.shutdown(self._wait(self.STOP_S))
             for p in self.eager_producers:
-                p.flush(10)
-            self.producer.flush(10)
+                p.flush(self._wait(10))
+            self.producer.flush(self._wait(10))
             self.state.close()
+
+    def _close_consumer(self) -> None:
+        """Close the consumer, which commits what was read (the revoke callback); when
+        the broker is away the commit gives up at the stop's deadline, and the
+        consumer is closed in a thread of its own so that a group coordinator that
+        never answers cannot hold the process."""
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                self.consumer.close()
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=close, name=f"{self.processor.name}-close", daemon=True).start()
+        if not done.wait(self.STOP_S + 5):
+            logger.warning("the consumer did not close within %.0f s (broker away?): leaving "
+                           "it; whatever was not committed is read again by the next owner",
+                           self.STOP_S + 5)
+            return
+        if failed:
+            raise failed[0]

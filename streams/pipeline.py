@@ -60,9 +60,11 @@ from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.validate import Validator
+from tripwire.streams.align import IDLE, PROGRESS, Aligner
 from tripwire.streams.decider import DECISIONS_STORE, Decider
 from tripwire.streams.decision_path import (
     FEATURES_STORE,
+    INPUTS,
     event_features,
     feature_states,
 )
@@ -85,6 +87,7 @@ FEATURE_REQUESTS = "tripwire.internal.FeatureRequests"
 FEATURE_FRAGMENTS = "tripwire.internal.FeatureFragments"
 DECISION_REQUESTS = "tripwire.internal.DecisionRequests"
 TP = tuple[str, int]
+TP3 = tuple[str, int, int]  # topic, partition, offset
 # How long the decide stage waits for a feature node before deciding without it
 # (the node's error recorded). With committed hops a fragment comes one commit of
 # the intake and one of the node after its event: at 300 events/s on a 2-core
@@ -110,13 +113,17 @@ class Packer:
 
     def pack(self, codec: AvroCodec, schema: str, topic_key: str,
              items: Sequence[tuple[bytes, Any]], as_json: bool = False,
-             **fields: Any) -> list[OutRecord]:
+             broadcast: Sequence[Any] = (), **fields: Any) -> list[OutRecord]:
         """``items``: (routing key, item) pairs → one record per partition (items in
-        an Avro array, or with ``as_json`` in one JSON array ``items_json``)."""
+        an Avro array, or with ``as_json`` in one JSON array ``items_json``);
+        ``broadcast``: items for every partition, after its own."""
         n = self.partitions.get(topic_key, 1)
         groups: dict[int, list[Any]] = defaultdict(list)
         for key, item in items:
             groups[partition_for(key, n)].append(item)
+        if broadcast:
+            for partition in range(n):
+                groups[partition].extend(broadcast)
         out: list[OutRecord] = []
         for partition, group in sorted(groups.items()):
             for i in range(0, len(group), self.MAX_ITEMS):
@@ -128,6 +135,7 @@ class Packer:
     MAX_ITEMS = 1000  # items per record; records are also kept under MAX_BYTES
 
 
+ALIVE = "@alive"  # a node's heartbeat: [ALIVE, its entities (comma-separated), "", {}, []]
 APPLIED_KEY = b"@applied"  # a node partition's applied positions (no entity key has "@")
 MAX_BYTES = 512 * 1024  # half the broker's default message.max.bytes
 _FRAGMENT = ("identity", "entity", "entity_key", "values", "notes")  # a fragment item's fields
@@ -157,6 +165,7 @@ class IntakeStage(Packer):
 
     name = "intake"
     stores: tuple[str, ...] = (DEDUP_STORE,)
+    watches = INPUTS  # the loop tells ``watched``: their topic names and partition counts
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  validator: Validator | None = None, ttl_ms: int = 7 * DAY_MS,
@@ -171,58 +180,126 @@ class IntakeStage(Packer):
         # quarantine records at once; internal messages too unless they go with the
         # commit (``eager_hops=False``; see the module docstring)
         self.eager = ANSWERS | frozenset(self.routes if eager_hops else ())
+        # the order the nodes apply requests in (tripwire.streams.align): per input
+        # partition, the order time reached; ``at_end``, the input partitions at the
+        # end of their log (kept by the loop), marked idle at our clock
+        self.watched: dict[str, int] = {}
+        self.at_end: set[TP] = set()
+        self._reached: dict[str, int] = {}
+        self._idle_marked: dict[str, int] = {}  # input partitions marked idle: when
+
+    IDLE_AGAIN_MS = 1_000  # idle input partitions are marked again this often (nodes restart)
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
         requests: dict[str, list[tuple[bytes, list[Any]]]] = defaultdict(list)
         gather: list[tuple[bytes, dict[str, Any]]] = []
+        order = self._order_times(batch, now_ms)
         for _, admitted in self.intake.admit_all(batch, now_ms, state):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
                 continue
             nodes: list[str] = []
             if not admitted.repeat:  # a repeat never counts twice in a feature
-                self._requests(admitted, nodes, requests)
+                self._requests(admitted, nodes, requests, order)
             rec = admitted.rec
             gather.append((admitted.identity.encode(), {
                 "identity": admitted.identity, "event": rec.value, "nodes": nodes,
                 "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
-        for topic_key, items in sorted(requests.items()):
+        sources = {f"{r.topic}:{r.partition}" for r in batch}
+        out += self._requests_out(requests, self._marks(sources, now_ms))
+        return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
+
+    def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
+        """Mark input partitions that reached the end of their log idle."""
+        if not self.at_end:
+            return []
+        marks = self._marks(set(), now_ms)
+        return self._requests_out({}, marks) if marks else []
+
+    def _requests_out(self, requests: dict[str, list[tuple[bytes, list[Any]]]],
+                      marks: list[list[Any]]) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        keys = sorted(set(requests) | (set(self.node_topics.values()) if marks else set()))
+        for topic_key in keys:
             # one record per partition, whatever the entities: librdkafka's idempotent
             # producer blocks a partition (and spins) once 5 messages are in flight on
             # it (see connectors.kafka.answer_producer), which a record per entity
             # reached at once on the shared topic
-            out += self.pack(self.codec, FEATURE_REQUESTS, topic_key, items,
-                             as_json=True, entity=apart_entity(topic_key))
-        return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
+            out += self.pack(self.codec, FEATURE_REQUESTS, topic_key,
+                             requests.get(topic_key, ()), as_json=True, broadcast=marks,
+                             entity=apart_entity(topic_key))
+        return out
+
+    def _order_times(self, batch: Sequence[InRecord], now_ms: int) -> dict[TP3, int]:
+        """Each record's order time: its timestamp, non-decreasing along its partition
+        and no later than now; the first after its partition was marked idle, now
+        (see tripwire.streams.align)."""
+        reached, idle = self._reached, self._idle_marked
+        order: dict[TP3, int] = {}
+        for rec in batch:
+            source = f"{rec.topic}:{rec.partition}"
+            t = max(reached.get(source, 0), min(rec.timestamp_ms, now_ms))
+            if idle and idle.pop(source, None) is not None:
+                t = max(t, now_ms)
+            reached[source] = order[(rec.topic, rec.partition, rec.offset)] = t
+        return order
+
+    def _marks(self, sources: set[str], now_ms: int) -> list[list[Any]]:
+        """Progress markers: each input partition of this batch, idle when it reached
+        the end of its log; the idle ones not marked for ``IDLE_AGAIN_MS``."""
+        if not self.watched:  # no loop told us the inputs: one process, no alignment
+            return []
+        reached, marked = self._reached, self._idle_marked
+        at_end = {f"{t}:{p}" for t, p in self.at_end if t in self.watched}
+        marks = []
+        for s in sorted(sources | at_end):
+            if s not in at_end:
+                marks.append([PROGRESS, s, reached[s]])
+            elif s in sources or now_ms - marked.get(s, -self.IDLE_AGAIN_MS) >= \
+                    self.IDLE_AGAIN_MS:
+                marks.append([IDLE, s, reached.get(s, 0)])
+                marked[s] = now_ms
+        return marks
 
     def _requests(self, a: Admitted, nodes: list[str],
-                  requests: dict[str, list[tuple[bytes, list[Any]]]]) -> None:
+                  requests: dict[str, list[tuple[bytes, list[Any]]]],
+                  order: dict[TP3, int]) -> None:
         """``requests``: per node topic key, (entity key, request item) pairs."""
         view = make_view(a.kind.short, a.event, a.kind.jit(a.event))
         rec = a.rec
         source = f"{rec.topic}:{rec.partition}"
+        order_ms = order[(rec.topic, rec.partition, rec.offset)]
         node_topics = self.node_topics
         for entity, key in sorted(self.library.entities_of(view).items()):
             nodes.append(entity)
             fields = {f: view.get(f) for f in self.library.fields_for(entity)}
             requests[node_topics[entity]].append((key.encode(), [
                 a.identity, a.event["event_id"], key, a.event["event_time"], fields,
-                source, rec.offset, entity]))
+                source, rec.offset, entity, order_ms]))
 
 
 class FeatureStage(Packer):
     """One entity key's windows live on one partition: exact for any worker count.
 
-    Entity states are cached decoded in memory and written back once per commit
-    by the loop (a hot key such as the system-wide one is encoded once per
-    commit, not once per event), inside that commit's transaction.
+    Requests are applied in one order fixed by the input logs, whatever the
+    interleaving of the intakes that send them (:mod:`tripwire.streams.align`):
+    held until no input partition can still send one that comes before. Entity
+    states are cached decoded in memory and written back once per commit by the
+    loop (a hot key such as the system-wide one is encoded once per commit, not
+    once per event), inside that commit's transaction. Every ``HEARTBEAT_MS`` the
+    node tells every gather partition that it is alive, naming the entities it has
+    been sent requests for, so the decide stage times out a node that is silent,
+    not one that is busy or waiting for its inputs.
     """
 
     name = "features"
     stores: tuple[str, ...] = (FEATURES_STORE,)
     routes = ("gather",)
+    watches = INPUTS  # every input partition is a source of requests
+
+    HEARTBEAT_MS = 250
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  cache_keys: int = 100_000, eager_hops: bool = True) -> None:
@@ -231,8 +308,13 @@ class FeatureStage(Packer):
         self.codec = codec
         self.library = library
         self.cache_keys = cache_keys
+        # the entities this node was sent requests for: its heartbeat vouches for them
+        self.serves: set[str] = set()
+        self.watched: dict[str, int] = {}  # input topic → partitions (set by the loop)
         # per node partition: input partition of the intake → highest offset applied
         self._applied: dict[TP, dict[str, int]] = {}
+        self._aligners: dict[TP, Aligner] = {}
+        self._beat_ms = 0
         self.skipped = 0  # requests applied before (sent again after an intake's abort)
 
     def applied(self, state: StateManager, tp: TP) -> dict[str, int]:
@@ -246,10 +328,30 @@ class FeatureStage(Packer):
             marks = self._applied[tp] = {} if raw is None else orjson.loads(raw)
         return marks
 
+    def aligner(self, tp: TP) -> Aligner:
+        """Node partition ``tp``'s requests waiting for their turn."""
+        al = self._aligners.get(tp)
+        if al is None:
+            sources = [f"{t}:{p}" for t, n in self.watched.items() for p in range(n)]
+            al = self._aligners[tp] = Aligner(sources)
+        return al
+
     def drop(self, tps: Sequence[TP]) -> None:
-        """Partitions revoked, lost or rolled back: their positions are read again."""
+        """Partitions revoked, lost or rolled back: their positions are read again,
+        and what they held comes again from the inputs."""
         for tp in tps:
             self._applied.pop(tp, None)
+            self._aligners.pop(tp, None)
+
+    def safe_offsets(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        """Commit no further than the oldest record with a request still held."""
+        safe = dict(offsets)
+        for tp, off in offsets.items():
+            al = self._aligners.get(tp)
+            oldest = None if al is None else al.oldest_record()
+            if oldest is not None and oldest < off:
+                safe[tp] = oldest
+        return safe
 
     def compute(self, entity: str, fields: dict[str, Any], event_time: int,
                 state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -260,36 +362,76 @@ class FeatureStage(Packer):
                 state: StateManager) -> list[OutRecord]:
         fragments: list[tuple[bytes, list[Any]]] = []
         states = feature_states(state, self.cache_keys)
-        get, compute = states.get, self.compute
-        by_entity = self.library.by_entity
+        touched: dict[TP, bool] = {}
         for rec in batch:
             _, packed = self.codec.decode(rec.value)  # written by intake: trusted
             tp = (rec.topic, rec.partition)
             marks = self.applied(state, tp)
-            moved = False
+            al = self.aligner(tp)
+            touched.setdefault(tp, False)
             for item in unpack(packed):
-                identity, _event_id, key, event_time, fields = item[:5]
+                if item[0] == PROGRESS:
+                    al.advance(item[1], item[2])
+                    continue
+                if item[0] == IDLE:
+                    al.idle(item[1], item[2])
+                    continue
                 # each item names its entity (older intakes: one entity per record)
                 entity = item[7] if len(item) > 7 else packed["entity"]
-                if len(item) > 5:  # the event's position (requests of older intakes have none)
-                    source, offset = f"{item[5]}|{entity}", item[6]
-                    if offset <= marks.get(source, -1):
-                        self.skipped += 1
-                        continue  # applied before: its fragment went out then
-                    marks[source] = offset
-                    moved = True
-                values: dict[str, Any]
-                notes: list[str]
-                if entity not in by_entity:
-                    values, notes = {}, [f"no features are defined for {entity}"]
-                else:
-                    st = get(state, tp, f"{entity}|{key}".encode())
-                    values, notes = compute(entity, fields, event_time, st)
-                fragments.append((identity.encode(), [identity, entity, key, values, notes]))
+                if entity not in self.serves:
+                    self.serves.add(entity)
+                if len(item) <= 5:  # no position (an older intake's): applied at once
+                    self._apply(state, states, tp, entity, item, fragments)
+                    continue
+                source, offset = item[5], item[6]
+                if offset <= marks.get(f"{source}|{entity}", -1) or not al.hold(
+                        source, entity, offset,
+                        item[8] if len(item) > 8 else al.progress.get(source, 0),
+                        (entity, item), rec.offset):
+                    self.skipped += 1
+                    continue  # applied (or held) before: sent again after an intake's abort
+        for tp in touched:
+            marks = self.applied(state, tp)
+            for order_ms, (entity, item) in self.aligner(tp).ready():
+                marks[f"{item[5]}|{entity}"] = item[6]
+                touched[tp] = True
+                self._apply(state, states, tp, entity, item, fragments, order_ms)
+        for tp, moved in touched.items():
             if moved:
-                state.view(*tp).put(FEATURES_STORE, APPLIED_KEY, orjson.dumps(marks))
+                state.view(*tp).put(FEATURES_STORE, APPLIED_KEY,
+                                    orjson.dumps(self._applied[tp]))
         state.batch_done()
-        return self.pack(self.codec, FEATURE_FRAGMENTS, "gather", fragments, as_json=True)
+        return self.pack(self.codec, FEATURE_FRAGMENTS, "gather", fragments, as_json=True,
+                         broadcast=self._heartbeat(now_ms))
+
+    def _apply(self, state: StateManager, states: Any, tp: TP, entity: str, item: list[Any],
+               fragments: list[tuple[bytes, list[Any]]], order_ms: int | None = None) -> None:
+        identity, _event_id, key, event_time, fields = item[:5]
+        values: dict[str, Any]
+        notes: list[str]
+        if entity not in self.library.by_entity:
+            values, notes = {}, [f"no features are defined for {entity}"]
+        else:
+            st = states.get(state, tp, f"{entity}|{key}".encode())
+            values, notes = self.compute(entity, fields, event_time, st)
+        fragment = [identity, entity, key, values, notes]
+        if order_ms is not None:  # where the node placed it (tripwire.streams.align)
+            fragment += [order_ms, item[5], item[6]]
+        fragments.append((identity.encode(), fragment))
+
+    def _heartbeat(self, now_ms: int) -> list[list[Any]]:
+        if now_ms - self._beat_ms < self.HEARTBEAT_MS or not self.serves:
+            return []
+        self._beat_ms = now_ms
+        return [[ALIVE, ",".join(sorted(self.serves)), "", {}, []]]
+
+    def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
+        """The heartbeat, when nothing else went out for ``HEARTBEAT_MS``."""
+        beat = self._heartbeat(now_ms)
+        if not beat:
+            return []
+        return self.pack(self.codec, FEATURE_FRAGMENTS, "gather", [], as_json=True,
+                         broadcast=beat)
 
 
 @dataclass
@@ -328,18 +470,57 @@ class DecisionStage:
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self._orphans: set[str] = set()  # fragments gathering, their event not yet here
+        # liveness: when each entity's node was last heard from (a fragment or a
+        # heartbeat), when anything last came in, and when input resumed after a gap
+        self._heard: dict[str, int] = {}
+        self._input_ms = 0
+        self._resumed_ms = 0
+
+    # Hearing nothing at all for this long (every node sends a heartbeat every
+    # FeatureStage.HEARTBEAT_MS) means this stage is cut off - the broker away, a
+    # rebalance, a restore - not that the nodes are: no node is timed out then, and
+    # each gets ``node_timeout_ms`` again once input resumes.
+    CUT_OFF_MS = 1_000
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []  # releases are applied in tick(), at the end
+        if batch:
+            if now_ms - self._input_ms > self.CUT_OFF_MS:
+                self._resumed_ms = now_ms
+            self._input_ms = now_ms
+        heard = self._heard
         for rec in batch:
             schema, packed = self.codec.decode(rec.value)
             is_request = schema.name == DECISION_REQUESTS
             view = state.view(rec.topic, rec.partition)
             for item in unpack(packed):
-                msg = item if is_request else dict(zip(_FRAGMENT, item, strict=True))
+                if is_request:
+                    msg = item
+                elif item[0] == ALIVE:
+                    for entity in item[1].split(","):
+                        heard[entity] = now_ms
+                    continue
+                else:
+                    msg = dict(zip(_FRAGMENT, item[:5], strict=True))
+                    heard[msg["entity"]] = now_ms
                 out += self._take(rec, view, msg, is_request, now_ms, state)
         return out + self.tick(now_ms, state)
+
+    def _waiting_until(self, p: _Pending, now_ms: int) -> int | None:
+        """When to look at an event again whose deadline came: None to decide it now
+        (every node it misses silent for ``node_timeout_ms``). A node that is busy or
+        waiting for its inputs still sends heartbeats: it is waited for, however
+        long the queue in front of it (catching up a backlog)."""
+        if now_ms - self._input_ms > self.CUT_OFF_MS:
+            return now_ms + self.node_timeout_ms  # we hear nothing at all: not their fault
+        assert p.request is not None
+        since, until = self._resumed_ms, 0
+        for node in p.request["nodes"]:
+            if node not in p.fragments:
+                until = max(until, max(self._heard.get(node, since), since) +
+                            self.node_timeout_ms)
+        return until if until > now_ms else None
 
     def _take(self, rec: InRecord, view: StateView, msg: dict[str, Any], is_request: bool,
               now_ms: int, state: StateManager) -> list[OutRecord]:
@@ -393,6 +574,11 @@ class DecisionStage:
             if due is None or due.deadline is None or due.deadline > now_ms:
                 continue  # decided already, or a newer deadline is queued
             if due.request is not None:
+                later = self._waiting_until(due, now_ms)
+                if later is not None:
+                    due.deadline = later
+                    heapq.heappush(self._deadlines, (later, identity))
+                    continue
                 out += self._decide(identity, due, now_ms, state)
             else:
                 logger.warning("dropping fragments of %s: its event never arrived", identity)
@@ -409,7 +595,8 @@ class DecisionStage:
         for node in p.request["nodes"]:
             frag = p.fragments.get(node)
             if frag is None:
-                errors[node] = f"no answer within {self.node_timeout_ms} ms"
+                errors[node] = (f"no answer: the node was silent for more than "
+                                f"{self.node_timeout_ms} ms")
                 continue
             features.update(frag["values"])
             if frag["notes"]:

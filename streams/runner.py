@@ -125,7 +125,10 @@ class Combined:
         self.owners = {t: p.name for p, topics in stages for t in topics}
         self.eager = frozenset().union(*(getattr(p, "eager", ()) for p, _ in stages))
         self.routes = tuple(sorted({r for p, _ in stages for r in getattr(p, "routes", ())}))
+        self.watches = tuple(sorted({w for p, _ in stages for w in getattr(p, "watches", ())}))
         self._partitions: dict[str, int] = {}
+        self._watched: dict[str, int] = {}
+        self._at_end: set[TP] = set()
 
     @property
     def partitions(self) -> dict[str, int]:
@@ -139,6 +142,31 @@ class Combined:
         for p, _ in self.stages:
             if getattr(p, "routes", ()):
                 p.partitions = counts  # type: ignore[attr-defined]
+
+    @property
+    def watched(self) -> dict[str, int]:
+        """The watched input topics' partition counts, as the loop set them on every
+        stage that orders its inputs (its ``watches``)."""
+        return self._watched
+
+    @watched.setter
+    def watched(self, counts: dict[str, int]) -> None:
+        self._watched = counts
+        for p, _ in self.stages:
+            if getattr(p, "watches", ()):
+                p.watched = counts  # type: ignore[attr-defined]
+
+    @property
+    def at_end(self) -> set[TP]:
+        """The loop's input partitions at the end of their log, shared with the stages."""
+        return self._at_end
+
+    @at_end.setter
+    def at_end(self, tps: set[TP]) -> None:
+        self._at_end = tps
+        for p, _ in self.stages:
+            if hasattr(p, "at_end"):
+                p.at_end = tps
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
@@ -216,7 +244,7 @@ def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: Avr
         out.poll(0)
 
     runner = DeferredRunner(lambda: decider.controls, decider.executions, send, memory_mb,
-                            flush=lambda: out.drain(30))
+                            flush=lambda: out.drain(5))
     decider.deferred = runner
     return runner
 

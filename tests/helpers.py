@@ -42,3 +42,81 @@ def committed_inputs(kafka: KafkaCluster, group: str, ns: str, key: str = "card_
         return sum(max(tp.offset, 0) for tp in got)
     finally:
         c.close()
+
+
+def input_order(kafka: KafkaCluster, ns: str) -> dict[str, tuple[int, str, int, int]]:
+    """Event id → its place in the order the feature nodes apply a backlog in
+    (tripwire.streams.align): (record timestamp, made non-decreasing along its
+    partition; topic; partition; offset), read from the input topics themselves."""
+    from tripwire.connectors.events import read_to_end
+    from tripwire.schemas.codec import AvroCodec
+
+    codec = AvroCodec.from_url(None)
+    order: dict[str, tuple[int, str, int, int]] = {}
+    for model in EVENT_MODELS.values():
+        reached: dict[int, int] = {}
+        for m in read_to_end(kafka.bootstrap, topic(model.topic_key, ns)):
+            p, ts = m.partition() or 0, m.timestamp()[1]
+            reached[p] = t = max(reached.get(p, 0), ts)
+            try:
+                event = codec.decode(m.value())[1]
+            except Exception:  # refused at intake: never reaches a node
+                continue
+            order.setdefault(event["event_id"], (t, m.topic() or "", p, m.offset() or 0))
+    return order
+
+
+def node_order(kafka: KafkaCluster, ns: str) -> dict[tuple[str, str], list[tuple[Any, str]]]:
+    """(entity, key) → [(order key, event id)] of the requests its node was sent (each
+    position once; markers aside), in the order it applies them."""
+    from tripwire.connectors.events import read_to_end
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.pipeline import unpack
+
+    codec = AvroCodec.from_url(None)
+    seen: set[tuple[str, str, int]] = set()
+    order: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+    for m in read_to_end(kafka.bootstrap, topic("features", ns)):  # every entity's
+        for item in unpack(codec.decode(m.value())[1]):
+            if str(item[0]).startswith("@"):  # progress and idle markers
+                continue
+            _identity, event_id, key, _time, _fields, source, offset, entity, order_ms = item
+            if (source, entity, offset) in seen:  # sent again after a restart: skipped
+                continue
+            seen.add((source, entity, offset))
+            topic_name, _, partition = source.rpartition(":")
+            order.setdefault((entity, key), []).append(
+                ((order_ms, topic_name, int(partition), offset), event_id))
+    for requests in order.values():
+        requests.sort()
+    return order
+
+
+def applied_order(kafka: KafkaCluster, ns: str) -> dict[tuple[str, str], list[tuple[Any, str]]]:
+    """(entity, key) → [(order key, event identity)] in the order its node applied
+    the requests, as its fragments on the gather topic say (the first application
+    of each position: one applied again after a restore is the same request)."""
+    from tripwire.connectors.events import read_to_end
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.pipeline import FEATURE_FRAGMENTS, unpack
+
+    codec = AvroCodec.from_url(None)
+    seen: set[tuple[str, str, int]] = set()
+    order: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+    for m in read_to_end(kafka.bootstrap, topic("gather", ns)):
+        schema, packed = codec.decode(m.value())
+        if schema.name != FEATURE_FRAGMENTS:
+            continue
+        for item in unpack(packed):
+            if len(item) < 8:  # heartbeats
+                continue
+            identity, entity, key, _values, _notes, order_ms, source, offset = item
+            if (entity, source, offset) in seen:
+                continue
+            seen.add((entity, source, offset))
+            topic_name, _, partition = source.rpartition(":")
+            order.setdefault((entity, key), []).append(
+                ((order_ms, topic_name, int(partition), offset), identity))
+    for applied in order.values():
+        applied.sort()
+    return order

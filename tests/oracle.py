@@ -53,3 +53,58 @@ def brute_force(specs: Sequence[FeatureSpec],
                 row[s.name] = t - max(tt for tt, _ in inside) if inside else None
         out.append(row)
     return out
+
+
+def by_time_index(specs: Sequence[FeatureSpec],
+                  events: Sequence[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """:func:`brute_force`'s values, for keys with thousands of events: the same
+    rules, but each event looks only at the events whose time falls in its window
+    (found by bisecting the times, sorted once), instead of at every earlier one.
+    Checked against :func:`brute_force` in tests/unit/test_oracles.py."""
+    import bisect
+
+    n = len(events)
+    wm: list[int | None] = []  # the newest time before each event (processing order)
+    newest: int | None = None
+    for t, _ in events:
+        wm.append(newest)
+        newest = t if newest is None else max(newest, t)
+    order = sorted(range(n), key=lambda j: events[j][0])
+    times = [events[j][0] for j in order]
+    out = []
+    for i, (t, view) in enumerate(events):
+        row: dict[str, Any] = {}
+        for s in specs:
+            w, lateness = s.window_ms, s.lateness_ms
+            wmi = wm[i]
+            late = wmi is not None and wmi - t > lateness
+            horizon = None if wmi is None else wmi - lateness - w
+
+            def counts(v: dict[str, Any], s: FeatureSpec = s) -> bool:
+                if not s.matches(v):
+                    return False
+                return s.aggregate in ("count", "since_last") or v.get(s.field or "") is not None
+
+            lo, hi = bisect.bisect_right(times, t - w), bisect.bisect_right(times, t)
+            inside = []
+            for k in range(lo, hi):
+                j = order[k]
+                tj, vj = events[j]
+                wmj = wm[j]
+                if j < i and (wmj is None or wmj - tj <= lateness) and counts(vj) and \
+                        (horizon is None or tj > horizon):
+                    inside.append((tj, vj))
+            if not late and counts(view) and s.aggregate != "since_last":
+                inside.append((t, view))
+            if s.aggregate == "count":
+                row[s.name] = len(inside)
+            elif s.aggregate == "sum":
+                row[s.name] = sum(v[s.field] for _, v in inside)
+            elif s.aggregate == "distinct":
+                row[s.name] = len({v[s.field] for _, v in inside})
+            elif s.aggregate == "max":
+                row[s.name] = max((v[s.field] for _, v in inside), default=None)
+            else:
+                row[s.name] = t - max(tt for tt, _ in inside) if inside else None
+        out.append(row)
+    return out

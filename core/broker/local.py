@@ -397,6 +397,26 @@ class LocalBroker:
                 time.sleep(0.1)
         raise BrokerError(f"broker pid {info.pid} did not stop")
 
+    def restart(self, down_s: float = 0.0) -> BrokerInfo:
+        """Stop the broker and start it again after ``down_s`` seconds, on the same
+        ports and data (fault tests: clients reconnect to the same address)."""
+        info = self.read_record()
+        self.stop()
+        if info is None:
+            return self.start()
+        self.record_path.write_text(json.dumps(asdict(info), indent=2))  # the ports to reuse
+        time.sleep(down_s)
+        deadline = time.monotonic() + 30
+        while not (self._bindable(info.port) and self._bindable(info.controller_port)):
+            if time.monotonic() > deadline:  # clients need the same address
+                raise BrokerError(f"port {info.port} or {info.controller_port} did not free up")
+            time.sleep(0.2)
+        port, self.port = self.port, info.port
+        try:
+            return self.start()
+        finally:
+            self.port = port
+
     def wipe(self) -> None:
         """Stop and delete this instance's data, logs and configuration."""
         self.stop()

@@ -57,6 +57,15 @@ class KafkaCluster:
     detail: str = ""
     _closer: Callable[[], None] | None = field(default=None, repr=False)
     pid: int | None = None  # the broker's process, when it is a local one of ours
+    local: LocalBroker | None = field(default=None, repr=False)  # ... and its launcher
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the local broker, wait ``down_s`` seconds, start it again on the same
+        port and data (fault tests); only for a broker tripwire started."""
+        if self.local is None:
+            raise RuntimeError(f"only a local broker tripwire started can be restarted "
+                               f"(this one: {self.source})")
+        self.pid = self.local.restart(down_s).pid
 
     def close(self) -> None:
         if self._closer is not None:
@@ -93,4 +102,5 @@ def acquire_cluster(
         def closer() -> None:
             broker.stop()
     return KafkaCluster(info.bootstrap, "local", f"local Apache Kafka {info.version} "
-                        f"(pid {info.pid}, {broker.home})", closer, pid=info.pid)
+                        f"(pid {info.pid}, {broker.home})", closer, pid=info.pid,
+                        local=broker if broker.started else None)

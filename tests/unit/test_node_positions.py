@@ -11,7 +11,13 @@ from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.pipeline import FEATURE_REQUESTS, FeatureStage, IntakeStage, unpack
+from tripwire.streams.pipeline import (
+    ALIVE,
+    FEATURE_REQUESTS,
+    FeatureStage,
+    IntakeStage,
+    unpack,
+)
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
 
@@ -50,8 +56,9 @@ def _node() -> tuple[FeatureStage, StateManager]:
 
 
 def _fragments(out: list[OutRecord]) -> dict[str, dict[str, Any]]:
-    """identity → feature values, from a node's packed fragments."""
-    return {item[0]: item[3] for o in out for item in unpack(CODEC.decode(o.value)[1])}
+    """identity → feature values, from a node's packed fragments (heartbeats aside)."""
+    return {item[0]: item[3] for o in out for item in unpack(CODEC.decode(o.value)[1])
+            if item[0] != ALIVE}
 
 
 def test_requests_sent_again_are_not_counted_twice() -> None:
@@ -122,7 +129,7 @@ def test_one_events_requests_to_several_entities_on_one_partition_each_count() -
     assert len(entities) > 2, entities
     items = len(unpack(CODEC.decode(recs[0].value)[1]))
     fragments = [item for o in stage.process(recs, T0, state)
-                 for item in unpack(CODEC.decode(o.value)[1])]
+                 for item in unpack(CODEC.decode(o.value)[1]) if item[0] != ALIVE]
     assert len(fragments) == items and stage.skipped == 0
     assert {f[1] for f in fragments} == entities
     assert stage.process(_requests(batch, entity=None), T0, state) == []  # sent again

@@ -101,3 +101,19 @@ def test_damaged_encodings_never_crash(schema: str, i: int, cut: int, flip: int)
     assert out["_topic"] in {"decisions", "quarantine"}
     if out["_topic"] == "quarantine":
         assert out["reasons"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(schema=st.sampled_from(sorted(SAMPLES)), i=st.integers(0, 29),
+       body=st.binary(max_size=400), keep=st.integers(0, 400))
+def test_garbage_behind_a_valid_header_is_quarantined_or_decided(
+        schema: str, i: int, body: bytes, keep: int) -> None:
+    """The header (magic, fingerprint) names a real schema, so the bytes reach the
+    Avro decoder itself: a valid body's first ``keep`` bytes, then anything."""
+    valid = PATH.codec.encode(schema, SAMPLES[schema][i % len(SAMPLES[schema])])
+    data = valid[:10 + keep] + body
+    out = _run(data)
+    event(out["_topic"])
+    assert out["_topic"] in {"decisions", "quarantine"}
+    if out["_topic"] == "quarantine":
+        assert out["reasons"] and out["reasons"][0]["code"] and out["original"] == data

@@ -1,0 +1,255 @@
+"""Catching up a backlog without harm (issue 18): a day and more of recorded events,
+late ones among them, published on 4 partitions per input topic while no worker
+runs; then two `tripwire run stage all` workers work through it while one is
+killed (SIGKILL), loses its state folder and comes back, and the broker is
+stopped and started again. Every event gets one decision (a repeat after the
+crash is the same decision), none waits out a node timeout, and every feature
+value equals a brute-force oracle over the order the README promises: the
+record timestamps of the input logs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import applied_order, input_order, node_order, publish, send_event
+from oracle import by_time_index
+
+from tripwire.broker import KafkaCluster
+from tripwire.connectors.events import EventProducer
+from tripwire.connectors.kafka import consume_available, consumer, create_topics
+from tripwire.connectors.simulator import mixed_traffic
+from tripwire.controls.engine import ControlSet
+from tripwire.features.engine import FeatureLibrary, make_view
+from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.intake import EVENT_KINDS
+from tripwire.streams.runner import Pipeline, combined_loop
+from tripwire.streams.topics import declared, topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+CODEC = AvroCodec.from_url(None)
+LIB = FeatureLibrary()
+HOUR = 3_600_000
+
+
+def _backlog(hours: int, per_hour: int) -> list[tuple[str, dict[str, Any]]]:
+    """``hours`` of traffic ending an hour ago: each hour's events out of order, 3 %
+    of them 9 minutes late (more than the 5 minutes a window waits for)."""
+    start = int(time.time() * 1000) - (hours + 1) * HOUR
+    out = []
+    for h in range(hours):
+        out += mixed_traffic(1000 + h, start + h * HOUR, per_hour)
+    return out
+
+
+def _identity(kind: str, ev: dict[str, Any]) -> str:
+    return f"{kind}:{ev[EVENT_KINDS[f'tripwire.events.{kind}'].identity_field]}"
+
+
+class Worker:
+    """One `tripwire run stage all` process with a state folder of its own."""
+
+    def __init__(self, kafka: KafkaCluster, ns: str, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                    "TRIPWIRE_TOPIC_NAMESPACE": ns, "TRIPWIRE_STATE_DIR": str(home / "state")}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = (self.home / f"stderr-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+                                     stdin=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        shutil.rmtree(self.home / "state", ignore_errors=True)  # its disk is lost with it
+
+    def stop(self, within_s: float) -> tuple[int | None, float]:
+        """SIGTERM; (exit code, seconds taken), None if still running after ``within_s``."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = self.proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            code = None
+            self.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, to its log
+            time.sleep(1)
+            self.proc.kill()
+            self.proc.wait(10)
+        return code, time.monotonic() - started
+
+    def stderr(self) -> str:
+        return "".join(p.read_text(errors="replace")[-6000:]
+                       for p in sorted(self.home.glob("stderr-*.log")))
+
+
+def _decisions_until(kafka: KafkaCluster, ns: str, wanted: int, timeout: float,
+                     on_progress: Callable[[int], None]) -> list[dict[str, Any]]:
+    """Every decision record read until ``wanted`` distinct events were decided."""
+    c = consumer(kafka.bootstrap, f"catch-up-reader-{uuid.uuid4().hex[:8]}")
+    c.subscribe([topic("decisions", ns)])
+    records: list[dict[str, Any]] = []
+    decided: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(decided) < wanted and time.monotonic() < deadline:
+            for m in consume_available(c, 1000, 0.2):
+                if m.error() is None:
+                    d = CODEC.decode(m.value())[1]
+                    records.append(d)
+                    decided.add(d["event_id"])
+            on_progress(len(decided))
+    finally:
+        c.close()
+    return records
+
+
+def test_a_backlog_is_caught_up_exactly_through_a_killed_worker_and_a_broker_restart(
+        kafka: KafkaCluster, namespace: str, tmp_path: Path) -> None:
+    create_topics(kafka.bootstrap, namespace, declared(), partitions=4)
+    traffic = _backlog(hours=26, per_hour=300)
+    publish(kafka, namespace, CODEC, traffic)  # the backlog: no worker runs yet
+    workers = [Worker(kafka, namespace, tmp_path / f"w{i}") for i in range(2)]
+    faults: dict[str, float] = {}
+
+    timeline: list[tuple[float, int]] = []
+    began = time.monotonic()
+
+    def inject(decided: int) -> None:
+        if not timeline or timeline[-1][1] != decided:
+            timeline.append((round(time.monotonic() - began, 1), decided))
+        if "killed" not in faults and decided >= len(traffic) * 0.2:
+            faults["killed"] = time.monotonic() - began
+            workers[0].kill()
+            time.sleep(2)
+            workers[0].start()
+        if kafka.local is not None and "broker" not in faults and \
+                decided >= len(traffic) * 0.5:
+            faults["broker"] = time.monotonic() - began
+            kafka.restart(down_s=5)
+            faults["broker back"] = time.monotonic() - began
+
+    for w in workers:
+        w.start()
+    try:
+        records = _decisions_until(kafka, namespace, len(traffic), 300, inject)
+    finally:
+        stops = [w.stop(within_s=30) for w in workers]
+    logs = "\n".join(w.stderr() for w in workers)
+    assert "killed" in faults, f"the backlog was done before a fault: {faults}"
+    assert kafka.local is None or "broker" in faults
+    # a stop finishes within seconds, whatever the broker did before
+    assert all(code == 0 for code, _ in stops), (stops, faults, timeline[-20:], logs)
+
+    # every event one decision; one sent again after the crash is the same decision
+    # (only when this copy was made differs: decided_at, latency_us)
+    first: dict[str, dict[str, Any]] = {}
+    again = 0
+    for d in records:
+        seen = first.setdefault(d["event_id"], d)
+        if seen is not d:
+            again += 1
+            differ = {k for k, v in d.items() if seen[k] != v}
+            assert differ <= {"decided_at", "latency_us"}, (d["event_id"], differ)
+    assert set(first) == {ev["event_id"] for _, ev in traffic}
+    assert not any(d["repeat"] for d in first.values())
+    timed_out = [d["feature_errors"] for d in first.values()
+                 if any("no answer" in e for e in d["feature_errors"].values())]
+    assert not timed_out, timed_out[:3]
+
+    # the oracle: per entity key, its events in the order of the input logs' record
+    # timestamps; the nodes applied them in exactly that order
+    placed = input_order(kafka, namespace)
+    events = {ev["event_id"]: (kind, ev) for kind, ev in traffic}
+    by_identity = {_identity(kind, ev): ev["event_id"] for kind, ev in traffic}
+    sent = node_order(kafka, namespace)
+    compared = late = 0
+    for (entity, key), applied in applied_order(kafka, namespace).items():
+        ids = [by_identity[identity] for _, identity in applied]
+        # applied in the order of the record timestamps, as the intakes sent them
+        assert [k for k, _ in applied] == [placed[eid] for eid in ids], (entity, key)
+        assert [eid for _, eid in sent[(entity, key)]] == ids, (entity, key)
+        views = []
+        for eid in ids:
+            kind, ev = events[eid]
+            views.append((ev["event_time"], make_view(
+                kind, ev, EVENT_KINDS[f"tripwire.events.{kind}"].jit(ev))))
+        for eid, want in zip(ids, by_time_index(LIB.by_entity[entity], views), strict=True):
+            got = first[eid]["features"]
+            for name, value in want.items():
+                assert got[name] == value, (entity, key, eid, name)
+                compared += 1
+            late += "counted as late" in first[eid]["feature_errors"].get(entity, "")
+    assert compared > 50_000 and late > 0, (compared, late)
+
+
+def test_a_stream_at_a_steady_live_rate_is_exact_too(
+        kafka: KafkaCluster, namespace: str, tmp_path: Path) -> None:
+    """Published as it happens (~150 events/s) to two workers that keep up: every
+    value equals the oracle over the order the nodes applied, which is the order
+    the requests say (each input partition's order times never go back, and never
+    before the record's own timestamp), and no node times out."""
+    create_topics(kafka.bootstrap, namespace, declared(), partitions=4)
+    now = int(time.time() * 1000)
+    traffic = mixed_traffic(77, now - 25 * 60_000, 2400)
+    pipeline = Pipeline.start({
+        f"all-{i}": combined_loop(kafka.bootstrap, namespace, codec=CODEC,
+                                  controls=ControlSet.from_dir(), library=LIB,
+                                  state_dir=tmp_path / f"w{i}", batch_size=200)
+        for i in range(2)})
+    try:
+        pipeline.wait_assigned()
+        prod = EventProducer(kafka.bootstrap, CODEC)
+        began = time.monotonic()
+        for n, (kind, ev) in enumerate(traffic):
+            send_event(prod, namespace, kind, ev)
+            prod.poll(0)
+            ahead = began + n / 150 - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        prod.flush()
+        records = _decisions_until(kafka, namespace, len(traffic), 120, lambda _: None)
+    finally:
+        pipeline.stop()
+    assert not pipeline.errors
+    first = {d["event_id"]: d for d in records}
+    assert set(first) == {ev["event_id"] for _, ev in traffic}
+    timed_out = [d["feature_errors"] for d in first.values()
+                 if any("no answer" in e for e in d["feature_errors"].values())]
+    assert not timed_out, timed_out[:3]
+
+    placed = input_order(kafka, namespace)  # the record timestamps
+    events = {ev["event_id"]: (kind, ev) for kind, ev in traffic}
+    by_identity = {_identity(kind, ev): ev["event_id"] for kind, ev in traffic}
+    compared = 0
+    for (entity, key), applied in applied_order(kafka, namespace).items():
+        ids = [by_identity[identity] for _, identity in applied]
+        for ((order_ms, *_), _), eid in zip(applied, ids, strict=True):
+            assert order_ms >= placed[eid][0], (entity, key, eid)  # never placed earlier
+        views = [(events[eid][1]["event_time"], make_view(
+            events[eid][0], events[eid][1],
+            EVENT_KINDS[f"tripwire.events.{events[eid][0]}"].jit(events[eid][1])))
+            for eid in ids]
+        for eid, want in zip(ids, by_time_index(LIB.by_entity[entity], views), strict=True):
+            got = first[eid]["features"]
+            for name, value in want.items():
+                assert got[name] == value, (entity, key, eid, name)
+                compared += 1
+    assert compared > 15_000, compared
