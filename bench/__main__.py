@@ -11,6 +11,7 @@ BENCHES = {
     "txn": "bench.txn",
     "stall": "bench.stall",
     "state": "bench.state",
+    "idle": "bench.idle",
 }
 
 

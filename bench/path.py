@@ -5,7 +5,9 @@ decision, with the default features and controls, events of a bank-like mix
   1. saturation: N events preloaded; worker processes (one consumer group, the
      one-process decision path per partition) decide them all; events/s from
      the first decision to the last, CPU per event of the workers and the broker,
-     next to a raw confluent-kafka hop of the same messages (baseline);
+     next to a raw confluent-kafka hop of the same messages (baseline); with
+     ``--catch-up`` also a backlog: the settled workers suspended while every
+     event is published, then resumed (every partition full, as after an outage);
   2. open loop: events offered at a fixed rate (not waiting for answers), the
      latency of each from its send to its decision being readable (committed),
      p50 / p99 / max, next to the same offer through bare relays of the
@@ -31,6 +33,7 @@ import contextlib
 import io
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -250,7 +253,6 @@ class Decisions:
         self.codec = codec
         self.count_only = count_only
         self.count = 0
-        self.first = 0.0  # when the first answer was read (monotonic)
         self.last = 0.0
         self.seen: dict[str, float] = {}
         self.decisions = topic("decisions", ns)
@@ -272,7 +274,6 @@ class Decisions:
                 if m.error() is None and self.count_only:
                     self.count += 1
                     self.last = time.monotonic()
-                    self.first = self.first or self.last
                 elif m.error() is None:
                     now = time.monotonic()
                     value = m.value() or b""
@@ -358,16 +359,23 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
 
 def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
                layout: Layout, partitions: int, batch: int, mode: str,
-               broker_cpu: Any) -> dict[str, float]:
+               broker_cpu: Any, backlog: bool = False) -> dict[str, float]:
     """Workers join and settle first; then every event is offered at once and the
     rate is taken from the start of the offer to the last answer (the same origin
-    for every mode: answers inside a transaction appear only at its commit)."""
+    for every mode: answers inside a transaction appear only at its commit).
+
+    ``backlog``: the settled workers are suspended (SIGSTOP) while every event is
+    published, then resumed: every partition is full when they go on, as after an
+    outage; the rate and CPU are taken from the resume to the last answer."""
     ns = f"bench-path-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec, count_only=True)
     ws = _start_workers(bootstrap, ns, layout, batch, mode)
     procs = ws.procs
     time.sleep(3)  # the group settles: no rebalance inside the measurement
+    if backlog:
+        for x in procs:
+            os.kill(x.pid, signal.SIGSTOP)
     cpu0 = [proc_cpu(x.pid) for x in procs]
     b0 = broker_cpu() or 0.0
     p = producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
@@ -376,6 +384,11 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
         p.produce(topic(tk, ns), value, key)
         p.poll(0)
     p.flush(120)
+    if backlog:
+        b0 = broker_cpu() or 0.0  # the publishing's share of the broker left out
+        start = time.monotonic()
+        for x in procs:
+            os.kill(x.pid, signal.SIGCONT)
     while reader.count < len(events):  # one answer per event: decision or quarantine
         if time.monotonic() - start > 600:
             raise RuntimeError(f"only {reader.count} of {len(events)} answered in 600 s")
@@ -387,44 +400,6 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     reader.close()
     n = len(events)
     return {"rate": n / max(last - start, 1e-9), "cpu_us": cpu / n * 1e6,
-            "broker_us": bcpu / n * 1e6}
-
-
-def catch_up(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
-             layout: Layout, partitions: int, batch: int, mode: str,
-             broker_cpu: Any) -> dict[str, float]:
-    """A backlog: every event published while no worker runs, then the workers
-    start and work through it. The rate is taken from the first answer to the
-    last (the workers' start-up and restore left out), CPU over the same span."""
-    ns = f"bench-path-{uuid.uuid4().hex[:6]}."
-    create_topics(bootstrap, ns, partitions=partitions)
-    p = producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
-    for tk, key, value, _ in events:
-        p.produce(topic(tk, ns), value, key)
-        p.poll(0)
-    p.flush(120)
-    reader = Decisions(bootstrap, ns, codec, count_only=True)
-    ws = _start_workers(bootstrap, ns, layout, batch, mode)
-    procs = ws.procs
-    started = time.monotonic()
-    while not reader.count:
-        if time.monotonic() - started > 120:
-            raise RuntimeError("no answer within 120 s of the workers' start")
-        time.sleep(0.005)
-    cpu0 = [proc_cpu(x.pid) for x in procs]
-    b0 = broker_cpu() or 0.0
-    first = reader.first
-    while reader.count < len(events):
-        if time.monotonic() - started > 600:
-            raise RuntimeError(f"only {reader.count} of {len(events)} answered in 600 s")
-        time.sleep(0.01)
-    last = reader.last
-    cpu = sum(proc_cpu(x.pid) - c for x, c in zip(procs, cpu0, strict=True))
-    bcpu = (broker_cpu() or 0.0) - b0
-    ws.close()
-    reader.close()
-    n = len(events)
-    return {"rate": (n - 1) / max(last - first, 1e-9), "cpu_us": cpu / n * 1e6,
             "broker_us": bcpu / n * 1e6}
 
 
@@ -573,8 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=int, default=20, help="open loop: how long")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--catch-up", action="store_true",
-                    help="each round also publishes the events first and then starts the "
-                    "workers: the rate of working through a backlog, next to saturation's")
+                    help="each round also suspends the settled workers while every event is "
+                    "published, then resumes them: the rate of working through a backlog, "
+                    "next to saturation's")
     ap.add_argument("--warm-up", type=float, default=30.0,
                     help="open loop: seconds of the same offer before measuring")
     args = ap.parse_args(argv)
@@ -611,8 +587,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"{sat['rate']:,.0f}/s ({sat['cpu_us']:.0f} µs worker CPU, "
                       f"{sat['broker_us']:.0f} µs broker)", flush=True)
                 if args.catch_up:
-                    caught = catch_up(cluster.bootstrap, codec, events, layout,
-                                      args.partitions, args.batch, mode, broker_cpu)
+                    caught = saturation(cluster.bootstrap, codec, events, layout,
+                                        args.partitions, args.batch, mode, broker_cpu,
+                                        backlog=True)
                     catches[mode].append(caught)
                     print(f"  round {mode}: catching up a backlog {caught['rate']:,.0f}/s "
                           f"({caught['cpu_us']:.0f} µs worker CPU)", flush=True)

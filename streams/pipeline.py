@@ -8,15 +8,19 @@ compute exact features:
                         (the event, keyed by identity)   (fragments, keyed by identity)
 
 * **intake** (per input partition): decode, validate, dedup; one feature request
-  per entity of the event, and the event itself to the gather topic.
+  per entity of the event, and the event itself to the gather topic; with every
+  batch, each input partition's progress (or that it is idle) to every node
+  partition.
 * **features** (per node partition): every entity key's state lives on exactly
-  one partition, so windows are exact whatever the number of workers. Every
+  one partition, and its requests are applied in one order fixed by the input
+  logs (:mod:`tripwire.streams.align`), so windows are exact whatever the number
+  of workers and however far apart they run. Every
   entity shares one topic (an intake batch costs one produce request per
   partition it writes); an entity listed in ``TRIPWIRE_NODES_APART`` goes to
   ``tripwire.features.<entity>.v1`` instead, served by workers of its own.
 * **decide** (per identity partition): gathers the event and its fragments; when
-  all have come — or a node's timeout passes, leaving a partial result with a
-  per-node error — runs the controls and emits the decision.
+  all have come — or a node has been silent for its timeout, leaving a partial
+  result with a per-node error — runs the controls and emits the decision.
 
 Internal messages are packed: each stage writes one record per output partition
 per batch (:class:`Packer`), routing every item by its key, so per-record costs
@@ -88,11 +92,11 @@ FEATURE_FRAGMENTS = "tripwire.internal.FeatureFragments"
 DECISION_REQUESTS = "tripwire.internal.DecisionRequests"
 TP = tuple[str, int]
 TP3 = tuple[str, int, int]  # topic, partition, offset
-# How long the decide stage waits for a feature node before deciding without it
-# (the node's error recorded). With committed hops a fragment comes one commit of
-# the intake and one of the node after its event: at 300 events/s on a 2-core
-# machine, 250 ms left a node out of 21 % of decisions. This is for a node that
-# is down, not for commit latency.
+# How long a feature node may be silent - no fragment, no heartbeat - before the
+# decide stage decides without it (the node's error recorded). A node that is busy
+# or waiting for its inputs sends heartbeats: it is waited for, however long the
+# queue in front of it (DecisionStage._waiting_until). This is for a node that is
+# stalled or dead, not for a backlog.
 NODE_TIMEOUT_MS = 2_000
 
 
@@ -188,7 +192,10 @@ class IntakeStage(Packer):
         self._reached: dict[str, int] = {}
         self._idle_marked: dict[str, int] = {}  # input partitions marked idle: when
 
-    IDLE_AGAIN_MS = 1_000  # idle input partitions are marked again this often (nodes restart)
+    # idle input partitions are marked again this often, for a node partition that
+    # restarted or moved (it waits for them until then); each mark costs the broker a
+    # request per node partition: every second, 3-4 % of a core on an idle 2-core box
+    IDLE_AGAIN_MS = 2_000
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
@@ -253,12 +260,15 @@ class IntakeStage(Packer):
             return []
         reached, marked = self._reached, self._idle_marked
         at_end = {f"{t}:{p}" for t, p in self.at_end if t in self.watched}
+        # idle ones are marked again all together, when the first is due: one record
+        # per node partition then, not one per input partition
+        again = any(s not in sources and now_ms - marked.get(s, -self.IDLE_AGAIN_MS) >=
+                    self.IDLE_AGAIN_MS for s in at_end)
         marks = []
         for s in sorted(sources | at_end):
             if s not in at_end:
                 marks.append([PROGRESS, s, reached[s]])
-            elif s in sources or now_ms - marked.get(s, -self.IDLE_AGAIN_MS) >= \
-                    self.IDLE_AGAIN_MS:
+            elif s in sources or again:
                 marks.append([IDLE, s, reached.get(s, 0)])
                 marked[s] = now_ms
         return marks

@@ -41,16 +41,7 @@ def brute_force(specs: Sequence[FeatureSpec],
             if not late and counts(view) and s.aggregate != "since_last":
                 pool.append((t, view))
             inside = [(tt, v) for tt, v in pool if t - w < tt <= t]
-            if s.aggregate == "count":
-                row[s.name] = len(inside)
-            elif s.aggregate == "sum":
-                row[s.name] = sum(v[s.field] for _, v in inside)
-            elif s.aggregate == "distinct":
-                row[s.name] = len({v[s.field] for _, v in inside})
-            elif s.aggregate == "max":
-                row[s.name] = max((v[s.field] for _, v in inside), default=None)
-            else:
-                row[s.name] = t - max(tt for tt, _ in inside) if inside else None
+            row[s.name] = _aggregate(s, t, inside)
         out.append(row)
     return out
 
@@ -96,15 +87,19 @@ def by_time_index(specs: Sequence[FeatureSpec],
                     inside.append((tj, vj))
             if not late and counts(view) and s.aggregate != "since_last":
                 inside.append((t, view))
-            if s.aggregate == "count":
-                row[s.name] = len(inside)
-            elif s.aggregate == "sum":
-                row[s.name] = sum(v[s.field] for _, v in inside)
-            elif s.aggregate == "distinct":
-                row[s.name] = len({v[s.field] for _, v in inside})
-            elif s.aggregate == "max":
-                row[s.name] = max((v[s.field] for _, v in inside), default=None)
-            else:
-                row[s.name] = t - max(tt for tt, _ in inside) if inside else None
+            row[s.name] = _aggregate(s, t, inside)
         out.append(row)
     return out
+
+
+def _aggregate(s: FeatureSpec, t: int, inside: list[tuple[int, dict[str, Any]]]) -> Any:
+    """``s``'s value at time ``t`` over the events ``inside`` its window."""
+    if s.aggregate == "count":
+        return len(inside)
+    if s.aggregate == "sum":
+        return sum(v[s.field] for _, v in inside)
+    if s.aggregate == "distinct":
+        return len({v[s.field] for _, v in inside})
+    if s.aggregate == "max":
+        return max((v[s.field] for _, v in inside), default=None)
+    return t - max(tt for tt, _ in inside) if inside else None

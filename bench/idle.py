@@ -1,0 +1,62 @@
+"""What the pipeline costs with no traffic at all: ``tripwire run stage all``
+workers on an idle namespace, CPU of each and of the broker over a quiet span
+after start-up (their heartbeats, idle marks and commits are all that happens).
+
+    .venv/bin/python -m bench idle --workers 2 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import bench_cluster, proc_cpu
+from tripwire.connectors.kafka import create_topics
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench idle")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=15.0, help="start-up left out (s)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="the quiet span measured")
+    args = ap.parse_args(argv)
+    with bench_cluster() as (cluster, broker_cpu), \
+            tempfile.TemporaryDirectory(prefix="bench-idle-") as state:
+        ns = f"bench-idle-{uuid.uuid4().hex[:6]}."
+        create_topics(cluster.bootstrap, ns, partitions=args.partitions)
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap,
+               "TRIPWIRE_TOPIC_NAMESPACE": ns}
+        procs = [subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
+                                  env={**env, "TRIPWIRE_STATE_DIR": str(Path(state) / str(i))},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i in range(args.workers)]
+        try:
+            time.sleep(args.settle)
+            cpu0, b0, t0 = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic()
+            time.sleep(args.seconds)
+            cpu1, b1, dt = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic() - t0
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(60)
+        shares = ", ".join(f"{(c1 - c0) / dt * 100:.1f} %" for c0, c1 in zip(cpu0, cpu1,
+                                                                              strict=True))
+        broker = "n/a (not a local broker)" if b0 is None or b1 is None else \
+            f"{(b1 - b0) / dt * 100:.1f} %"
+        print(f"no traffic, {args.workers} workers, {args.partitions} partitions, "
+              f"{args.seconds:.0f} s: workers {shares} of a core each; broker {broker}")
+
+
+if __name__ == "__main__":
+    main()
