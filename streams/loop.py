@@ -332,6 +332,7 @@ class BatchLoop:
         # input partitions at the end of their log (no lag): a processor that orders
         # its inputs across partitions marks them idle (tripwire.streams.align)
         self.at_end: set[TP] = set()
+        self._watched_topics: frozenset[str] = frozenset()
         # The loop produces a transaction's records as it goes (see _produce_early);
         # they linger until the commit sends them, so the broker still gets a few
         # large requests per commit instead of one or more per batch (measured: 20 %
@@ -430,6 +431,24 @@ class BatchLoop:
             watched[name] = len(t.partitions)
         self.processor.watched = watched  # type: ignore[attr-defined]
         self.processor.at_end = self.at_end  # type: ignore[attr-defined]
+        self._watched_topics = frozenset(watched)
+
+    def _note_ends(self, msgs: list[Message]) -> None:
+        """Watched input partitions whose last record here reached the high watermark
+        the consumer last heard of are at the end of their log now, without waiting
+        for librdkafka's end-of-partition event (it often comes a fetch later, and
+        every feature node waits for those partitions meanwhile: 4.6 ms median at
+        300 events/s). A record appended since is read as arriving after the mark."""
+        last: dict[TP, int] = {}
+        watched = self._watched_topics
+        for m in msgs:
+            t = m.topic()
+            if t in watched:
+                last[(t, m.partition() or 0)] = m.offset() or 0
+        for (t, p), offset in last.items():
+            high = self.consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)[1]
+            if 0 <= high <= offset + 1:
+                self.at_end.add((t, p))
 
     def _on_assign(self, c: Consumer, partitions: list[TopicPartition]) -> None:
         self._restore([(tp.topic, tp.partition) for tp in partitions])
@@ -573,6 +592,8 @@ class BatchLoop:
                 self._check_committer()
                 msgs = consume_available(self.consumer, self.batch_size, self.poll_timeout)
                 batch = [m for m in msgs if self._usable(m)]
+                if batch and self._watched_topics:
+                    self._note_ends(batch)
                 if batch:
                     last_data = time.monotonic()
                     self._run_batch(batch)
