@@ -110,20 +110,32 @@ class Aligner:
         self._records: Counter[int] = Counter()  # input record offsets still held
         self.clamped = 0  # requests ordered after their timestamp (see the docstring)
         # the key of the last request applied: one from a source that was idle
-        # comes after it (its partition may have moved to an intake that never
-        # marked it idle, and places it at its timestamp)
+        # comes after it (_reached)
         self._last: tuple[int, tuple[str, int]] = (-1, ("", -1))
 
     def __len__(self) -> int:
         return len(self._heap)
 
+    def _skey(self, source: str) -> tuple[str, int]:
+        skey = self._keys.get(source)
+        if skey is None:
+            skey = self._keys[source] = source_key(source)
+        return skey
+
+    def _reached(self, source: str, order_ms: int) -> int:
+        """How far ``source`` has got, at the least: a source that was idle wakes up
+        after what was applied meanwhile (its partition may have moved to an intake
+        that never marked it idle, and places its next record at its timestamp)."""
+        reached = self.progress.get(source, -1)
+        if source in self.idle_sources:
+            self.idle_sources.discard(source)
+            if (order_ms, self._skey(source)) <= self._last:
+                reached = max(reached, self._last[0] + 1)
+        return reached
+
     def advance(self, source: str, order_ms: int) -> None:
         """``source`` has sent everything before ``order_ms``."""
-        if source in self.idle_sources:  # what it sends next comes after what was applied
-            self.idle_sources.discard(source)
-            order_ms = max(order_ms, self._last[0] + 1)
-        if order_ms > self.progress.get(source, -1):
-            self.progress[source] = order_ms
+        self.progress[source] = max(order_ms, self._reached(source, order_ms))
 
     def idle(self, source: str, order_ms: int) -> None:
         """``source`` is at the end of its log: what it sends next comes after
@@ -138,15 +150,9 @@ class Aligner:
         key = (source, entity, offset)
         if key in self._held:
             return False
-        skey = self._keys.get(source)
-        if skey is None:
-            skey = self._keys[source] = source_key(source)
-        reached = self.progress.get(source, -1)
-        if source in self.idle_sources:
-            self.idle_sources.discard(source)
-            if (order_ms, skey) <= self._last:  # after what was applied while it was idle
-                reached = max(reached, self._last[0] + 1)
-        if order_ms < reached:  # sent again by an intake that restarted, after a mark
+        skey = self._skey(source)
+        reached = self._reached(source, order_ms)
+        if order_ms < reached:  # after an idle spell, or sent again by an intake that restarted
             order_ms = reached
             self.clamped += 1
         self.progress[source] = order_ms

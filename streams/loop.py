@@ -401,17 +401,22 @@ class BatchLoop:
         """Tell a processor that routes records itself how many partitions its
         output topics have (its ``routes``: topic keys)."""
         routes = getattr(self.processor, "routes", ())
-        if not routes:
-            return
+        if routes:
+            self.processor.partitions = self._partition_counts(  # type: ignore[attr-defined]
+                routes, "output")
+
+    def _partition_counts(self, keys: Sequence[str], what: str) -> dict[str, int]:
+        """Topic key → partition count, from the broker's metadata; a topic missing
+        is an error that says what to run."""
         md = self.consumer.list_topics(timeout=30)
         counts = {}
-        for key in routes:
+        for key in keys:
             t = md.topics.get(self._topic(key))
             if t is None or t.error is not None:
-                raise KafkaException(f"output topic {self._topic(key)} does not exist; run "
+                raise KafkaException(f"{what} topic {self._topic(key)} does not exist; run "
                                      "`tripwire topics create` first")
             counts[key] = len(t.partitions)
-        self.processor.partitions = counts  # type: ignore[attr-defined]
+        return counts
 
     def _bind_watches(self) -> None:
         """Tell a processor that orders its inputs (its ``watches``: topic keys) the
@@ -420,35 +425,30 @@ class BatchLoop:
         watches = getattr(self.processor, "watches", ())
         if not watches:
             return
-        md = self.consumer.list_topics(timeout=30)
-        watched = {}
-        for key in watches:
-            name = self._topic(key)
-            t = md.topics.get(name)
-            if t is None or t.error is not None:
-                raise KafkaException(f"input topic {name} does not exist; run "
-                                     "`tripwire topics create` first")
-            watched[name] = len(t.partitions)
+        watched = {self._topic(key): n
+                   for key, n in self._partition_counts(watches, "input").items()}
         self.processor.watched = watched  # type: ignore[attr-defined]
         self.processor.at_end = self.at_end  # type: ignore[attr-defined]
         self._watched_topics = frozenset(watched)
 
-    def _note_ends(self, msgs: list[Message]) -> None:
+    def _note_ends(self, records: list[InRecord]) -> None:
         """Watched input partitions whose last record here reached the high watermark
         the consumer last heard of are at the end of their log now, without waiting
         for librdkafka's end-of-partition event (it often comes a fetch later, and
         every feature node waits for those partitions meanwhile: 4.6 ms median at
-        300 events/s). A record appended since is read as arriving after the mark."""
+        300 events/s); the others are not. A record appended since is read as
+        arriving after the mark."""
         last: dict[TP, int] = {}
         watched = self._watched_topics
-        for m in msgs:
-            t = m.topic()
-            if t in watched:
-                last[(t, m.partition() or 0)] = m.offset() or 0
+        for r in records:
+            if r.topic in watched:
+                last[(r.topic, r.partition)] = r.offset
         for (t, p), offset in last.items():
             high = self.consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)[1]
             if 0 <= high <= offset + 1:
                 self.at_end.add((t, p))
+            else:
+                self.at_end.discard((t, p))
 
     def _on_assign(self, c: Consumer, partitions: list[TopicPartition]) -> None:
         self._restore([(tp.topic, tp.partition) for tp in partitions])
@@ -592,8 +592,6 @@ class BatchLoop:
                 self._check_committer()
                 msgs = consume_available(self.consumer, self.batch_size, self.poll_timeout)
                 batch = [m for m in msgs if self._usable(m)]
-                if batch and self._watched_topics:
-                    self._note_ends(batch)
                 if batch:
                     last_data = time.monotonic()
                     self._run_batch(batch)
@@ -637,11 +635,10 @@ class BatchLoop:
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
         if err is None:
-            if self.at_end:
-                self.at_end.discard((msg.topic() or "", msg.partition() or 0))
             return True
         if err.code() == KafkaError._PARTITION_EOF:
-            self.at_end.add((msg.topic() or "", msg.partition() or 0))
+            if msg.topic() in self._watched_topics:  # partitions with data: _note_ends
+                self.at_end.add((msg.topic() or "", msg.partition() or 0))
             return False
         if err.fatal():
             raise KafkaException(err)
@@ -677,6 +674,8 @@ class BatchLoop:
 
     def _run_batch(self, msgs: list[Message]) -> None:
         records = [_to_record(m) for m in msgs]
+        if self._watched_topics:
+            self._note_ends(records)
         started, cpu = time.monotonic(), time.thread_time()
         outputs = self.processor.process(records, int(time.time() * 1000), self.state)
         # the commit's work, spread over its batches: values changed for the first
@@ -791,12 +790,17 @@ class BatchLoop:
             self.stats.wait_seconds += time.monotonic() - started
         self._inflight = None
         if not ok:
-            if self._stop_by is None:
+            if self._stopping_by() is None:
                 self._recover(leaving or set())
-            else:  # stopping: nothing is read again here, the next owner does it
-                self.stats.aborted += 1
-                self._chunk = _Chunk()
+            else:
+                self._abandon()
         return ok
+
+    def _abandon(self) -> None:
+        """Stopping after a commit failed or was given up: nothing is read again
+        here, the partitions' next owner does it."""
+        self.stats.aborted += 1
+        self._chunk = _Chunk()
 
     def _unstick(self, leaving: set[TP]) -> bool:
         """A commit that has not finished in COMMIT_STUCK_S (or by the stop's
@@ -815,8 +819,7 @@ class BatchLoop:
                      "abandoned - its inputs are read again by their next owner" if stopping
                      else "starting over from the last commit with a new producer")
         if stopping:
-            self.stats.aborted += 1
-            self._chunk = _Chunk()
+            self._abandon()
             return False
         self.producer = make_producer(self.bootstrap, **self._txn_conf)
         _resuming(lambda: self.producer.init_transactions(TXN_CALL_S), "starting transactions",
@@ -870,7 +873,7 @@ class BatchLoop:
             producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
             err = exc.args[0]
-            if self._stop_by is not None and not err.fatal():
+            if self._stopping_by() is not None and not err.fatal():
                 logger.warning("stopping: the last commit could not be made in time (%s); "
                                "abandoned - its inputs are read again by their next owner",
                                err)
@@ -1002,7 +1005,8 @@ class BatchLoop:
         return max(0.1, min(seconds, stop_by - time.monotonic()))
 
     def close(self) -> None:
-        self._stop_by = time.monotonic() + self.STOP_S
+        if self._stop_by is None:  # also when run() ended on its own (idle_exit)
+            self._stop_by = time.monotonic() + self.STOP_S
         try:
             self._close_consumer()  # revokes: everything commits, stores are checkpointed
         finally:

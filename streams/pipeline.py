@@ -202,7 +202,7 @@ class IntakeStage(Packer):
         out: list[OutRecord] = []
         requests: dict[str, list[tuple[bytes, list[Any]]]] = defaultdict(list)
         gather: list[tuple[bytes, dict[str, Any]]] = []
-        order = self._order_times(batch, now_ms)
+        order, sources = self._order_times(batch, now_ms)
         for _, admitted in self.intake.admit_all(batch, now_ms, state):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
@@ -214,7 +214,6 @@ class IntakeStage(Packer):
             gather.append((admitted.identity.encode(), {
                 "identity": admitted.identity, "event": rec.value, "nodes": nodes,
                 "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
-        sources = {f"{r.topic}:{r.partition}" for r in batch}
         out += self._requests_out(requests, self._marks(sources, now_ms))
         return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
 
@@ -239,19 +238,24 @@ class IntakeStage(Packer):
                              entity=apart_entity(topic_key))
         return out
 
-    def _order_times(self, batch: Sequence[InRecord], now_ms: int) -> dict[TP3, int]:
-        """Each record's order time: its timestamp, non-decreasing along its partition
-        and no later than now; the first after its partition was marked idle, now
-        (see tripwire.streams.align)."""
+    def _order_times(self, batch: Sequence[InRecord], now_ms: int) \
+            -> tuple[dict[TP3, tuple[str, int]], set[str]]:
+        """Each record's source (``topic:partition``) and order time: its timestamp,
+        non-decreasing along its partition and no later than now; the first after
+        its partition was marked idle, now (see tripwire.streams.align). And the
+        batch's sources."""
         reached, idle = self._reached, self._idle_marked
-        order: dict[TP3, int] = {}
+        order: dict[TP3, tuple[str, int]] = {}
+        sources: set[str] = set()
         for rec in batch:
             source = f"{rec.topic}:{rec.partition}"
+            sources.add(source)
             t = max(reached.get(source, 0), min(rec.timestamp_ms, now_ms))
             if idle and idle.pop(source, None) is not None:
                 t = max(t, now_ms)
-            reached[source] = order[(rec.topic, rec.partition, rec.offset)] = t
-        return order
+            reached[source] = t
+            order[(rec.topic, rec.partition, rec.offset)] = (source, t)
+        return order, sources
 
     def _marks(self, sources: set[str], now_ms: int) -> list[list[Any]]:
         """Progress markers: each input partition of this batch, idle when it reached
@@ -275,12 +279,11 @@ class IntakeStage(Packer):
 
     def _requests(self, a: Admitted, nodes: list[str],
                   requests: dict[str, list[tuple[bytes, list[Any]]]],
-                  order: dict[TP3, int]) -> None:
+                  order: dict[TP3, tuple[str, int]]) -> None:
         """``requests``: per node topic key, (entity key, request item) pairs."""
         view = make_view(a.kind.short, a.event, a.kind.jit(a.event))
         rec = a.rec
-        source = f"{rec.topic}:{rec.partition}"
-        order_ms = order[(rec.topic, rec.partition, rec.offset)]
+        source, order_ms = order[(rec.topic, rec.partition, rec.offset)]
         node_topics = self.node_topics
         for entity, key in sorted(self.library.entities_of(view).items()):
             nodes.append(entity)
@@ -490,7 +493,7 @@ class DecisionStage:
     # FeatureStage.HEARTBEAT_MS) means this stage is cut off - the broker away, a
     # rebalance, a restore - not that the nodes are: no node is timed out then, and
     # each gets ``node_timeout_ms`` again once input resumes.
-    CUT_OFF_MS = 1_000
+    CUT_OFF_MS = 4 * FeatureStage.HEARTBEAT_MS
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
