@@ -1,6 +1,7 @@
 """What the pipeline costs with no traffic at all: ``tripwire run stage all``
 workers on an idle namespace, CPU of each and of the broker over a quiet span
-after start-up (their heartbeats, idle marks and commits are all that happens).
+after start-up (their heartbeats, idle marks and commits are all that happens),
+next to the same broker with no client at all, measured just before (baseline).
 
     .venv/bin/python -m bench idle --workers 2 --seconds 30
 """
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> None:
             tempfile.TemporaryDirectory(prefix="bench-idle-") as state:
         ns = f"bench-idle-{uuid.uuid4().hex[:6]}."
         create_topics(cluster.bootstrap, ns, partitions=args.partitions)
+        time.sleep(args.settle)
+        base0, t0 = broker_cpu(), time.monotonic()
+        time.sleep(args.seconds)
+        base1, base_dt = broker_cpu(), time.monotonic() - t0
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap,
                "TRIPWIRE_TOPIC_NAMESPACE": ns}
         procs = [subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
@@ -52,8 +57,12 @@ def main(argv: list[str] | None = None) -> None:
                 p.wait(60)
         shares = ", ".join(f"{(c1 - c0) / dt * 100:.1f} %" for c0, c1 in zip(cpu0, cpu1,
                                                                               strict=True))
-        broker = "n/a (not a local broker)" if b0 is None or b1 is None else \
-            f"{(b1 - b0) / dt * 100:.1f} %"
+        if None in (b0, b1, base0, base1):
+            broker = "n/a (not a local broker)"
+        else:
+            alone = (base1 - base0) / base_dt * 100  # type: ignore[operator]
+            used = (b1 - b0) / dt * 100  # type: ignore[operator]
+            broker = f"{used:.1f} % (with no client: {alone:.1f} %; x{used / max(alone, 0.01):.2f})"
         print(f"no traffic, {args.workers} workers, {args.partitions} partitions, "
               f"{args.seconds:.0f} s: workers {shares} of a core each; broker {broker}")
 
