@@ -12,6 +12,7 @@ BENCHES = {
     "stall": "bench.stall",
     "state": "bench.state",
     "idle": "bench.idle",
+    "hotkey": "bench.hotkey",
 }
 
 

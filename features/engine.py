@@ -10,16 +10,17 @@ entity node needs, and the pure per-entity computation.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
 
 from tripwire.features.library import DEFAULT_FEATURES
 from tripwire.features.spec import ENTITIES, FeatureSpec
-from tripwire.features.window import DEFAULT_MAX_ENTRIES, EntityState, update
+from tripwire.features.window import Column, EntityState, update
 
-__all__ = ["FeatureLibrary", "decode_state", "encode_state", "make_view"]
+__all__ = ["FeatureLibrary", "decode_state", "encode_state", "load_state", "make_view",
+           "page_prefix", "state_records"]
 
 
 def make_view(event_type: str, event: Mapping[str, Any],
@@ -29,25 +30,98 @@ def make_view(event_type: str, event: Mapping[str, Any],
     return {**event, **jit, "event_type": event_type}
 
 
+def _inline(obj: Any) -> Any:
+    if isinstance(obj, Column):
+        return [obj.times, obj.vals]
+    raise TypeError(type(obj))
+
+
+def _paged(obj: Any) -> Any:
+    if isinstance(obj, Column):
+        return {"paged": 1} if obj.paged else [obj.times, obj.vals]
+    raise TypeError(type(obj))
+
+
 def encode_state(state: EntityState) -> bytes:
-    return orjson.dumps(state)
+    """One entity key's state as one value, every column in it."""
+    return orjson.dumps(state, default=_inline)
 
 
 def decode_state(data: bytes | None) -> EntityState:
-    return {} if data is None else orjson.loads(data)
+    """The state :func:`encode_state` wrote (a paged column's pages are read by
+    :func:`load_state`)."""
+    if data is None:
+        return {}
+    state: EntityState = orjson.loads(data)
+    for k, v in state.items():
+        if k != "wm":
+            state[k] = Column(paged=True) if isinstance(v, dict) else Column(v[0], v[1])
+    return state
+
+
+def page_prefix(key: bytes, state_key: str) -> bytes:
+    """Where the pages of one column of the entity key stored at ``key`` are:
+    never a prefix of another column's or key's (entity keys never start with
+    a zero byte, and the key's length is in it)."""
+    return b"\x00" + len(key).to_bytes(4, "big") + key + state_key.encode() + b"\x00"
+
+
+def state_records(key: bytes, state: EntityState) -> list[tuple[bytes, bytes | None]]:
+    """The store records to write for the entity state at ``key``: its value,
+    and for each paged column (a hot key) the pages changed since the last
+    call (None: a page now empty, deleted). The column's pages are then clean."""
+    out: list[tuple[bytes, bytes | None]] = [(key, orjson.dumps(state, default=_paged))]
+    for sk, col in state.items():
+        if sk == "wm" or not col.paged or not col.dirty:
+            continue
+        prefix = page_prefix(key, sk)
+        for number in sorted(col.dirty):
+            records = col.page(number)
+            for i, record in enumerate(records):
+                out.append((_page_key(prefix, number, i), orjson.dumps(record)))
+            for i in range(len(records), col.chunks.get(number, 1)):
+                out.append((_page_key(prefix, number, i), None))  # gone: deleted
+            if len(records) > 1:
+                col.chunks[number] = len(records)
+            else:
+                col.chunks.pop(number, None)
+        col.dirty.clear()
+    return out
+
+
+def _page_key(prefix: bytes, number: int, chunk: int) -> bytes:
+    return prefix + (b"%d" % number if not chunk else b"%d.%d" % (number, chunk))
+
+
+def load_state(key: bytes, data: bytes | None,
+               scan: Callable[[bytes], Iterator[tuple[bytes, bytes]]]) -> EntityState:
+    """The entity state at ``key``, its paged columns read with ``scan`` (the
+    store's records under a prefix)."""
+    state = decode_state(data)
+    for sk, col in state.items():
+        if sk == "wm" or not col.paged:
+            continue
+        prefix = page_prefix(key, sk)
+        records: list[tuple[int, int, bytes]] = []
+        for k, raw in scan(prefix):
+            page, _, part = k[len(prefix):].partition(b".")
+            records.append((int(page), int(part or 0), raw))
+        for number, index, raw in sorted(records):
+            col.load_page(number, *orjson.loads(raw))
+            if index:
+                col.chunks[number] = index + 1
+    return state
 
 
 class FeatureLibrary:
     """A set of feature specs, grouped by entity (one node per entity)."""
 
-    def __init__(self, specs: Iterable[FeatureSpec] = DEFAULT_FEATURES,
-                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, specs: Iterable[FeatureSpec] = DEFAULT_FEATURES) -> None:
         self.specs = tuple(specs)
         names = [s.name for s in self.specs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"feature names defined twice: {sorted(dup)}")
-        self.max_entries = max_entries
         grouped: dict[str, list[FeatureSpec]] = defaultdict(list)
         for s in self.specs:
             grouped[s.entity].append(s)
@@ -73,7 +147,7 @@ class FeatureLibrary:
     def compute(self, entity: str, state: EntityState, view: Mapping[str, Any], t: int) \
             -> tuple[dict[str, Any], list[str]]:
         """Update ``state`` of one entity key with the event; its feature values."""
-        return update(state, self.by_entity[entity], view, t, self.max_entries)
+        return update(state, self.by_entity[entity], view, t)
 
     def feature_meta(self) -> dict[str, str]:
         """Provenance: feature name → "entity/aggregate/window@version"."""

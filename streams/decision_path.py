@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from tripwire.controls.engine import ControlSet
 from tripwire.features.batch import BatchTable
-from tripwire.features.engine import FeatureLibrary, decode_state, encode_state, make_view
+from tripwire.features.engine import (
+    FeatureLibrary,
+    decode_state,
+    encode_state,
+    load_state,
+    make_view,
+    state_records,
+)
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.schemas.validate import Validator
@@ -44,7 +51,7 @@ __all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "F
 logger = logging.getLogger(__name__)
 
 INPUTS = ("card_payments", "logins", "fps")  # topic keys the decision path reads
-FEATURES_STORE = "features.v2"  # v2: columnar entries [[times], [values]]
+FEATURES_STORE = "features.v3"  # v3: a bucket per millisecond, hot keys paged
 
 
 def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | None) \
@@ -68,7 +75,8 @@ def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | N
 
 def feature_states(state: StateManager, max_keys: int = 100_000) -> DecodedCache:
     """The decoded entity states (feature windows) of a processor's state."""
-    return state.decoded(FEATURES_STORE, decode_state, encode_state, max_keys)
+    return state.decoded(FEATURES_STORE, decode_state, encode_state, max_keys,
+                         load_state, state_records)
 
 
 def entity_state_key(entity: str, key: str) -> bytes:

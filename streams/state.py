@@ -49,7 +49,7 @@ class KeyValueStore(Protocol):
     def put(self, key: bytes, value: bytes) -> None: ...
     def delete(self, key: bytes) -> None: ...
     def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None: ...
+    def put_many(self, items: list[tuple[bytes, bytes | None]]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -73,8 +73,12 @@ class MemoryStore:
             if k.startswith(prefix):
                 yield k, self._d[k]
 
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        self._d.update(items)
+    def put_many(self, items: list[tuple[bytes, bytes | None]]) -> None:
+        for k, v in items:  # None: a delete
+            if v is None:
+                self._d.pop(k, None)
+            else:
+                self._d[k] = v
 
     def __len__(self) -> int:
         return len(self._d)
@@ -138,7 +142,7 @@ class RocksStore:
         if len(self._buffer) >= self.MAX_BUFFERED:
             self.flush()
 
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+    def put_many(self, items: list[tuple[bytes, bytes | None]]) -> None:
         self._buffer.update(items)
         if len(self._buffer) >= self.MAX_BUFFERED:
             self.flush()
@@ -224,6 +228,10 @@ class StateView:
 
 
 TP = tuple[str, int]
+# (key, its stored value or None, a scan of the store by prefix) -> decoded value
+Load = Callable[[bytes, bytes | None, Callable[[bytes], Iterator[tuple[bytes, bytes]]]], Any]
+# (key, decoded value) -> the records to write (None: delete)
+Records = Callable[[bytes, Any], list[tuple[bytes, bytes | None]]]
 
 
 class StateManager:
@@ -255,12 +263,14 @@ class StateManager:
         self.defer_decoded = False
 
     def decoded(self, store: str, decode: Callable[[bytes | None], Any],
-                encode: Callable[[Any], bytes], max_keys: int = 100_000) -> DecodedCache:
+                encode: Callable[[Any], bytes], max_keys: int = 100_000,
+                load: Load | None = None, records: Records | None = None) -> DecodedCache:
         """The decoded-value cache of ``store`` (one per manager, dropped with its
         partitions on revoke, loss or abort)."""
         cache = self._decoded.get(store)
         if cache is None:
-            cache = self._decoded[store] = DecodedCache(store, decode, encode, max_keys)
+            cache = self._decoded[store] = DecodedCache(store, decode, encode, max_keys,
+                                                        load, records)
         return cache
 
     def batch_done(self) -> None:
@@ -355,8 +365,9 @@ class StateManager:
                 (self._dir(name, tp) / "checkpoint.json").write_text(
                     json.dumps({"next_offset": off + 1}))
 
-    def put_many(self, name: str, tp: TP, items: list[tuple[bytes, bytes]]) -> None:
-        """Many puts into one store of ``tp`` at once (recorded for the changelog)."""
+    def put_many(self, name: str, tp: TP, items: list[tuple[bytes, bytes | None]]) -> None:
+        """Many puts (None: a delete) into one store of ``tp`` at once (recorded for
+        the changelog)."""
         self.store(name, tp).put_many(items)
         self.pending.extend((name, tp, k, v) for k, v in items)
 
@@ -402,9 +413,14 @@ class DecodedCache:
     transaction aborts."""
 
     def __init__(self, store: str, decode: Callable[[bytes | None], Any],
-                 encode: Callable[[Any], bytes], max_keys: int = 100_000) -> None:
+                 encode: Callable[[Any], bytes], max_keys: int = 100_000,
+                 load: Load | None = None, records: Records | None = None) -> None:
         self.store, self.decode, self.encode, self.max_keys = store, decode, encode, max_keys
-        self._cache: dict[tuple[TP, bytes], Any] = {}  # oldest loaded first
+        # a value kept in several records (a hot key's pages): how to read it from
+        # the store, and which records to write for it
+        self.load: Load = load or (lambda key, data, scan: decode(data))
+        self.records: Records = records or (lambda key, value: [(key, encode(value))])
+        self._cache: dict[tuple[TP, bytes], Any] = {}  # used longest ago first
         self._dirty: set[tuple[TP, bytes]] = set()
         # keys written back since the last full flush: changed again, they wait for it
         self._settled: set[tuple[TP, bytes]] = set()
@@ -412,9 +428,13 @@ class DecodedCache:
     def get(self, state: StateManager, tp: TP, key: bytes) -> Any:
         """The decoded value, marked dirty: the caller may change it in place."""
         k = (tp, key)
-        value = self._cache.get(k)
-        if value is None:
-            value = self._cache[k] = self.decode(state.store(self.store, tp).get(key))
+        cache = self._cache
+        value = cache.pop(k, None)
+        if value is not None:
+            cache[k] = value  # used last: forgotten last (a hot key is never reloaded)
+        else:
+            store = state.store(self.store, tp)
+            value = self._cache[k] = self.load(key, store.get(key), store.items)
         self._dirty.add(k)
         return value
 
@@ -425,10 +445,10 @@ class DecodedCache:
         once per commit; the full flush (before a commit) writes the rest."""
         settled = self._settled
         keys = self._dirty if full else [k for k in self._dirty if k not in settled]
-        by_tp: dict[TP, list[tuple[bytes, bytes]]] = {}
-        cache, encode = self._cache, self.encode
+        by_tp: dict[TP, list[tuple[bytes, bytes | None]]] = {}
+        cache, records = self._cache, self.records
         for k in keys:
-            by_tp.setdefault(k[0], []).append((k[1], encode(cache[k])))
+            by_tp.setdefault(k[0], []).extend(records(k[1], cache[k]))
         for tp, items in by_tp.items():
             state.put_many(self.store, tp, items)
         if not full:
@@ -438,7 +458,7 @@ class DecodedCache:
         self._dirty.clear()
         settled.clear()
         excess = len(self._cache) - self.max_keys
-        if excess > 0:  # forget the keys loaded longest ago (state is in the store)
+        if excess > 0:  # forget the keys used longest ago (state is in the store)
             for k in list(itertools.islice(self._cache, excess)):
                 del self._cache[k]
 

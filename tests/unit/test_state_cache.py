@@ -89,3 +89,24 @@ def test_every_commit_leaves_every_value_as_it_is(
             assert log == truth
             store = state.store(STORE, TP)
             assert {k: json.loads(store.get(k) or b"{}")["n"] for k in truth} == truth
+
+
+def test_the_keys_used_longest_ago_are_forgotten_first() -> None:
+    """A key in use all along (a hot key) stays decoded however many other keys
+    come and go; the others are read back from the store as they were."""
+    state = StateManager("test", [STORE])
+    state.open_partition(TP)
+    loads: list[bytes] = []
+
+    def decode(b: bytes | None) -> dict[str, int]:
+        loads.append(b or b"")
+        return {"n": 0} if b is None else json.loads(b)
+
+    cache = state.decoded(STORE, decode, lambda v: json.dumps(v).encode(), max_keys=3)
+    for i in range(20):
+        _touch(state, cache, b"hot")
+        _touch(state, cache, f"cold-{i}".encode())
+        state.checkpoint()
+    assert len(loads) == 21  # each key read once: the hot one never again
+    assert cache.get(state, TP, b"hot") == {"n": 20}
+    assert cache.get(state, TP, b"cold-0") == {"n": 1}  # forgotten, read back
