@@ -9,8 +9,12 @@
   original response and nothing is written twice.
 
 Answers: ``202`` only after Kafka acknowledged the write; ``401`` for signature
-problems, ``422`` for invalid events, ``409`` when an idempotency key is reused
-for a different body — each with machine-readable ``reasons``.
+problems, ``413`` for a body over ``max_body_bytes`` (refused from its
+``Content-Length``, or as soon as a streamed body passes the limit, and after
+the key id and timestamp are checked, before the body is read or hashed),
+``422`` for invalid events or headers, ``409`` when an idempotency key is reused
+for a different body — each with machine-readable ``reasons``. No request gets
+a 500 for what it sent.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaError, KafkaException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -64,6 +70,8 @@ class IngestConfig:
     idempotency_ttl_s: int = 24 * 3600
     idempotency_max: int = 100_000
     ack_timeout_s: float = 30.0
+    # an event is ~1 KB; Kafka refuses records over 1 MB by default
+    max_body_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,12 @@ class _IdempotencyCache:
             self._d.popitem(last=False)
 
 
+_SECONDS = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"v1=[0-9a-f]{64}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
 def _reply(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
     return status, orjson.dumps(body)
 
@@ -115,15 +129,15 @@ def create_app(producer: TripwireProducer, config: IngestConfig,
         while not stop.is_set():
             producer.poll(0.05)
 
-    def authenticate(request: Request, body: bytes) -> tuple[int, bytes] | None:
+    def admit(request: Request) -> tuple[int, bytes] | None:
+        """What can be checked before the body is read: the headers and the size."""
         kid = request.headers.get("x-tripwire-key-id", "")
         ts = request.headers.get("x-tripwire-timestamp", "")
         sig = request.headers.get("x-tripwire-signature", "")
-        secret = config.keys.get(kid)
-        if secret is None:
+        if kid not in config.keys:
             return _problem(401, "unauthenticated", [("UNKNOWN_KEY", "X-Tripwire-Key-Id",
-                                                      f"no active key {kid!r}")])
-        if not ts.isdigit():
+                                                      f"no active key {kid[:64]!r}")])
+        if not _SECONDS.fullmatch(ts):
             return _problem(401, "unauthenticated", [("BAD_TIMESTAMP", "X-Tripwire-Timestamp",
                                                       "Unix seconds expected")])
         skew = clock() - int(ts)
@@ -131,14 +145,56 @@ def create_app(producer: TripwireProducer, config: IngestConfig,
             return _problem(401, "unauthenticated", [(
                 "STALE_TIMESTAMP", "X-Tripwire-Timestamp",
                 f"{abs(skew):.0f}s from the server's clock (tolerance {config.tolerance_s}s)")])
-        if not hmac.compare_digest(sign(secret, ts, body), sig):
+        if not _SIGNATURE.fullmatch(sig):
+            return _problem(401, "unauthenticated", [("BAD_SIGNATURE", "X-Tripwire-Signature",
+                                                      "v1= and 64 hex digits expected")])
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            return _problem(422, "invalid_header", [(
+                "BAD_IDEMPOTENCY_KEY", "Idempotency-Key",
+                "1 to 200 printable ASCII characters expected")])
+        length = request.headers.get("content-length")
+        if length is not None and not _LENGTH.fullmatch(length):
+            return _problem(422, "invalid_header", [("BAD_CONTENT_LENGTH", "Content-Length",
+                                                     "a number of bytes expected")])
+        if length is not None and int(length) > config.max_body_bytes:
+            return _too_large(int(length))
+        return None
+
+    def _too_large(size: int) -> tuple[int, bytes]:
+        return _problem(413, "too_large", [("BODY_TOO_LARGE", None,
+                                            f"{size} bytes or more; at most "
+                                            f"{config.max_body_bytes} accepted")])
+
+    async def read_body(request: Request) -> bytes | tuple[int, bytes]:
+        """The body, or a 413 as soon as it passes the limit (chunked bodies too)."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > config.max_body_bytes:
+                return _too_large(size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def authenticate(request: Request, body: bytes) -> tuple[int, bytes] | None:
+        kid = request.headers["x-tripwire-key-id"]
+        ts = request.headers["x-tripwire-timestamp"]
+        sig = request.headers["x-tripwire-signature"]
+        if not hmac.compare_digest(sign(config.keys[kid], ts, body).encode(), sig.encode()):
             return _problem(401, "unauthenticated", [("BAD_SIGNATURE", "X-Tripwire-Signature",
                                                       "HMAC-SHA256 does not match the body")])
         return None
 
     async def ingest(request: Request) -> Response:
-        body = await request.body()
-        denied = authenticate(request, body)
+        denied = admit(request)
+        body = b""
+        if denied is None:
+            got = await read_body(request)
+            if isinstance(got, tuple):
+                denied = got
+            else:
+                body = got
+                denied = authenticate(request, body)
         if denied is not None:
             return Response(denied[1], denied[0], media_type="application/json")
         body_hash = hashlib.sha256(body).digest()
@@ -198,6 +254,13 @@ def create_app(producer: TripwireProducer, config: IngestConfig,
             model = producer.send(body, on_delivery=on_delivery)
         except InvalidEvent as exc:
             return _problem(422, "invalid_event", exc.reasons)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                return _problem(413, "too_large", [("EVENT_TOO_LARGE", None, error.str())])
+            return _problem(503, "not_acknowledged", [("KAFKA_ERROR", None, str(exc))])
+        except BufferError as exc:  # the producer's queue is full: back-pressure
+            return _problem(503, "not_acknowledged", [("KAFKA_BUSY", None, str(exc))])
         try:
             err, partition, offset = await asyncio.wait_for(acked, config.ack_timeout_s)
         except TimeoutError:

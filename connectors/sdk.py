@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from tripwire.connectors.events import EventProducer
 from tripwire.schemas.codec import AvroCodec
-from tripwire.schemas.models import CardPayment, FpsMessage, LoginEvent, parse_event
+from tripwire.schemas.models import EVENT_MODELS, CardPayment, FpsMessage, LoginEvent, parse_event
 from tripwire.schemas.validate import Reason, Validator
 from tripwire.streams.topics import topic
 
@@ -34,11 +34,17 @@ class InvalidEvent(ValueError):
         self.reasons = reasons
 
 
+_EVENT_TYPES = frozenset(m.__name__ for m in EVENT_MODELS.values())
+
+
 def model_reasons(exc: ValidationError) -> list[Reason]:
     """pydantic errors as quarantine-style reasons with dotted field paths."""
     out: list[Reason] = []
     for e in exc.errors():
-        path = ".".join(str(p) for p in e["loc"]) or None
+        loc = e["loc"]
+        if loc and loc[0] in _EVENT_TYPES:  # the union's tag: the event names its type
+            loc = loc[1:]
+        path = ".".join(str(p) for p in loc) or None
         code = "MISSING_FIELD" if e["type"] == "missing" else \
             "UNKNOWN_FIELD" if e["type"] == "extra_forbidden" else "INVALID_TYPE"
         out.append((code, path, e["msg"]))

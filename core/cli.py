@@ -523,7 +523,8 @@ def ingest_serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option
         raise TripwireError(f"TRIPWIRE_INGEST_KEYS: {exc}") from None
     prod = TripwireProducer(_bootstrap(settings), namespace=settings.topic_namespace,
                             codec=AvroCodec.from_url(settings.schema_registry_url))
-    app_ = create_app(prod, IngestConfig(keys, tolerance_s=settings.ingest_tolerance_s))
+    app_ = create_app(prod, IngestConfig(keys, tolerance_s=settings.ingest_tolerance_s,
+                                         max_body_bytes=settings.ingest_max_body_bytes))
     err_console.print(f"ingest on http://{host}:{port}/v1/events with keys {sorted(keys)}")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
         default="", repr=False,
         description="HTTP ingest HMAC keys: 'key-id:secret,key-id2:secret2' (rotation).")
     ingest_tolerance_s: int = Field(default=300, ge=1, le=3600)
+    ingest_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=900 * 1024)
     batch_table: Path | None = Field(
         default=None, description="JSON Lines reference data for the batch feature node.")
     batch_refresh_s: float = Field(default=300.0, gt=0)

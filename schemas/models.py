@@ -28,14 +28,16 @@ def _millis(t: dt.datetime) -> int:
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+    # strict: nothing is repaired or guessed - no "1234" for an amount, no "true" for
+    # a boolean; only times and dates may come as text (JSON has no other form)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True, strict=True)
 
     schema_name: ClassVar[str]
     topic_key: ClassVar[str]
     key_field: ClassVar[str]
 
     event_id: str
-    event_time: AwareDatetime
+    event_time: AwareDatetime = Field(strict=False)
 
     def to_avro(self) -> dict[str, Any]:
         """The record in Avro form (integers for timestamps and dates)."""
@@ -110,7 +112,7 @@ class FpsMessage(_Event):
     is_repeat: bool = False
     direction: Literal["INBOUND", "OUTBOUND"]
     account_id: str
-    settlement_date: dt.date
+    settlement_date: dt.date = Field(strict=False)
     sender_sort_code: str
     sender_account_number: str
     beneficiary_sort_code: str

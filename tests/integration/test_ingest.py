@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -127,3 +128,116 @@ def test_http_ingest_signature_staleness_rotation_and_replay(kafka: KafkaCluster
     msgs = read_topic(kafka.bootstrap, [topic("card_payments", topics)], 10, timeout=10)
     ids = sorted(CODEC.decode(m.value())[1]["event_id"] for m in msgs)
     assert ids == sorted([json.loads(e1)["event_id"], json.loads(e2)["event_id"]])
+
+
+def _serve(kafka: KafkaCluster, ns: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`tripwire ingest serve` as a real server on a free port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": ns,
+           "TRIPWIRE_INGEST_KEYS": "k-2026-11:fedcba9876543210-new"}
+    proc = subprocess.Popen([sys.executable, "-m", "tripwire", "ingest", "serve", "--port",
+                             str(port)], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no server")
+
+
+def _raw(port: int, head: str, body_parts: Any = (), timeout: float = 20) -> tuple[int, dict]:
+    """Send a request as raw bytes (any header, any framing); (status, JSON answer)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.sendall(head.encode("utf-8") + b"\r\n")
+        try:
+            for part in body_parts:
+                s.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the rest: what a limit does
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
+                dict(line.split(b": ", 1) for line in data.split(b"\r\n\r\n")[0]
+                     .split(b"\r\n")[1:] if b": " in line).get(b"content-length", b"0")):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
+def _head(body_len: int | None, ts: str | None = None, sig: str | None = None,
+          extra: str = "", body: bytes = b"") -> str:
+    ts = ts if ts is not None else str(int(time.time()))
+    sig = sig if sig is not None else sign(KEYS["k-2026-11"], ts, body)
+    lines = ["POST /v1/events HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+             "X-Tripwire-Key-Id: k-2026-11", f"X-Tripwire-Timestamp: {ts}",
+             f"X-Tripwire-Signature: {sig}", "Connection: close"]
+    lines.append(f"Content-Length: {body_len}" if body_len is not None
+                 else "Transfer-Encoding: chunked")
+    return "\r\n".join(lines + ([extra] if extra else [])) + "\r\n"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_ingest_is_bounded_and_never_answers_500(kafka: KafkaCluster, topics: str) -> None:
+    """Against the real server (issue 19): a 200 MB unsigned body is refused from its
+    Content-Length before it is read, a chunked one as soon as it passes the limit;
+    malformed headers get 401 or 422; a 2 MB field 413; strings for numbers and
+    booleans 422. The server stays small and goes on accepting good events."""
+    proc, port = _serve(kafka, topics)
+    try:
+        base = _rss_mb(proc.pid)
+        started = time.monotonic()
+        huge = iter([b"x" * 1_048_576] * 200)
+        status, answer = _raw(port, _head(200 * 1_048_576, sig="v1=" + "0" * 64), huge)
+        assert (status, answer["reasons"][0]["code"]) == (413, "BODY_TOO_LARGE")
+        assert time.monotonic() - started < 10
+        chunked = (b"%x\r\n%s\r\n" % (65536, b"y" * 65536) for _ in range(3000))
+        status, answer = _raw(port, _head(None), chunked)
+        assert (status, answer["reasons"][0]["code"]) == (413, "BODY_TOO_LARGE")
+        assert _rss_mb(proc.pid) - base < 50, (base, _rss_mb(proc.pid))
+
+        good = json.dumps(_events(1)[0]).encode()
+        for ts, code in (("1" * 5000, "BAD_TIMESTAMP"), ("١٧٦٤٦٦٩٦٠٠", "BAD_TIMESTAMP"),
+                         ("-5", "BAD_TIMESTAMP")):
+            status, answer = _raw(port, _head(len(good), ts=ts), [good])
+            assert (status, answer["reasons"][0]["code"]) == (401, code), ts[:20]
+        status, answer = _raw(port, _head(len(good), sig="v1=ü" + "0" * 63), [good])
+        assert (status, answer["reasons"][0]["code"]) == (401, "BAD_SIGNATURE")
+        status, answer = _raw(port, _head(len(good), body=good,
+                                          extra="Idempotency-Key: " + "k" * 500), [good])
+        assert (status, answer["reasons"][0]["code"]) == (422, "BAD_IDEMPOTENCY_KEY")
+
+        event = _events(4)
+        big = json.dumps({**event[0], "merchant_id": "m" * 2_000_000}).encode()
+        status, answer = _raw(port, _head(len(big), body=big), [big])
+        assert (status, answer["reasons"][0]["code"]) == (413, "BODY_TOO_LARGE")
+        for n, (field, value) in enumerate((("amount_minor", "1234"), ("card_present", "true"))):
+            coerced = json.dumps({**event[1 + n], field: value}).encode()
+            status, answer = _raw(port, _head(len(coerced), body=coerced), [coerced])
+            assert status == 422 and answer["reasons"][0]["field"] == field, answer
+        ok = json.dumps(event[3]).encode()
+        status, answer = _raw(port, _head(len(ok), body=ok), [ok])
+        assert status == 202, answer
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.stderr is not None
+    assert "Traceback" not in proc.stderr.read().decode()
