@@ -45,12 +45,23 @@ class TopicSource:
         self.consumer.assign([TopicPartition(topic_name, p, OFFSET_BEGINNING) for p in parts])
 
     def poll(self) -> list[dict[str, Any]]:
+        """The releases read since the last call. A record that is not a readable
+        release comes as one of kind ``UNREADABLE``: the worker refuses and audits
+        it, and goes on (the topic is read again at every start)."""
         out = []
         for m in self.consumer.consume(500, 0):
-            if m.error() is None and m.value() is not None:
+            if m.error() is not None or m.value() is None:
+                continue
+            where = f"{m.topic()}[{m.partition()}]@{m.offset()}"
+            try:
                 schema, rec = self.codec.decode(m.value())
-                if schema.name == RELEASE_SCHEMA:
-                    out.append(rec)
+                problem = None if schema.name == RELEASE_SCHEMA else \
+                    f"a {schema.name} record, not a {RELEASE_SCHEMA}"
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                rec = release(where, None, "unknown", problem, m.timestamp()[1], "UNREADABLE")
+            out.append(rec)
         return out
 
     def close(self) -> None:

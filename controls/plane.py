@@ -17,16 +17,30 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from typing import Any
 
 import orjson
 
 from tripwire.controls.engine import Control, ControlError, ControlSet
 
-__all__ = ["AUDIT_SCHEMA", "RELEASE_SCHEMA", "ControlPlane", "release"]
+__all__ = ["AUDIT_SCHEMA", "KINDS", "RELEASE_SCHEMA", "ControlPlane", "release",
+           "target_error"]
 
 RELEASE_SCHEMA = "tripwire.ops.ControlRelease"
 AUDIT_SCHEMA = "tripwire.ops.AuditRecord"
+KINDS = ("RELEASE", "RETIRE", "STOP", "RESUME")
+_TARGET = re.compile(r"tier:[0-2]|[A-Za-z0-9_.-]{1,128}")
+
+
+def target_error(target: str) -> str | None:
+    """Why ``target`` cannot be stopped or resumed (None: it can be): a control id
+    or ``tier:0``, ``tier:1``, ``tier:2``."""
+    if not isinstance(target, str) or not _TARGET.fullmatch(target) or \
+            (target.startswith("tier:") and len(target) != 6):
+        return (f"{str(target)[:80]!r} is not a control id (letters, digits, _ . -) "
+                "nor tier:0, tier:1 or tier:2")
+    return None
 
 
 def release(control_id: str, source: str | None, author: str, reason: str, at_ms: int,
@@ -60,10 +74,13 @@ class ControlPlane:
                 action = "control.retire"
             elif kind in ("STOP", "RESUME"):
                 action = self._switch(kind, cid, details)
+            elif kind == "UNREADABLE":  # tripwire.connectors.control_sources.TopicSource
+                raise ControlError(f"unreadable record on the controls topic: {rel['reason']}")
             else:
                 raise ControlError(f"unknown release kind {kind!r}")
-        except ControlError as exc:
-            action, details["error"] = "control.refuse", str(exc)
+        except Exception as exc:
+            action, details["error"] = "control.refuse", (
+                str(exc) if isinstance(exc, ControlError) else f"{type(exc).__name__}: {exc}")
             details["kind"] = kind
             if old is not None:
                 details["running_version"] = old.version
@@ -92,6 +109,9 @@ class ControlPlane:
         return "control.activate"
 
     def _switch(self, kind: str, target: str, details: dict[str, Any]) -> str:
+        bad = target_error(target)
+        if bad is not None:
+            raise ControlError(bad)
         tier = int(target.split(":", 1)[1]) if target.startswith("tier:") else None
         ids = [] if tier is not None else [target]
         if tier is None and target not in self.controls.by_id():

@@ -398,9 +398,12 @@ controls_app = typer.Typer(help="The Starlark controls.", no_args_is_help=True)
 app.add_typer(controls_app, name="controls")
 
 
-def _release(kind: str, items: list[tuple[str, str | None]], author: str, reason: str) -> None:
-    """Publish releases to the controls topic, each with a publish audit record."""
+def _release(kind: str, items: list[tuple[str, str | None]], author: str, reason: str,
+             refused: str | None = None) -> None:
+    """Publish releases to the controls topic, each with a publish audit record;
+    ``refused``: publish nothing, audit the refusal (why) and fail."""
     import getpass
+    import socket
 
     import orjson
 
@@ -412,17 +415,26 @@ def _release(kind: str, items: list[tuple[str, str | None]], author: str, reason
     settings = Settings()
     bootstrap, ns = _bootstrap(settings), settings.topic_namespace
     codec = AvroCodec.from_url(settings.schema_registry_url)
-    who = author or getpass.getuser()
+    login = getpass.getuser()
+    who = author or login
     prod = EventProducer(bootstrap, codec)
     now = int(time.time() * 1000)
+    # the audit's actor is who ran the command here; --author is what they claimed
+    seen = {"login": login, "host": socket.gethostname(), "author": who}
     for cid, source in items:
-        prod.send(topic("controls", ns), RELEASE_SCHEMA,
-                  release(cid, source, who, reason, now, kind), cid)
+        if refused is None:
+            prod.send(topic("controls", ns), RELEASE_SCHEMA,
+                      release(cid, source, who, reason, now, kind), cid)
         prod.send(topic("audit", ns), AUDIT_SCHEMA, {
-            "audit_id": f"publish:{cid}:{now}", "at": now, "actor": who,
-            "action": f"control.publish.{kind.lower()}", "subject": cid, "reason": reason,
-            "details_json": orjson.dumps({"source": source}).decode()}, cid)
+            "audit_id": f"publish:{cid}:{now}", "at": now, "actor": login,
+            "action": f"control.publish.{'refuse' if refused else kind.lower()}",
+            "subject": cid, "reason": reason,
+            "details_json": orjson.dumps({"source": source, "kind": kind, **seen,
+                                          **({"error": refused} if refused else {})}
+                                         ).decode()}, cid)
     sent = prod.flush()
+    if refused is not None:
+        raise TripwireError(f"refused: {refused} (audited)")
     console.print(f"{kind.lower()} of {', '.join(c for c, _ in items)} sent to "
                   f"{topic('controls', ns)} ({sent} records); workers apply it between "
                   "batches and audit the result")
@@ -445,7 +457,7 @@ def controls_publish(
         try:
             Control.checked(path.stem, path.read_text())
         except ControlError as exc:
-            raise TripwireError(f"refused: {exc}") from None
+            _release("RELEASE", [(path.stem, path.read_text())], author, reason, str(exc))
         items.append((path.stem, path.read_text()))
     _release("RELEASE", items, author, reason)
 
@@ -457,7 +469,9 @@ def controls_stop(
     author: str = typer.Option("", "--author", help="who (default: the login name)"),
 ) -> None:
     """Emergency stop: workers stop running the control(s) at their next batch."""
-    _release("STOP", [(target, None)], author, reason)
+    from tripwire.controls.plane import target_error
+
+    _release("STOP", [(target, None)], author, reason, target_error(target))
 
 
 @controls_app.command("resume")
@@ -467,7 +481,9 @@ def controls_resume(
     author: str = typer.Option("", "--author", help="who (default: the login name)"),
 ) -> None:
     """Undo an emergency stop."""
-    _release("RESUME", [(target, None)], author, reason)
+    from tripwire.controls.plane import target_error
+
+    _release("RESUME", [(target, None)], author, reason, target_error(target))
 
 
 @controls_app.command("test")

@@ -82,13 +82,15 @@ def test_refused_and_accepted_releases_without_a_restart(kafka: KafkaCluster, to
         done = _cli(kafka, topics, "publish", str(good), "--reason", "catch 4242",
                     "--author", "alice")
         assert done.returncode == 0, done.stderr
-        audits = _audits(kafka, topics, codec, 3)  # refuse, publish (CLI), activate (worker)
+        # refuse (worker), refuse and publish (CLI), activate (worker)
+        audits = _audits(kafka, topics, codec, 4)
         (activated,) = [x for x in audits if x["action"] == "control.activate"]
         assert activated["actor"] == "alice" and activated["reason"] == "catch 4242"
         details = json.loads(activated["details_json"])
         assert details["version_from"] is None and '+        return {"signal": "odd_amount"' \
             in details["diff"]
         assert [x["action"] for x in audits].count("control.publish.release") == 1
+        assert [x["action"] for x in audits].count("control.publish.refuse") == 1
 
         prod.send(topic("card_payments", topics), CARD_SCHEMA, b, b["card_token"])
         prod.flush()
@@ -159,3 +161,67 @@ def test_tier_two_writes_after_decisions_and_the_emergency_stop_halts_it(
     ran = {e["event_id"] for e in after
            if "deep_look" in {x["control_id"] for x in e["executions"]}}
     assert ran == {e["event_id"] for e in events[:5]}  # none after the stop
+
+
+def test_a_poisoned_controls_topic_is_refused_audited_and_survived(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    """Garbage bytes, a record of another schema and a STOP of ``tier:x`` on the
+    controls topic (issue 19): a worker starting on it refuses and audits each and
+    decides; started again (the topic is read from the beginning), the same. The
+    CLI refuses a bad target and a broken control before writing, and audits that."""
+    from confluent_kafka import Producer
+
+    from tripwire.controls.plane import AUDIT_SCHEMA
+
+    base = DecisionPath.default()
+    codec = base.codec
+    controls_topic = topic("controls", topics)
+    raw = Producer({"bootstrap.servers": kafka.bootstrap})
+    raw.produce(controls_topic, b"\x00\x01", b"junk")
+    raw.flush(10)
+    prod = EventProducer(kafka.bootstrap, codec)
+    now = int(time.time() * 1000)
+    prod.send(controls_topic, AUDIT_SCHEMA, {
+        "audit_id": "x", "at": now, "actor": "mallory", "action": "control.activate",
+        "subject": "odd", "reason": "not a release", "details_json": "{}"}, "odd")
+    prod.send(controls_topic, RELEASE_SCHEMA,
+              release("tier:x", None, "mallory", "typo", now, "STOP"), "tier:x")
+    prod.flush()
+    events = list(normal_card_payments(9, now - 5_000, 2))
+
+    for n, event in enumerate(events):  # a first start, then a restart
+        path = DecisionPath(codec, base.controls, sources=[
+            TopicSource(kafka.bootstrap, controls_topic, codec)])
+        loop = BatchLoop(kafka.bootstrap, f"{topics}decide", [topic("card_payments", topics)],
+                         path, namespace=topics, batch_size=50)
+        pipeline = Pipeline.start({"path": loop})
+        try:
+            pipeline.wait_assigned()
+            prod.send(topic("card_payments", topics), CARD_SCHEMA, event, event["card_token"])
+            prod.flush()
+            decided = read_topic(kafka.bootstrap, [topic("decisions", topics)], n + 1,
+                                 timeout=30)
+        finally:
+            pipeline.stop()
+        assert not pipeline.errors
+        assert {codec.decode(m.value())[1]["event_id"] for m in decided} == \
+            {e["event_id"] for e in events[:n + 1]}
+    audits = _audits(kafka, topics, codec, 6)
+    assert [a["action"] for a in audits] == ["control.refuse"] * 6  # 3 records, 2 starts
+    errors = [json.loads(a["details_json"])["error"] for a in audits[:3]]
+    assert "unreadable record on the controls topic: DecodeError: TRUNCATED" in errors[0]
+    assert "tripwire.ops.AuditRecord record, not a" in errors[1], errors
+    assert "'tier:x' is not a control id" in errors[2], errors
+
+    stop = _cli(kafka, topics, "stop", "tier:x", "--reason", "typo")
+    assert stop.returncode == 2 and "refused" in stop.stderr and "tier:x" in stop.stderr
+    broken = tmp_path / "odd_amount.star"
+    broken.write_text(ODD.replace("return None", "return (", 1))
+    publish = _cli(kafka, topics, "publish", str(broken), "--reason", "try", "--author", "bob")
+    assert publish.returncode == 2 and "refused" in publish.stderr
+    refusals = [a for a in _audits(kafka, topics, codec, 8)
+                if a["action"] == "control.publish.refuse"]
+    assert [a["subject"] for a in refusals] == ["tier:x", "odd_amount"]
+    details = json.loads(refusals[1]["details_json"])
+    assert details["author"] == "bob" and details["login"] == refusals[1]["actor"]
+    assert len(read_to_end(kafka.bootstrap, controls_topic)) == 3  # nothing more written
