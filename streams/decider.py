@@ -166,18 +166,32 @@ class Decider:
             "repeat": False,
         }
 
-    def emit(self, identity: str, decision: dict[str, Any], view: StateView) -> OutRecord:
-        """Encode, remember for repeats, and return the decision output."""
+    def emit(self, identity: str, decision: dict[str, Any], view: StateView,
+             tag: str = "") -> OutRecord:
+        """Encode, remember for repeats (with ``tag``, the digest of the event's
+        content, when known), and return the decision output."""
         encoded = self.codec.encode(DECISION_SCHEMA, decision)
-        self.memory.put(view, identity.encode(), self.compactor.pack(view, encoded),
-                        decision["event_time"] + self.ttl_ms)
+        packed = self.compactor.pack(view, encoded)
+        if tag:
+            packed = b"#" + tag.encode() + b"#" + packed
+        self.memory.put(view, identity.encode(), packed, decision["event_time"] + self.ttl_ms)
         return OutRecord("decisions", decision["entity_key"].encode(), encoded)
+
+    def remembered(self, identity: str, view: StateView) -> str | None:
+        """None if ``identity`` is not remembered as decided; else the tag of the
+        event decided ("" if it was not noted)."""
+        stored = self.memory.get(view, identity.encode())
+        if stored is None:
+            return None
+        return stored[1:].split(b"#", 1)[0].decode() if stored[:1] == b"#" else ""
 
     def recall(self, identity: str, view: StateView) -> OutRecord | None:
         """The remembered decision of ``identity``, marked as a repeat."""
         stored = self.memory.get(view, identity.encode())
         if stored is None:
             return None
+        if stored[:1] == b"#":  # a tag first (emit)
+            stored = stored[1:].split(b"#", 1)[1]
         _, previous = self.codec.decode(self.compactor.unpack(view, stored))
         previous["repeat"] = True
         return OutRecord("decisions", previous["entity_key"].encode(),

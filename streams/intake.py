@@ -72,6 +72,15 @@ class Admitted:
     identity: str
     rec: InRecord
     repeat: bool = False
+    digest: bytes = b""  # of its content (what a repeat must match)
+
+    @property
+    def tagged(self) -> str:
+        """The identity with the content's digest (``<identity>#<16 hex>``): what the
+        split pipeline's requests, fragments and gathering carry, so that another
+        event reusing the id on another partition is told apart, never merged
+        (:class:`tripwire.streams.pipeline.DecisionStage`)."""
+        return f"{self.identity}#{self.digest.hex()[:16]}"
 
 
 NEVER = 2**63 - 1  # an expiry that never comes
@@ -197,7 +206,7 @@ class Intake:
                     "DUPLICATE_CONFLICT", kind.identity_field,
                     f"{event[kind.identity_field]} was already received with different "
                     "content; the first message's decision stands")], schema.name)
-            return Admitted(kind, event, identity, rec, repeat=True)
+            return Admitted(kind, event, identity, rec, repeat=True, digest=digest)
         original = event.get("original_reference") if kind.short == "FpsMessage" else None
         if original is not None and self.seen.get(view, f"FpsMessage:{original}".encode()) \
                 is None:
@@ -206,4 +215,4 @@ class Intake:
                 f"{event['message_type']} refers to {original}, which was never received "
                 "(or has expired)")], schema.name)
         self.seen.put(view, identity.encode(), digest, event["event_time"] + self.ttl_ms)
-        return Admitted(kind, event, identity, rec)
+        return Admitted(kind, event, identity, rec, digest=digest)

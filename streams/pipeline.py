@@ -212,7 +212,7 @@ class IntakeStage(Packer):
                 self._requests(admitted, nodes, requests, order)
             rec = admitted.rec
             gather.append((admitted.identity.encode(), {
-                "identity": admitted.identity, "event": rec.value, "nodes": nodes,
+                "identity": admitted.tagged, "event": rec.value, "nodes": nodes,
                 "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
         out += self._requests_out(requests, self._marks(sources, now_ms))
         return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
@@ -289,7 +289,7 @@ class IntakeStage(Packer):
             nodes.append(entity)
             fields = {f: view.get(f) for f in self.library.fields_for(entity)}
             requests[node_topics[entity]].append((key.encode(), [
-                a.identity, a.event["event_id"], key, a.event["event_time"], fields,
+                a.tagged, a.event["event_id"], key, a.event["event_time"], fields,
                 source, rec.offset, entity, order_ms]))
 
 
@@ -430,7 +430,8 @@ class FeatureStage(Packer):
         fragment = [identity, entity, key, values, notes]
         if order_ms is not None:  # where the node placed it (tripwire.streams.align)
             fragment += [order_ms, item[5], item[6]]
-        fragments.append((identity.encode(), fragment))
+        # keyed by the identity alone: to the gather partition of the event's request
+        fragments.append((identity.partition("#")[0].encode(), fragment))
 
     def _heartbeat(self, now_ms: int) -> list[list[Any]]:
         if now_ms - self._beat_ms < self.HEARTBEAT_MS or not self.serves:
@@ -483,6 +484,10 @@ class DecisionStage:
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self._orphans: set[str] = set()  # fragments gathering, their event not yet here
+        # identity -> the tagged identity (with its content's digest) gathering for it
+        self._gathering: dict[str, str] = {}
+        # tagged identities refused for reusing an id -> when (their fragments dropped)
+        self._conflicts: dict[str, int] = {}
         # liveness: when each entity's node was last heard from (a fragment or a
         # heartbeat), when anything last came in, and when input resumed after a gap
         self._heard: dict[str, int] = {}
@@ -537,9 +542,12 @@ class DecisionStage:
 
     def _take(self, rec: InRecord, view: StateView, msg: dict[str, Any], is_request: bool,
               now_ms: int, state: StateManager) -> list[OutRecord]:
-        identity = msg["identity"]
+        # the identity and its content's digest (IntakeStage: Admitted.tagged); older
+        # intakes' records carry the identity alone
+        tagged = msg["identity"]
+        identity, _, tag = tagged.partition("#")
         if is_request and msg["repeat"]:
-            p = self.pending.get(identity)
+            p = self.pending.get(self._gathering.get(identity, tagged))
             if p is not None:
                 p.repeats += 1
                 return []
@@ -548,26 +556,49 @@ class DecisionStage:
                                         "dedup", [("DECISION_EXPIRED", None, "repeat of an "
                                                    "event whose decision is no longer kept")],
                                         now_ms, item=identity)]
-        p = self.pending.get(identity)
+        if not is_request and tagged in self._conflicts:
+            return []  # a fragment of an event refused for reusing an id
+        p = self.pending.get(tagged)
         if p is None:
             # checked once, when an identity first comes: one still gathering was
             # checked then, and only a decision (which ends its gathering) changes that
-            if self.decider.memory.get(view, identity.encode()) is not None:
+            remembered = self.decider.remembered(identity, view)
+            if remembered is not None:
+                if is_request and tag and remembered and remembered != tag:
+                    return [self._conflict(rec, msg, tagged, now_ms)]
                 return []  # decided before a restart: read again, nothing to do
-            p = self.pending[identity] = _Pending((rec.topic, rec.partition), rec.offset)
+            p = self.pending[tagged] = _Pending((rec.topic, rec.partition), rec.offset)
         if is_request:
+            if p.request is None and self._gathering.setdefault(identity, tagged) != tagged:
+                del self.pending[tagged]  # and the fragments that came before it
+                self._orphans.discard(tagged)
+                return [self._conflict(rec, msg, tagged, now_ms)]
             p.request, p.arrived_ms = msg, msg["arrived_ms"]
             p.deadline = now_ms + self.node_timeout_ms
-            heapq.heappush(self._deadlines, (p.deadline, identity))
-            self._orphans.discard(identity)
+            heapq.heappush(self._deadlines, (p.deadline, tagged))
+            self._orphans.discard(tagged)
         else:
             p.fragments[msg["entity"]] = msg
             if p.request is None and p.deadline is None:
-                self._orphans.add(identity)
+                self._orphans.add(tagged)
         if p.request is not None and len(p.fragments) >= len(p.request["nodes"]) and \
                 all(n in p.fragments for n in p.request["nodes"]):
-            return self._decide(identity, p, now_ms, state)
+            return self._decide(tagged, p, now_ms, state)
         return []
+
+    def _conflict(self, rec: InRecord, msg: dict[str, Any], tagged: str,
+                  now_ms: int) -> OutRecord:
+        """Quarantine an event whose id another event (different content, on another
+        input partition) already took here; its fragments are dropped as they come."""
+        self._conflicts[tagged] = now_ms
+        identity = tagged.partition("#")[0]
+        schema, _ = self.codec.decode(msg["event"])
+        field = EVENT_KINDS[schema.name].identity_field
+        return quarantine(self.codec, dataclasses.replace(rec, value=msg["event"]), "dedup", [(
+            "DUPLICATE_CONFLICT", field,
+            f"{identity.partition(':')[2]} is the id of a different event received on "
+            "another partition; the first one's decision stands")], now_ms, schema.name,
+            item=tagged)
 
     ORPHAN_MS = 600_000
 
@@ -581,6 +612,10 @@ class DecisionStage:
                 p.deadline = now_ms + self.ORPHAN_MS
                 heapq.heappush(self._deadlines, (p.deadline, identity))
         self._orphans.clear()
+        if self._conflicts:  # their fragments have come by now
+            for tagged in [k for k, at in self._conflicts.items()
+                           if now_ms - at > self.ORPHAN_MS]:
+                del self._conflicts[tagged]
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, identity = heapq.heappop(self._deadlines)
             due = self.pending.get(identity)
@@ -598,9 +633,12 @@ class DecisionStage:
                 del self.pending[identity]
         return out
 
-    def _decide(self, identity: str, p: _Pending, now_ms: int,
+    def _decide(self, tagged: str, p: _Pending, now_ms: int,
                 state: StateManager) -> list[OutRecord]:
-        del self.pending[identity]
+        del self.pending[tagged]
+        identity, _, tag = tagged.partition("#")
+        if self._gathering.get(identity) == tagged:
+            del self._gathering[identity]
         assert p.request is not None
         schema, event = self.codec.decode(p.request["event"])
         kind = EVENT_KINDS[schema.name]
@@ -617,7 +655,7 @@ class DecisionStage:
         decision, executions = self.decider.decide(kind, event, features, errors, now_ms,
                                                    p.arrived_ms)
         view = state.view(*p.tp)
-        out = [self.decider.emit(identity, decision, view), *executions]
+        out = [self.decider.emit(identity, decision, view, tag), *executions]
         for _ in range(p.repeats):
             again = self.decider.recall(identity, view)
             if again is not None:
@@ -636,6 +674,9 @@ class DecisionStage:
     def drop(self, tps: Sequence[TP]) -> None:
         """Partitions went to another worker: it will read their pending events again."""
         gone = set(tps)
-        for identity in [i for i, p in self.pending.items() if p.tp in gone]:
-            del self.pending[identity]
-            self._orphans.discard(identity)
+        for tagged in [i for i, p in self.pending.items() if p.tp in gone]:
+            del self.pending[tagged]
+            self._orphans.discard(tagged)
+            identity = tagged.partition("#")[0]
+            if self._gathering.get(identity) == tagged:
+                del self._gathering[identity]

@@ -115,8 +115,8 @@ def applied_order(kafka: KafkaCluster, ns: str) -> dict[tuple[str, str], list[tu
                 continue
             seen.add((entity, source, offset))
             topic_name, _, partition = source.rpartition(":")
-            order.setdefault((entity, key), []).append(
-                ((order_ms, topic_name, int(partition), offset), identity))
+            order.setdefault((entity, key), []).append(  # the identity without its digest
+                ((order_ms, topic_name, int(partition), offset), identity.partition("#")[0]))
     for applied in order.values():
         applied.sort()
     return order

@@ -34,6 +34,7 @@ from tripwire.features.engine import FeatureLibrary, make_view
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import EVENT_MODELS
 from tripwire.streams.intake import EVENT_KINDS
+from tripwire.streams.records import partition_for
 from tripwire.streams.runner import Pipeline, combined_loop
 from tripwire.streams.topics import declared, topic
 
@@ -375,3 +376,55 @@ def test_a_stream_at_a_steady_live_rate_is_exact_too(
                   for (order_ms, *_), identity in applied)
     print(f"\nlive: {len(traffic)} events at 150/s; {compared} feature values equal to the "
           f"oracle; {clamped} requests placed after their record timestamp (read later)")
+
+
+def test_an_event_id_reused_on_another_partition_is_quarantined_not_dropped(
+        kafka: KafkaCluster, namespace: str, tmp_path: Path) -> None:
+    """Two different card payments with one event id, on different partitions (issue
+    19): one is decided, the other quarantined as DUPLICATE_CONFLICT - none dropped
+    silently; after a restart the decided one sent again is a repeat with its
+    decision, and new events are decided."""
+    create_topics(kafka.bootstrap, namespace, declared(), partitions=4)
+    now = int(time.time() * 1000)
+    cards = [ev for k, ev in mixed_traffic(5, now - 60_000, 400) if k == "CardPayment"]
+    first = cards[0]
+    other = next(ev for ev in cards[1:] if partition_for(ev["card_token"].encode(), 4)
+                 != partition_for(first["card_token"].encode(), 4))
+    reused = {**other, "event_id": first["event_id"]}
+    rest = [ev for ev in cards[1:7] if ev is not other][:5]
+
+    def run(events: list[dict[str, Any]], wanted: int) -> list[dict[str, Any]]:
+        pipeline = Pipeline.start({"all": combined_loop(
+            kafka.bootstrap, namespace, codec=CODEC, controls=ControlSet.from_dir(),
+            library=LIB, state_dir=tmp_path / "w", batch_size=50)})
+        try:
+            pipeline.wait_assigned()
+            publish(kafka, namespace, CODEC, [("CardPayment", ev) for ev in events])
+            got = _decisions_until(kafka, namespace, wanted, 60, lambda _: None)
+        finally:
+            pipeline.stop()
+        assert not pipeline.errors
+        return got
+
+    decided = run([first, reused, *rest], 1 + len(rest))
+    where = {(CODEC.decode(m.value())[1]["card_token"], m.partition()) for m in
+             read_to_end(kafka.bootstrap, topic("card_payments", namespace))
+             if CODEC.decode(m.value())[1]["event_id"] == first["event_id"]}
+    assert len({p for _, p in where}) == 2, where  # the id on two partitions
+    ids = [d["event_id"] for d in decided]
+    assert sorted(set(ids)) == sorted({first["event_id"], *(ev["event_id"] for ev in rest)})
+    assert ids.count(first["event_id"]) == 1
+    (conflict,) = [CODEC.decode(m.value())[1] for m in
+                   read_to_end(kafka.bootstrap, topic("quarantine", namespace))]
+    assert conflict["reasons"][0]["code"] == "DUPLICATE_CONFLICT", conflict
+    assert conflict["reasons"][0]["field"] == "event_id"
+    (winner,) = [d for d in decided if d["event_id"] == first["event_id"]]
+    lost = CODEC.decode(conflict["original"])[1]["card_token"]
+    assert {lost, winner["entity_key"]} == {first["card_token"], reused["card_token"]}
+
+    again = first if winner["entity_key"] == first["card_token"] else reused
+    more = cards[8:11]
+    later = run([again, *more], 1 + len(rest) + len(more))
+    repeats = [d for d in later if d["event_id"] == first["event_id"] and d["repeat"]]
+    assert repeats and repeats[0]["decision_id"] == winner["decision_id"]
+    assert {ev["event_id"] for ev in more} <= {d["event_id"] for d in later}
