@@ -241,8 +241,19 @@ class Control:
     @classmethod
     def checked(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
             -> Control:
-        """Compile and run the control's own examples: what a release must pass
-        before it may run. A ControlError names the first failing example."""
+        """What a release must pass before it may run: compiled, and its own examples
+        run, first in a bounded child process (:mod:`tripwire.controls.isolate`: a
+        hang, a crash or a huge allocation refuses it there), then compiled here.
+        A ControlError says why (the first failing example)."""
+        from tripwire.controls.isolate import check_apart
+
+        check_apart([(control_id, source)], budget_ms)
+        return cls.compile(control_id, source, budget_ms)
+
+    @classmethod
+    def checked_here(cls, control_id: str, source: str,
+                     budget_ms: float = DEFAULT_BUDGET_MS) -> Control:
+        """:meth:`checked` in this process (what the child runs)."""
         control = cls.compile(control_id, source, budget_ms)
         failures = control.check_examples()
         if failures:
@@ -501,8 +512,15 @@ class ControlSet:
 
 
 def load_dir(directory: Path, budget_ms: float = DEFAULT_BUDGET_MS) -> list[Control]:
-    """Compile every ``*.star`` of a directory (a ControlError names the first broken one)."""
+    """Compile every ``*.star`` of a directory (a ControlError names the first broken
+    one). Any directory but the shipped library is compiled, and its examples run,
+    in a bounded child first (:mod:`tripwire.controls.isolate`)."""
     paths = sorted(Path(directory).glob("*.star"))
     if not paths:
         raise ControlError(f"no .star controls in {directory}")
-    return [Control.compile(p.stem, p.read_text(), budget_ms) for p in paths]
+    sources = [(p.stem, p.read_text()) for p in paths]
+    if Path(directory).resolve() != LIBRARY.resolve():
+        from tripwire.controls.isolate import check_apart
+
+        check_apart(sources, budget_ms, examples="run")
+    return [Control.compile(cid, source, budget_ms) for cid, source in sources]
