@@ -127,6 +127,48 @@ def main(argv: list[str] | None = None) -> None:
               f"{network:>8.1f} {with_log:>8.1f} {network / full:>7.2f} "
               f"{with_log / full:>10.2f}")
     print(f"worst network / bare-call ratio: {worst:.2f} (target ≤ 3)")
+    _isolated(controls, data, args.repeats)
+
+
+BATCH = 100  # events decided together: what a decide stage's batch completes
+
+
+def _isolated(controls: ControlSet, data: list[Sample], rounds: int) -> None:
+    """The network in this process against in the supervised child the workers
+    use (:mod:`tripwire.controls.supervisor`): wall time per event (the caller
+    waits) and CPU per event of both processes."""
+    from bench.common import proc_cpu
+    from tripwire.controls.supervisor import ControlProcess
+
+    box = ControlProcess(controls)
+    try:
+        walls: dict[str, list[float]] = {"in process": [], "in the child": []}
+        cpus: dict[str, list[float]] = {"in process": [], "in the child": []}
+        def in_child(batch: list[Sample]) -> None:
+            box.evaluate_many([(k, e, f, "") for k, e, f in batch])
+
+        def in_process(batch: list[Sample]) -> None:
+            for k, e, f in batch:
+                controls.evaluate(k, e, f)
+
+        for _ in range(rounds):
+            for name, run in (("in process", in_process), ("in the child", in_child)):
+                cpu0 = time.process_time() + proc_cpu(box._proc.pid)
+                start = time.perf_counter_ns()
+                for i in range(0, len(data), BATCH):
+                    run(data[i:i + BATCH])
+                walls[name].append((time.perf_counter_ns() - start) / len(data) / 1000)
+                cpus[name].append((time.process_time() + proc_cpu(box._proc.pid) - cpu0)
+                                  / len(data) * 1e6)
+    finally:
+        box.close()
+    inside, apart = (statistics.median(walls[k]) for k in walls)
+    cpu_in, cpu_apart = (statistics.median(cpus[k]) for k in cpus)
+    print(f"the network per event, batches of {BATCH} (median of {rounds}), in process: "
+          f"{inside:.1f} µs wall, "
+          f"{cpu_in:.1f} µs CPU; in the supervised child: {apart:.1f} µs wall "
+          f"(x{apart / inside:.2f}), {cpu_apart:.1f} µs CPU of both processes "
+          f"(x{cpu_apart / cpu_in:.2f})")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import hashlib
 import io
 import time
 import tokenize
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -156,7 +156,9 @@ def literals(source: str) -> frozenset[str]:
 
 
 def _pick(values: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
-    return {k: values[k] for k in names if k in values}
+    # in the order of ``values`` (the schema's): the same JSON in every process (a
+    # frozenset's order follows string hashing, which differs between processes)
+    return {k: v for k, v in values.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -472,10 +474,14 @@ class ControlSet:
         return chosen
 
     def evaluate(self, event_type: str, event: Mapping[str, Any],
-                 features: Mapping[str, Any], entity_key: str = "") -> Verdict:
+                 features: Mapping[str, Any], entity_key: str = "",
+                 run: Runner | None = None) -> Verdict:
         """Detectors → action controls → selection for one event. Shadow and
-        out-of-canary results are returned with ``applied=False`` and feed nothing."""
-        results = [c.run(event, features, entity_key) for c in self.for_type(event_type)
+        out-of-canary results are returned with ``applied=False`` and feed nothing.
+        ``run``: how one control is called (default: here; the supervisor of
+        :mod:`tripwire.controls.supervisor` calls each in its child)."""
+        call = run or _run_here
+        results = [call(c, event, features, entity_key, {}) for c in self.for_type(event_type)
                    if not c.when or c.wanted(event)]
         detections = {r.control_id: {"signal": r.signal, "score": r.score, "reason": r.reason}
                       for r in results if r.signal is not None and r.applied}
@@ -484,7 +490,7 @@ class ControlSet:
             for c in self.for_type(event_type, "ACTION"):
                 if c.when and not c.wanted(event):
                     continue
-                r = c.run(event, features, entity_key, detections=detections)
+                r = call(c, event, features, entity_key, {"detections": detections})
                 results.append(r)
                 if r.outcome is not None and r.applied:
                     proposals.append(r)
@@ -492,7 +498,7 @@ class ControlSet:
             return Verdict("ALLOW", (), "", results)
         offered = [{"control_id": p.control_id, "outcome": p.outcome, "actions": list(p.actions),
                     "reason": p.reason, "score": p.score} for p in proposals]
-        chosen = self.selection.run(event, None, entity_key, proposals=offered)
+        chosen = call(self.selection, event, None, entity_key, {"proposals": offered})
         results.append(chosen)
         if chosen.error is None and chosen.outcome is not None:
             return Verdict(chosen.outcome, chosen.actions, chosen.reason, results)
@@ -509,6 +515,16 @@ class ControlSet:
 
     def check_examples(self) -> list[ExampleFailure]:
         return [f for c in self.controls for f in c.check_examples()]
+
+
+# (control, event, features or None, entity key, detections or proposals) -> its result
+Runner = Callable[[Control, Mapping[str, Any], "Mapping[str, Any] | None", str,
+                   dict[str, Any]], ControlResult]
+
+
+def _run_here(control: Control, event: Mapping[str, Any], features: Mapping[str, Any] | None,
+              entity_key: str, extra: dict[str, Any]) -> ControlResult:
+    return control.run(event, features, entity_key, **extra)
 
 
 def load_dir(directory: Path, budget_ms: float = DEFAULT_BUDGET_MS) -> list[Control]:

@@ -213,9 +213,12 @@ def run_stage(
     loops = {"all": combined_loop(bootstrap, ns, **common)} if one_loop else {
         s: stage_loop(s, bootstrap, ns, entities=nodes if s == "features" else None, **common)
         for s in wanted}
-    deferred = [attach_deferred(p.decider, bootstrap, ns, codec)  # tier 2
-                for loop in loops.values() for p in processors_of(loop.processor)
+    deciding = [p.decider for loop in loops.values() for p in processors_of(loop.processor)
                 if isinstance(p, DecisionStage)]
+    deferred = [attach_deferred(d, bootstrap, ns, codec) for d in deciding]  # tier 2
+    if settings.controls_isolated:  # tiers 0 and 1: a crashing control costs itself
+        for d in deciding:
+            d.isolate(settings.controls_memory_mb)
     tune_gc()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
     pipeline = Pipeline.start(loops)
@@ -359,6 +362,8 @@ def backtest(
     if not records:
         raise TripwireError(f"{events}: no events to replay")
     runs = {}
+    settings = Settings()
+    isolate_mb = settings.controls_memory_mb if settings.controls_isolated else None
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=err_console) as bar:
         for name, cs in (("candidate", candidate), ("active", active)):
@@ -368,7 +373,7 @@ def backtest(
                 bar.update(task, completed=done)
 
             runs[name] = run_backtest(cs, records, codec=codec, labels=truth,
-                                      progress=advance)
+                                      progress=advance, isolate_mb=isolate_mb)
     run, base = runs["candidate"], runs["active"]
     table = Table(title=f"backtest: {len(records)} events, {len(run.decisions)} decisions, "
                         f"{sum(run.quarantined.values())} refused, {len(bad)} unreadable lines")

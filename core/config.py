@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         description="HTTP ingest HMAC keys: 'key-id:secret,key-id2:secret2' (rotation).")
     ingest_tolerance_s: int = Field(default=300, ge=1, le=3600)
     ingest_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=900 * 1024)
+    controls_isolated: bool = Field(
+        default=True, description="Run the inline (tier 0 and 1) controls of decide workers "
+        "and backtests in a supervised child process: a control that crashes, aborts or "
+        "stalls costs that control, never the worker.")
+    controls_memory_mb: int = Field(default=1024, ge=64, le=65536)
     batch_table: Path | None = Field(
         default=None, description="JSON Lines reference data for the batch feature node.")
     batch_refresh_s: float = Field(default=300.0, gt=0)

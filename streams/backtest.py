@@ -125,11 +125,16 @@ def records_from_jsonl(lines: Iterable[bytes], codec: AvroCodec) \
 def backtest(controls: ControlSet, records: list[InRecord], *,
              codec: AvroCodec | None = None, labels: Mapping[str, bool] | None = None,
              library: FeatureLibrary | None = None, batch_size: int = 500,
-             progress: Callable[[int, int], None] = lambda done, total: None) -> Backtest:
-    """Replay ``records`` in order through the decision path with ``controls``."""
+             progress: Callable[[int, int], None] = lambda done, total: None,
+             isolate_mb: int | None = None) -> Backtest:
+    """Replay ``records`` in order through the decision path with ``controls``
+    (``isolate_mb``: in a supervised child with that much memory, as live workers
+    run them; the results are the same)."""
     codec = codec or AvroCodec.from_url(None)
     path = DecisionPath(codec, controls, validator=Validator(
         ValidationPolicy(max_event_age_ms=None)), features=library)
+    if isolate_mb is not None:
+        path.decider.isolate(isolate_mb)
     state = OneLogState(path.name, list(path.stores))
     run = Backtest(labels=dict(labels or {}))
     versions = controls.by_id()

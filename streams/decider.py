@@ -15,6 +15,7 @@ import orjson
 from tripwire import __version__
 from tripwire.controls.engine import ControlResult, ControlSet, Verdict
 from tripwire.controls.plane import AUDIT_SCHEMA, ControlPlane
+from tripwire.controls.supervisor import ControlProcess
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.compact import Compactor
 from tripwire.streams.intake import DAY_MS, EVENT_KINDS, EventKind, Expiring
@@ -65,6 +66,8 @@ class Decider:
         self.ttl_ms = ttl_ms
         self.memory = Expiring(DECISIONS_STORE)
         self.deferred: DeferredRunner | None = None  # set to run tier 2 off the path
+        # set (isolate()) to run the inline controls in a supervised child process
+        self.box: ControlProcess | None = None
         self._sync()
         # remembered decisions are kept compressed (~85 % smaller: state, changelog)
         self.compactor = Compactor(DECISIONS_STORE, memory_dictionary(
@@ -74,7 +77,17 @@ class Decider:
     def controls(self) -> ControlSet:
         return self.plane.controls
 
+    def isolate(self, memory_mb: int = 1024) -> ControlProcess:
+        """Run the inline controls in a supervised child from now on
+        (:mod:`tripwire.controls.supervisor`): a control that crashes, aborts or
+        stalls costs that control its result, never this process."""
+        if self.box is None:
+            self.box = ControlProcess(self.controls, memory_mb)
+        return self.box
+
     def _sync(self) -> None:
+        if self.box is not None:
+            self.box.sync(self.controls)
         self._tiers = {c.control_id: c.tier for c in self.controls.controls}
         self._versions = self.controls.versions()
         self._version_tag = ",".join(f"{k}={v}" for k, v in sorted(self._versions.items()))
@@ -98,14 +111,31 @@ class Decider:
             self._sync()
         return out
 
+    @staticmethod
+    def _key(kind: EventKind, event: Mapping[str, Any]) -> str:
+        return str(event.get("account_id") or event[kind.entity_field])  # canary share
+
+    def verdicts(self, items: Sequence[tuple[EventKind, Mapping[str, Any], dict[str, Any]]]) \
+            -> list[Verdict]:
+        """The control network's verdicts for (kind, event, features) items, in one
+        round trip to the supervised child when there is one (its cost is mostly
+        the trip: a batch shares it)."""
+        asked = [(kind.short, event, features, self._key(kind, event))
+                 for kind, event, features in items]
+        if self.box is None:
+            return [self.controls.evaluate(*a) for a in asked]
+        return self.box.evaluate_many(asked)
+
     def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
-               feature_errors: dict[str, str], now_ms: int, arrived_ms: int) \
-            -> tuple[dict[str, Any], list[OutRecord]]:
-        """Run the control network: the decision record (a dict of the Decision
-        schema; encode and remember it with :meth:`emit`) and one execution record
-        per control run, with the inputs it was given."""
-        key = str(event.get("account_id") or event[kind.entity_field])  # canary share
-        verdict = self.controls.evaluate(kind.short, event, features, key)
+               feature_errors: dict[str, str], now_ms: int, arrived_ms: int,
+               verdict: Verdict | None = None) -> tuple[dict[str, Any], list[OutRecord]]:
+        """Run the control network (or take its ``verdict``, from :meth:`verdicts`):
+        the decision record (a dict of the Decision schema; encode and remember it
+        with :meth:`emit`) and one execution record per control run, with the
+        inputs it was given."""
+        key = self._key(kind, event)
+        if verdict is None:
+            verdict = self.verdicts([(kind, event, features)])[0]
         decision = self._decision(kind, event, features, feature_errors, verdict, now_ms,
                                   arrived_ms)
         out = self.executions(event["event_id"], decision["decision_id"], verdict.results,

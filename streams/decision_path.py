@@ -141,8 +141,23 @@ class DecisionPath:
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = self.decider.reload(now_ms)
         states = feature_states(state)
-        for view, admitted in self.intake.admit_all(batch, now_ms, state,
-                                                    (self.decider.memory,)):
+        # features first (they never depend on decisions), then the whole batch's
+        # control networks at once (one trip to the supervised child), then the
+        # answers in input order (a repeat finds the decision of its first event)
+        admitted_all = list(self.intake.admit_all(batch, now_ms, state,
+                                                  (self.decider.memory,)))
+        computed: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+        for n, (view, admitted) in enumerate(admitted_all):
+            if isinstance(admitted, Admitted) and not admitted.repeat:
+                computed[n] = local_features(self.features, admitted, states, state,
+                                             view.tp, self.batch)
+        asked = []
+        for n, (values, _) in computed.items():
+            first = admitted_all[n][1]
+            assert isinstance(first, Admitted)
+            asked.append((first.kind, first.event, values))
+        verdicts = dict(zip(computed, self.decider.verdicts(asked), strict=True))
+        for n, (view, admitted) in enumerate(admitted_all):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
             elif admitted.repeat:  # the first decision again
@@ -151,11 +166,10 @@ class DecisionPath:
                     "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
                     "longer kept")], now_ms, admitted.kind.schema))
             else:
-                values, errors = local_features(self.features, admitted, states, state,
-                                                view.tp, self.batch)
+                values, errors = computed[n]
                 decision, executions = self.decider.decide(
                     admitted.kind, admitted.event, values, errors, now_ms,
-                    admitted.rec.timestamp_ms)
+                    admitted.rec.timestamp_ms, verdicts[n])
                 out.append(self.decider.emit(admitted.identity, decision, view))
                 out += executions
         state.batch_done()

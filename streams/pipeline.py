@@ -457,6 +457,7 @@ class _Pending:
     fragments: dict[str, dict[str, Any]] = field(default_factory=dict)
     repeats: int = 0
     deadline: int | None = None
+    ready: bool = False  # everything came (or its deadline): decided at the next flush
 
 
 class DecisionStage:
@@ -488,6 +489,7 @@ class DecisionStage:
         self._gathering: dict[str, str] = {}
         # tagged identities refused for reusing an id -> when (their fragments dropped)
         self._conflicts: dict[str, int] = {}
+        self._ready: list[str] = []  # to decide at the end of this batch or tick, together
         # liveness: when each entity's node was last heard from (a fragment or a
         # heartbeat), when anything last came in, and when input resumed after a gap
         self._heard: dict[str, int] = {}
@@ -581,9 +583,10 @@ class DecisionStage:
             p.fragments[msg["entity"]] = msg
             if p.request is None and p.deadline is None:
                 self._orphans.add(tagged)
-        if p.request is not None and len(p.fragments) >= len(p.request["nodes"]) and \
-                all(n in p.fragments for n in p.request["nodes"]):
-            return self._decide(tagged, p, now_ms, state)
+        if p.request is not None and not p.ready and len(p.fragments) >= len(
+                p.request["nodes"]) and all(n in p.fragments for n in p.request["nodes"]):
+            p.ready = True
+            self._ready.append(tagged)
         return []
 
     def _conflict(self, rec: InRecord, msg: dict[str, Any], tagged: str,
@@ -605,7 +608,10 @@ class DecisionStage:
     def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
         """Apply control releases; decide, with a partial result, every event whose
         node timeout has passed."""
-        out: list[OutRecord] = self.decider.reload(now_ms)
+        # the events completed by this batch, with the controls they came under; then
+        # releases; then the events whose deadline passed
+        out = self._decide_ready(now_ms, state)
+        out += self.decider.reload(now_ms)
         for identity in self._orphans:  # fragments whose event has not come: a deadline
             p = self.pending.get(identity)
             if p is not None and p.request is None and p.deadline is None:
@@ -619,7 +625,7 @@ class DecisionStage:
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, identity = heapq.heappop(self._deadlines)
             due = self.pending.get(identity)
-            if due is None or due.deadline is None or due.deadline > now_ms:
+            if due is None or due.deadline is None or due.deadline > now_ms or due.ready:
                 continue  # decided already, or a newer deadline is queued
             if due.request is not None:
                 later = self._waiting_until(due, now_ms)
@@ -627,40 +633,53 @@ class DecisionStage:
                     due.deadline = later
                     heapq.heappush(self._deadlines, (later, identity))
                     continue
-                out += self._decide(identity, due, now_ms, state)
+                due.ready = True
+                self._ready.append(identity)
             else:
                 logger.warning("dropping fragments of %s: its event never arrived", identity)
                 del self.pending[identity]
-        return out
+        return out + self._decide_ready(now_ms, state)
 
-    def _decide(self, tagged: str, p: _Pending, now_ms: int,
-                state: StateManager) -> list[OutRecord]:
-        del self.pending[tagged]
-        identity, _, tag = tagged.partition("#")
-        if self._gathering.get(identity) == tagged:
-            del self._gathering[identity]
-        assert p.request is not None
-        schema, event = self.codec.decode(p.request["event"])
-        kind = EVENT_KINDS[schema.name]
-        _, features, errors = event_features(kind, event, self.batch)
-        for node in p.request["nodes"]:
-            frag = p.fragments.get(node)
-            if frag is None:
-                errors[node] = (f"no answer: the node was silent for more than "
-                                f"{self.node_timeout_ms} ms")
+    def _decide_ready(self, now_ms: int, state: StateManager) -> list[OutRecord]:
+        """Decide every event ready, their control networks in one call (one trip to
+        the supervised child), in the order they became ready."""
+        ready, self._ready = self._ready, []
+        todo = []
+        for tagged in ready:
+            p = self.pending.pop(tagged, None)
+            if p is None:  # its partition went to another worker
                 continue
-            features.update(frag["values"])
-            if frag["notes"]:
-                errors[node] = "; ".join(frag["notes"])
-        decision, executions = self.decider.decide(kind, event, features, errors, now_ms,
-                                                   p.arrived_ms)
-        view = state.view(*p.tp)
-        out = [self.decider.emit(identity, decision, view, tag), *executions]
-        for _ in range(p.repeats):
-            again = self.decider.recall(identity, view)
-            if again is not None:
-                out.append(again)
-        self.decider.memory.expire(view, event["event_time"])
+            identity, _, tag = tagged.partition("#")
+            if self._gathering.get(identity) == tagged:
+                del self._gathering[identity]
+            assert p.request is not None
+            schema, event = self.codec.decode(p.request["event"])
+            kind = EVENT_KINDS[schema.name]
+            _, features, errors = event_features(kind, event, self.batch)
+            for node in p.request["nodes"]:
+                frag = p.fragments.get(node)
+                if frag is None:
+                    errors[node] = (f"no answer: the node was silent for more than "
+                                    f"{self.node_timeout_ms} ms")
+                    continue
+                features.update(frag["values"])
+                if frag["notes"]:
+                    errors[node] = "; ".join(frag["notes"])
+            todo.append((identity, tag, p, kind, event, features, errors))
+        verdicts = self.decider.verdicts([(kind, event, features)
+                                          for _, _, _, kind, event, features, _ in todo])
+        out: list[OutRecord] = []
+        for (identity, tag, p, kind, event, features, errors), verdict in zip(
+                todo, verdicts, strict=True):
+            decision, executions = self.decider.decide(kind, event, features, errors, now_ms,
+                                                       p.arrived_ms, verdict)
+            view = state.view(*p.tp)
+            out += [self.decider.emit(identity, decision, view, tag), *executions]
+            for _ in range(p.repeats):
+                again = self.decider.recall(identity, view)
+                if again is not None:
+                    out.append(again)
+            self.decider.memory.expire(view, event["event_time"])
         return out
 
     def safe_offsets(self, offsets: dict[TP, int]) -> dict[TP, int]:

@@ -290,3 +290,83 @@ def test_a_release_that_hangs_or_crashes_is_refused_and_the_worker_decides(
     spins.write_text(SPINS)
     refused = _cli(kafka, topics, "publish", str(spins), "--reason", "try")
     assert refused.returncode == 2 and "did not compile" in refused.stderr, refused.stderr
+
+
+CRASHES_ON_4242 = '''def detect(event, features):
+    if event["amount_minor"] != 4242:
+        return None
+    x = []
+    for i in range(5000):
+        x = [x]
+    return {"signal": "deep", "score": 0.5, "reason": json.encode(x)}
+ON_ERROR = "DENY"
+EXAMPLES = [{"event": {"amount_minor": 1}, "features": {}, "signal": None}]
+'''
+ABORTS_ON_4343 = '''TIER = 0
+def detect(event, features):
+    if event["amount_minor"] != 4343:
+        return None
+    x = [0] * 1000000000
+    return None
+ON_ERROR = "MANUAL_REVIEW"
+EXAMPLES = [{"event": {"amount_minor": 1}, "features": {}, "signal": None}]
+'''
+
+
+def test_a_released_control_that_crashes_on_real_events_costs_only_itself(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    """Two controls pass their examples and are released with the CLI, then on real
+    events one crashes Starlark (SIGSEGV) and a tier-0 one asks for 8 GB (issue
+    19). A `tripwire run stage all` worker (controls in a supervised child by
+    default) decides those events with the control's error and ON_ERROR, decides
+    the others, keeps running, stops cleanly and starts again healthy."""
+    import signal as signals
+
+    codec = DecisionPath.default().codec
+    for name, source in (("crashes", CRASHES_ON_4242), ("aborts", ABORTS_ON_4343)):
+        (tmp_path / f"{name}.star").write_text(source)
+        done = _cli(kafka, topics, "publish", str(tmp_path / f"{name}.star"), "--reason", "x")
+        assert done.returncode == 0, done.stderr
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": topics, "TRIPWIRE_STATE_DIR": str(tmp_path / "state")}
+    prod = EventProducer(kafka.bootstrap, codec)
+    now = int(time.time() * 1000)
+    events = list(normal_card_payments(12, now - 5_000, 6))
+    events[1]["amount_minor"], events[3]["amount_minor"] = 4242, 4343
+
+    def worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=(tmp_path / "worker.log").open("ab"))
+
+    proc = worker()
+    try:
+        for e in events[:5]:
+            prod.send(topic("card_payments", topics), CARD_SCHEMA, e, e["card_token"])
+        prod.flush()
+        got = {d["event_id"]: d for d in (codec.decode(m.value())[1] for m in read_topic(
+            kafka.bootstrap, [topic("decisions", topics)], 5, timeout=120))}
+        alive = proc.poll() is None
+    finally:
+        proc.send_signal(signals.SIGTERM)
+        code = proc.wait(60)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert alive and code == 0, log[-3000:]
+    assert set(got) == {e["event_id"] for e in events[:5]}
+    crashed, aborted = got[events[1]["event_id"]], got[events[3]["event_id"]]
+    assert crashed["outcome"] == "DENY" and "SIGSEGV" in crashed["control_errors"]["crashes"]
+    assert aborted["outcome"] == "MANUAL_REVIEW" and \
+        "SIGABRT" in aborted["control_errors"]["aborts"]
+    assert all(not got[e["event_id"]]["control_errors"] for e in (events[0], events[2]))
+
+    proc = worker()  # a restart: healthy, decides the next event
+    try:
+        prod.send(topic("card_payments", topics), CARD_SCHEMA, events[5],
+                  events[5]["card_token"])
+        prod.flush()
+        later = [codec.decode(m.value())[1]["event_id"] for m in read_topic(
+            kafka.bootstrap, [topic("decisions", topics)], 6, timeout=120)]
+    finally:
+        proc.send_signal(signals.SIGTERM)
+        code = proc.wait(60)
+    assert events[5]["event_id"] in later and code == 0

@@ -1,0 +1,82 @@
+"""The inline controls in a supervised child (issue 19): the same verdicts as in
+process; a control that crashes Starlark, aborts it or stalls in one builtin gets
+an error result and its ON_ERROR, every other control its own result, and this
+process goes on (were it not contained, the crash would end the test run)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tripwire.connectors.simulator import mixed_traffic
+from tripwire.controls.engine import Control, ControlSet
+from tripwire.controls.supervisor import ControlProcess
+from tripwire.features.engine import FeatureLibrary
+from tripwire.streams.intake import EVENT_KINDS
+
+WHEN = 'def detect(event, features):\n    if event["amount_minor"] != {amount}:\n' \
+       '        return None\n'
+CRASH = WHEN.format(amount=4242) + ('    x = []\n    for i in range(5000):\n        x = [x]\n'
+                                    '    return {"score": 0.5, "reason": json.encode(x)}\n'
+                                    'ON_ERROR = "DENY"\n')
+ABORT = "TIER = 0\n" + WHEN.format(amount=4343) + \
+    '    x = [0] * 1000000000\n    return None\nON_ERROR = "MANUAL_REVIEW"\n'
+STALL = WHEN.format(amount=4444) + \
+    '    return {"score": max(range(event["amount_minor"] * 450000)) * 0.0}\n' \
+    'ON_ERROR = "STEP_UP"\n'
+
+
+def _items(n: int) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+    lib = FeatureLibrary()
+    out = []
+    for kind, ev in mixed_traffic(3, 1_780_000_000_000, n):
+        features: dict[str, Any] = {s.name: 3 for s in lib.specs}
+        features.update(EVENT_KINDS[f"tripwire.events.{kind}"].jit(ev))
+        out.append((kind, ev, features, str(ev.get("account_id") or "")))
+    return out
+
+
+def _same(v: Any) -> Any:
+    return v.outcome, v.actions, v.reason, [
+        {k: x for k, x in r.__dict__.items() if k != "duration_us"} for r in v.results]
+
+
+@pytest.fixture(scope="module")
+def box() -> Any:
+    controls = ControlSet([
+        *ControlSet.from_dir().controls, Control.compile("crashes", CRASH),
+        Control.compile("aborts", ABORT), Control.compile("stalls", STALL)])
+    box = ControlProcess(controls, memory_mb=1024)
+    yield box
+    box.close()
+
+
+def test_verdicts_are_the_in_process_ones(box: ControlProcess) -> None:
+    for item in _items(200):
+        assert _same(box.evaluate(*item)) == _same(box.controls.evaluate(*item))
+
+
+@pytest.mark.parametrize(("amount", "culprit", "outcome", "why"), [
+    (4242, "crashes", "DENY", "killed its process (SIGSEGV)"),
+    (4343, "aborts", "MANUAL_REVIEW", "killed its process (SIGABRT)"),
+    (4444, "stalls", "STEP_UP", "stalled for more than 1 s"),
+])
+def test_a_control_that_crashes_aborts_or_stalls_costs_only_itself(
+        box: ControlProcess, amount: int, culprit: str, outcome: str, why: str) -> None:
+    kind, event, features, key = next(i for i in _items(50) if i[0] == "CardPayment")
+    event = {**event, "amount_minor": amount}
+    started, restarts = time.monotonic(), box.restarts
+    verdict = box.evaluate(kind, event, features, key)
+    assert time.monotonic() - started < 10
+    errors = {r.control_id: r.error for r in verdict.results if r.error}
+    assert set(errors) == {culprit} and why in errors[culprit], errors
+    assert verdict.outcome == outcome
+    assert box.restarts > restarts
+    fresh = box.controls.evaluate(kind, {**event, "amount_minor": 100}, features, key)
+    assert {r.control_id for r in verdict.results} >= {  # every other detector ran too
+        r.control_id for r in fresh.results if r.stage == "DETECTOR"}
+    # and the next event is decided in the child as usual
+    after = box.evaluate(kind, {**event, "amount_minor": 100}, features, key)
+    assert _same(after) == _same(fresh)
