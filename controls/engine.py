@@ -69,6 +69,10 @@ LIBRARY = Path(str(resources.files("tripwire.controls").joinpath("library")))
 DEFAULT_BUDGET_MS = 5.0
 TIER0_BUDGET_MS = 1.0
 MAX_CALL_DEPTH = 64
+# a call that returned after this long (and this many times its budget) failed all
+# the same: far past any pause of the machine's, so replays agree
+SLOW_CALL_NS = 100_000_000
+SLOW_FACTOR = 50
 _SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
 # The engine calls a control through an entry point appended to its source (the
 # version and every line number stay the source's): its inputs go in as one JSON
@@ -305,10 +309,18 @@ class Control:
         try:
             given_json = orjson.dumps(given).decode()
             out = self.module.call_with(self.budget.options, _ENTRY, given_json).value
+            took = time.perf_counter_ns() - start
+            if took > max(SLOW_CALL_NS, SLOW_FACTOR * self.budget.budget_ns):
+                # the budget is checked between Starlark steps: one builtin (a string
+                # of 10**8 characters) can run long inside a single step
+                raise ControlError(f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget "
+                                   f"inside one step ({took / 1e6:.0f} ms)")
             outcome, reason, actions, score, signal = self._parse(orjson.loads(out))
         except Exception as exc:
             error = str(exc)
-            if "cancelled" in error:
+            if isinstance(exc, ControlError) and error.startswith("exceeded its"):
+                pass  # inside one step (above)
+            elif "cancelled" in error:
                 error = f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget"
             elif "call stack" in error.lower() or "recursion" in error.lower():
                 error = f"exceeded the call depth limit of {MAX_CALL_DEPTH}"

@@ -58,6 +58,8 @@ def _serve(conn: Any, sources: list[tuple[str, str, float]], stopped: list[str],
             conn.send([_flat(controls.evaluate(*item)) for item in msg[1]])
         elif msg[0] == "event":
             conn.send(_flat(controls.evaluate(*msg[1:])))
+        elif msg[0] == "deferred":
+            conn.send([tuple(r.__dict__.values()) for r in controls.evaluate_deferred(*msg[1:])])
         else:  # one control: ("call", control id, event, features, entity key, extra)
             _, cid, event, features, key, extra = msg
             conn.send(by_id[cid].run(event, features, key, **extra))
@@ -188,6 +190,23 @@ class ControlProcess:
             logger.error("controls on %s %s: %s; run again control by control", event_type,
                          event.get("event_id"), lost)
         return self.controls.evaluate(event_type, event, features, entity_key, self._call)
+
+    def evaluate_deferred(self, event_type: str, event: Mapping[str, Any],
+                          features: Mapping[str, Any], entity_key: str = "") \
+            -> list[ControlResult]:
+        """:meth:`ControlSet.evaluate_deferred` (tier 2, in line: replays and
+        backtests) in the child; control by control when one kills or stalls it."""
+        if self._shape() != self._running:
+            self._start()
+        try:
+            flats = self._ask(("deferred", event_type, dict(event), dict(features),
+                               entity_key), self.EVENT_S)
+            return [ControlResult(*r) for r in flats]
+        except _Lost as lost:
+            logger.error("tier-2 controls on %s %s: %s; control by control", event_type,
+                         event.get("event_id"), lost)
+        return [self._call(c, event, features, entity_key, {})
+                for c in self.controls.for_type(event_type, deferred=True) if c.wanted(event)]
 
     def _call(self, control: Control, event: Mapping[str, Any],
               features: Mapping[str, Any] | None, entity_key: str,

@@ -142,9 +142,10 @@ class Decider:
                               now_ms)
         if self.controls.for_type(kind.short, deferred=True):  # tier 2: after the decision
             if self.deferred is None:  # replay and tests: in line, deterministic
+                deferred = self.controls.evaluate_deferred if self.box is None \
+                    else self.box.evaluate_deferred
                 out += self.executions(event["event_id"], decision["decision_id"],
-                                       self.controls.evaluate_deferred(kind.short, event,
-                                                                       features, key), now_ms)
+                                       deferred(kind.short, event, features, key), now_ms)
             else:
                 self.deferred.submit((kind.short, dict(event), dict(features), key,
                                       event["event_id"], decision["decision_id"], now_ms))

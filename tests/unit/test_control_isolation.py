@@ -54,3 +54,15 @@ def test_a_release_and_a_directory_are_checked_apart(tmp_path: Path) -> None:
         (tmp_path / f"{name}.star").write_text(src)
     with pytest.raises(ControlError, match=r"^b_huge: .*SIGABRT"):
         ControlSet.from_dir(tmp_path)  # each alone, to name the culprit
+
+
+def test_one_slow_builtin_fails_the_call_though_it_returned() -> None:
+    """The budget is checked between Starlark steps; a string of 10**8 characters
+    is one step (~0.3 s here): the call fails as over budget all the same."""
+    slow = Control.compile("slow", 'def detect(event, features):\n'
+                           '    s = "x" * (event["n"] * 100000000)\n'
+                           '    return {"score": 0.5, "signal": "s"}\nON_ERROR = "DENY"\n')
+    result = slow.run({"n": 1}, {})
+    assert result.error is not None and "inside one step" in result.error, result
+    assert result.outcome == "DENY"
+    assert slow.run({"n": 0}, {}).error is None

@@ -23,6 +23,7 @@ CRASH = WHEN.format(amount=4242) + ('    x = []\n    for i in range(5000):\n    
                                     'ON_ERROR = "DENY"\n')
 ABORT = "TIER = 0\n" + WHEN.format(amount=4343) + \
     '    x = [0] * 1000000000\n    return None\nON_ERROR = "MANUAL_REVIEW"\n'
+LATER = "TIER = 2\n" + WHEN.format(amount=4545) + '    x = [0] * 1000000000\n    return None\n'
 STALL = WHEN.format(amount=4444) + \
     '    return {"score": max(range(event["amount_minor"] * 450000)) * 0.0}\n' \
     'ON_ERROR = "STEP_UP"\n'
@@ -47,7 +48,8 @@ def _same(v: Any) -> Any:
 def box() -> Any:
     controls = ControlSet([
         *ControlSet.from_dir().controls, Control.compile("crashes", CRASH),
-        Control.compile("aborts", ABORT), Control.compile("stalls", STALL)])
+        Control.compile("aborts", ABORT), Control.compile("stalls", STALL),
+        Control.compile("later", LATER)])
     box = ControlProcess(controls, memory_mb=1024)
     yield box
     box.close()
@@ -80,3 +82,12 @@ def test_a_control_that_crashes_aborts_or_stalls_costs_only_itself(
     # and the next event is decided in the child as usual
     after = box.evaluate(kind, {**event, "amount_minor": 100}, features, key)
     assert _same(after) == _same(fresh)
+
+
+def test_tier_two_in_line_is_contained_too(box: ControlProcess) -> None:
+    """Backtests and replays run tier 2 in line, after the decision: in the child."""
+    kind, event, features, key = next(i for i in _items(50) if i[0] == "CardPayment")
+    results = box.evaluate_deferred(kind, {**event, "amount_minor": 4545}, features, key)
+    assert [(r.control_id, "SIGABRT" in (r.error or "")) for r in results] == [("later", True)]
+    fine = box.evaluate_deferred(kind, {**event, "amount_minor": 100}, features, key)
+    assert [(r.control_id, r.error) for r in fine] == [("later", None)]
