@@ -243,10 +243,11 @@ def detect(event, features):
 
 def test_a_release_that_hangs_or_crashes_is_refused_and_the_worker_decides(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
-    """Releases whose module-level code never ends, or whose example crashes
-    Starlark (a value nested 5,000 deep), reach the controls topic without the
-    CLI (issue 19): the worker refuses each (compiled apart, bounded), audits why
-    and decides; the CLI refuses the same files before writing anything."""
+    """Releases whose module-level code never ends, whose example crashes Starlark
+    (a value nested 5,000 deep), or whose constant takes gigabytes to fold reach
+    the controls topic without the CLI (issue 19): the worker refuses each
+    (compiled apart, bounded), audits why and decides; the CLI refuses the same
+    files before writing anything."""
     from tripwire.controls.isolate import CHECK_TIMEOUT_S
 
     deep = ('def detect(event, features):\n    x = []\n    for i in range(5000):\n'
@@ -257,7 +258,8 @@ def test_a_release_that_hangs_or_crashes_is_refused_and_the_worker_decides(
     controls_topic = topic("controls", topics)
     prod = EventProducer(kafka.bootstrap, codec)
     now = int(time.time() * 1000)
-    for cid, source in (("spins", SPINS), ("deep", deep)):
+    heavy = 'def detect(event, features):\n    s = "x" * 1000000000\n    return None\n'
+    for cid, source in (("spins", SPINS), ("deep", deep), ("heavy", heavy)):
         prod.send(controls_topic, RELEASE_SCHEMA, release(cid, source, "mallory", "x", now),
                   cid)
     prod.flush()
@@ -273,18 +275,19 @@ def test_a_release_that_hangs_or_crashes_is_refused_and_the_worker_decides(
         prod.send(topic("card_payments", topics), CARD_SCHEMA, event, event["card_token"])
         prod.flush()
         decided = read_topic(kafka.bootstrap, [topic("decisions", topics)], 1,
-                             timeout=CHECK_TIMEOUT_S + 30)
-        audits = {a["subject"]: a for a in _audits(kafka, topics, codec, 2)}  # committed
+                             timeout=2 * CHECK_TIMEOUT_S + 30)
+        audits = {a["subject"]: a for a in _audits(kafka, topics, codec, 3)}  # committed
     finally:
         pipeline.stop()
     assert not pipeline.errors
     assert codec.decode(decided[0].value())[1]["event_id"] == event["event_id"]
-    assert time.monotonic() - started < CHECK_TIMEOUT_S + 30
-    assert {s: a["action"] for s, a in audits.items()} == {"spins": "control.refuse",
-                                                           "deep": "control.refuse"}
+    assert time.monotonic() - started < 2 * CHECK_TIMEOUT_S + 30
+    assert {s: a["action"] for s, a in audits.items()} == {
+        "spins": "control.refuse", "deep": "control.refuse", "heavy": "control.refuse"}
     errors = {s: json.loads(a["details_json"])["error"] for s, a in audits.items()}
     assert "did not compile and run its examples within" in errors["spins"], errors
     assert "SIGSEGV" in errors["deep"], errors
+    assert "within" in errors["heavy"] or "SIGABRT" in errors["heavy"], errors  # either bound
 
     spins = tmp_path / "spins.star"
     spins.write_text(SPINS)
@@ -300,6 +303,14 @@ CRASHES_ON_4242 = '''def detect(event, features):
         x = [x]
     return {"signal": "deep", "score": 0.5, "reason": json.encode(x)}
 ON_ERROR = "DENY"
+EXAMPLES = [{"event": {"amount_minor": 1}, "features": {}, "signal": None}]
+'''
+SLOW_ON_4646 = '''def detect(event, features):
+    if event["amount_minor"] != 4646:
+        return None
+    s = "x" * (event["amount_minor"] * 30000)
+    return {"signal": "slow", "score": 0.5, "reason": "one long step"}
+ON_ERROR = "STEP_UP"
 EXAMPLES = [{"event": {"amount_minor": 1}, "features": {}, "signal": None}]
 '''
 ABORTS_ON_4343 = '''TIER = 0
@@ -323,7 +334,8 @@ def test_a_released_control_that_crashes_on_real_events_costs_only_itself(
     import signal as signals
 
     codec = DecisionPath.default().codec
-    for name, source in (("crashes", CRASHES_ON_4242), ("aborts", ABORTS_ON_4343)):
+    for name, source in (("crashes", CRASHES_ON_4242), ("aborts", ABORTS_ON_4343),
+                         ("slow", SLOW_ON_4646)):
         (tmp_path / f"{name}.star").write_text(source)
         done = _cli(kafka, topics, "publish", str(tmp_path / f"{name}.star"), "--reason", "x")
         assert done.returncode == 0, done.stderr
@@ -333,6 +345,7 @@ def test_a_released_control_that_crashes_on_real_events_costs_only_itself(
     now = int(time.time() * 1000)
     events = list(normal_card_payments(12, now - 5_000, 6))
     events[1]["amount_minor"], events[3]["amount_minor"] = 4242, 4343
+    events[4]["amount_minor"] = 4646  # "x" * 139 million: one step of ~0.4 s
 
     def worker() -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
@@ -357,6 +370,8 @@ def test_a_released_control_that_crashes_on_real_events_costs_only_itself(
     assert crashed["outcome"] == "DENY" and "SIGSEGV" in crashed["control_errors"]["crashes"]
     assert aborted["outcome"] == "MANUAL_REVIEW" and \
         "SIGABRT" in aborted["control_errors"]["aborts"]
+    slow = got[events[4]["event_id"]]
+    assert slow["outcome"] == "STEP_UP" and "inside one step" in slow["control_errors"]["slow"]
     assert all(not got[e["event_id"]]["control_errors"] for e in (events[0], events[2]))
 
     proc = worker()  # a restart: healthy, decides the next event
