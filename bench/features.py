@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bench_cluster
-from tripwire.connectors.kafka import create_topics, producer
+from tripwire.connectors.kafka import producer
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.features.engine import FeatureLibrary, encode_state
 from tripwire.schemas.codec import AvroCodec
@@ -39,7 +39,7 @@ from tripwire.streams.loop import BatchLoop
 from tripwire.streams.pipeline import FeatureStage, IntakeStage
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import RocksStore, StateManager
-from tripwire.streams.topics import topic
+from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["main"]
 

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import bench_cluster, proc_cpu
-from tripwire.connectors.kafka import create_topics
+from tripwire.streams.topics import create_topics
 
 __all__ = ["main"]
 

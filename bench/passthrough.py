@@ -32,13 +32,13 @@ from confluent_kafka import TopicPartition
 
 from bench.common import bench_cluster, proc_cpu
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.kafka import consumer, create_topics, producer
+from tripwire.connectors.kafka import consumer, producer
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.loop import BatchLoop
-from tripwire.streams.topics import TopicSpec
+from tripwire.streams.topics import TopicSpec, create_topics
 
 __all__ = ["main"]
 

@@ -49,13 +49,13 @@ from fastavro.io.binary_decoder import BinaryDecoder
 
 from bench.common import bench_cluster, proc_cpu, thread_cpu
 from tripwire.broker.scratch import release, scratch_home
-from tripwire.connectors.kafka import consume_available, consumer, create_topics, producer
+from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
 from tripwire.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
 from tripwire.schemas.models import EVENT_MODELS
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.decider import DECISION_SCHEMA
-from tripwire.streams.topics import topic
+from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["main"]
 

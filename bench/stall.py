@@ -40,8 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import bench_cluster, thread_cpu
-from tripwire.connectors.kafka import answer_producer, create_topics, producer
-from tripwire.streams.topics import TopicSpec
+from tripwire.connectors.kafka import answer_producer, producer
+from tripwire.streams.topics import TopicSpec, create_topics
 
 __all__ = ["main"]
 

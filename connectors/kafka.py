@@ -6,12 +6,20 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tripwire.streams.topics import TopicSpec, declared
+
+class TopicShape(Protocol):
+    """What creating a topic needs (tripwire.streams.topics.TopicSpec has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def partitions(self) -> int: ...
+    def config(self) -> dict[str, str]: ...
 
 __all__ = ["admin", "answer_producer", "consume_available", "consumer", "create_topics",
            "delete_topics", "produce_waiting", "producer"]
@@ -179,15 +187,13 @@ def admin(bootstrap: str) -> AdminClient:
 
 def create_topics(
     bootstrap: str,
-    namespace: str = "",
-    specs: Iterable[TopicSpec] | None = None,
+    namespace: str,
+    specs: Iterable[TopicShape],
     partitions: int | None = None,
     timeout: float = 30.0,
 ) -> dict[str, str]:
-    """Create ``specs`` (default: the declared topics, no entity served apart, see
-    :func:`~tripwire.streams.topics.declared`) if missing; returns name ->
-    "created" | "exists"."""
-    specs = declared() if specs is None else specs
+    """Create ``specs`` if missing; returns name -> "created" | "exists". (The
+    declared topics: :func:`tripwire.streams.topics.create_topics`.)"""
     client = admin(bootstrap)
     existing = set(client.list_topics(timeout=timeout).topics)
     wanted = [

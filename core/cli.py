@@ -87,8 +87,7 @@ def topics_create(partitions: int = typer.Option(0, help="override every topic's
         -> None:
     """Create every declared topic that is missing (idempotent); an entity's own
     feature topic only when TRIPWIRE_NODES_APART names it."""
-    from tripwire.connectors.kafka import create_topics
-    from tripwire.streams.topics import declared
+    from tripwire.streams.topics import create_topics, declared
 
     settings = Settings()
     result = create_topics(_bootstrap(settings), settings.topic_namespace,

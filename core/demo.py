@@ -18,7 +18,6 @@ from rich.table import Table
 from tripwire.broker import acquire_cluster
 from tripwire.config import Settings
 from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.kafka import create_topics
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
     FPS_SCHEMA,
@@ -31,7 +30,7 @@ from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.runner import Pipeline
-from tripwire.streams.topics import topic
+from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["DemoResult", "run_demo"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tripwire.schemas.reference import COUNTRIES, CURRENCIES
+from tripwire.schemas.reference import COUNTRIES, CURRENCIES, GBP_PER_UNIT
 
 __all__ = ["Reason", "ValidationPolicy", "Validator"]
 
@@ -131,8 +131,6 @@ class Validator:
 
     def __init__(self, policy: ValidationPolicy | None = None,
                  gbp_rates: Mapping[str, float] | None = None) -> None:
-        from tripwire.features.jit import GBP_PER_UNIT
-
         self.policy = policy or ValidationPolicy()
         self.rates = gbp_rates or GBP_PER_UNIT
         self._by_type: dict[str, Callable[[_Checks, int], None]] = {

@@ -53,17 +53,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from tripwire.connectors.kafka import (
-    answer_producer,
-    consume_available,
-    create_topics,
-    produce_waiting,
-)
+from tripwire.connectors.kafka import answer_producer, consume_available, produce_waiting
 from tripwire.connectors.kafka import consumer as make_consumer
 from tripwire.connectors.kafka import producer as make_producer
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager
-from tripwire.streams.topics import ANSWERS, TopicSpec, topic
+from tripwire.streams.topics import ANSWERS, TopicSpec, create_topics, topic
 
 __all__ = ["HOPS", "BatchLoop", "LoopStats", "Processor", "send_outputs", "tune_gc"]
 

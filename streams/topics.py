@@ -10,7 +10,7 @@ upstream events and ``tripwire.<stream>.v<major>`` for what tripwire writes. A
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -151,3 +151,13 @@ def spec(key: str) -> TopicSpec:
 def topic(key: str, namespace: str = "") -> str:
     """The full topic name for a declared topic under ``namespace``."""
     return f"{namespace}{spec(key).name}"
+
+
+def create_topics(bootstrap: str, namespace: str = "", specs: Iterable[TopicSpec] | None = None,
+                  partitions: int | None = None, timeout: float = 30.0) -> dict[str, str]:
+    """Create ``specs`` (default: the declared topics, no entity served apart, see
+    :func:`declared`) if missing; returns name -> "created" | "exists"."""
+    from tripwire.connectors import kafka
+
+    return kafka.create_topics(bootstrap, namespace, declared() if specs is None else specs,
+                               partitions, timeout)

@@ -13,9 +13,8 @@ import pytest
 from tripwire.broker import KafkaCluster, acquire_cluster
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.config import Settings
-from tripwire.connectors.kafka import create_topics
 from tripwire.features.spec import ENTITIES
-from tripwire.streams.topics import declared
+from tripwire.streams.topics import create_topics, declared
 
 logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
 

@@ -27,7 +27,7 @@ from oracle import by_prefix_sums, by_time_index
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_to_end
-from tripwire.connectors.kafka import consume_available, consumer, create_topics, producer
+from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
@@ -36,7 +36,7 @@ from tripwire.schemas.models import EVENT_MODELS
 from tripwire.streams.intake import EVENT_KINDS
 from tripwire.streams.records import partition_for
 from tripwire.streams.runner import Pipeline, combined_loop
-from tripwire.streams.topics import declared, topic
+from tripwire.streams.topics import create_topics, declared, topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 import tripwire.connectors.kafka as kafka_clients
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.kafka import consumer, create_topics, producer
-from tripwire.streams.topics import TopicSpec
+from tripwire.connectors.kafka import consumer, producer
+from tripwire.streams.topics import TopicSpec, create_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -14,7 +14,7 @@ import pytest
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.kafka import admin, create_topics
+from tripwire.connectors.kafka import admin
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
     magstripe_contactless_attack,
@@ -23,7 +23,7 @@ from tripwire.connectors.simulator import (
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.loop import BatchLoop
-from tripwire.streams.topics import TOPICS, TopicSpec, declared, spec, topic
+from tripwire.streams.topics import TOPICS, TopicSpec, create_topics, declared, spec, topic
 
 pytestmark = pytest.mark.kafka
 
