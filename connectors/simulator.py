@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from tripwire.schemas.validate import DAY_MS
+
 __all__ = [
     "CARD_SCHEMA",
     "FPS_SCHEMA",
@@ -92,7 +94,6 @@ def magstripe_contactless_attack(seed: int, start_ms: int, count: int, cards: in
 
 FPS_SCHEMA = "tripwire.events.FpsMessage"
 LOGIN_SCHEMA = "tripwire.events.LoginEvent"
-DAY_MS = 86_400_000
 
 
 def _digits(rng: random.Random, n: int) -> str:

@@ -25,10 +25,11 @@ from typing import Any
 
 import orjson
 
+from tripwire.schemas.validate import DAY_MS
+
 __all__ = ["BatchTable"]
 
 logger = logging.getLogger(__name__)
-_DAY_MS = 86_400_000
 
 
 class BatchTable:
@@ -88,7 +89,7 @@ class BatchTable:
         out: dict[str, Any] = {}
         acc = self.accounts.get(view.get("account_id") or "")
         if acc is not None:
-            out["account_age_days"] = view["event_time"] // _DAY_MS - acc["opened_day"]
+            out["account_age_days"] = view["event_time"] // DAY_MS - acc["opened_day"]
             if view.get("counterparty"):
                 out["payee_known"] = view["counterparty"] in acc["known_payees"]
         merchant = view.get("merchant_id")

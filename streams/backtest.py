@@ -36,7 +36,6 @@ from tripwire.streams.state import OneLogState
 __all__ = ["TIMING_FIELDS", "Backtest", "ControlStats", "backtest", "comparable",
            "records_from_jsonl"]
 
-DAY_MS = 86_400_000
 TIMING_FIELDS = ("decided_at", "latency_us")  # measure the run, not the decision
 
 

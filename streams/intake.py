@@ -22,7 +22,7 @@ import orjson
 from tripwire.features.jit import card_features, fps_features, login_features
 from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.models import EVENT_MODELS
-from tripwire.schemas.validate import Reason, Validator
+from tripwire.schemas.validate import DAY_MS, Reason, Validator
 from tripwire.streams.quarantine import quarantine
 from tripwire.streams.records import InRecord, OutRecord
 from tripwire.streams.state import StateManager, StateView
@@ -30,7 +30,6 @@ from tripwire.streams.state import StateManager, StateView
 __all__ = ["DAY_MS", "DEDUP_STORE", "EVENT_KINDS", "Admitted", "EventKind", "Expiring",
            "Intake"]
 
-DAY_MS = 86_400_000
 DEDUP_STORE = "dedup.v2"  # v2: the expiry inside the value, a local index
 
 

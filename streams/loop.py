@@ -56,7 +56,7 @@ from confluent_kafka import (
 from tripwire.connectors.kafka import answer_producer, consume_available, produce_waiting
 from tripwire.connectors.kafka import consumer as make_consumer
 from tripwire.connectors.kafka import producer as make_producer
-from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.records import TP, InRecord, OutRecord
 from tripwire.streams.state import StateManager
 from tripwire.streams.topics import ANSWERS, TopicSpec, create_topics, topic
 
@@ -162,7 +162,6 @@ class LoopStats:
     changelog_bytes: int = 0
 
 
-TP = tuple[str, int]
 Pending = tuple[str, TP, bytes, "bytes | None"]
 
 

@@ -74,7 +74,7 @@ from tripwire.streams.decision_path import (
 )
 from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, Intake
 from tripwire.streams.quarantine import quarantine
-from tripwire.streams.records import InRecord, OutRecord, partition_for
+from tripwire.streams.records import TP, InRecord, OutRecord, partition_for
 from tripwire.streams.state import StateManager, StateView
 from tripwire.streams.topics import ANSWERS, apart_entity, node_topic_key
 
@@ -90,7 +90,6 @@ logger = logging.getLogger(__name__)
 FEATURE_REQUESTS = "tripwire.internal.FeatureRequests"
 FEATURE_FRAGMENTS = "tripwire.internal.FeatureFragments"
 DECISION_REQUESTS = "tripwire.internal.DecisionRequests"
-TP = tuple[str, int]
 TP3 = tuple[str, int, int]  # topic, partition, offset
 # How long a feature node may be silent - no fragment, no heartbeat - before the
 # decide stage decides without it (the node's error recorded). A node that is busy

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.validate import Reason
 from tripwire.streams.records import InRecord, OutRecord
 
 __all__ = ["QUARANTINE_SCHEMA", "Reason", "quarantine"]
 
 QUARANTINE_SCHEMA = "tripwire.ops.QuarantineRecord"
 
-Reason = tuple[str, str | None, str]  # (code, field path, detail)
 
 
 def quarantine(codec: AvroCodec, rec: InRecord, stage: str, reasons: Iterable[Reason],

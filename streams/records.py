@@ -9,7 +9,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["InRecord", "OutRecord", "partition_for"]
+__all__ = ["TP", "InRecord", "OutRecord", "partition_for"]
+
+TP = tuple[str, int]  # a topic partition
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from tripwire.streams.decision_path import INPUTS
 from tripwire.streams.deferred import DeferredRunner
 from tripwire.streams.loop import BatchLoop, LoopStats, Processor
 from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage, FeatureStage, IntakeStage
-from tripwire.streams.records import InRecord, OutRecord
+from tripwire.streams.records import TP, InRecord, OutRecord
 from tripwire.streams.state import StateManager
 from tripwire.streams.topics import node_topic_key, topic
 
@@ -32,7 +32,6 @@ __all__ = ["STAGES", "Combined", "Pipeline", "attach_deferred", "combined_loop",
 
 logger = logging.getLogger(__name__)
 
-TP = tuple[str, int]
 
 STAGES = ("intake", "features", "decide")
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from tripwire.streams.records import TP
+
 __all__ = [
     "DecodedCache",
     "KeyValueStore",
@@ -227,7 +229,6 @@ class StateView:
         return self._m.store(store, self._tp).items(prefix)
 
 
-TP = tuple[str, int]
 # (key, its stored value or None, a scan of the store by prefix) -> decoded value
 Load = Callable[[bytes, bytes | None, Callable[[bytes], Iterator[tuple[bytes, bytes]]]], Any]
 # (key, decoded value) -> the records to write (None: delete)

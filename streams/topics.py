@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tripwire.features.spec import ENTITIES
+from tripwire.schemas.validate import DAY_MS
 
 __all__ = ["ANSWERS", "TOPICS", "TopicSpec", "apart_entity", "declared", "node_topic_key",
            "spec", "topic"]
 
-DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
