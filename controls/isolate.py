@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import resource
-import signal
 from collections.abc import Sequence
 from typing import Any
 
 from tripwire.controls.engine import DEFAULT_BUDGET_MS, Control, ControlError
+from tripwire.controls.sandbox import abort_note, ended, limit_memory
 
 __all__ = ["CHECK_MEMORY_MB", "CHECK_TIMEOUT_S", "check_apart"]
 
@@ -38,10 +37,7 @@ def _check(conn: Any, items: list[tuple[str, str]], budget_ms: float, examples: 
     examples (``require``: they must pass; ``run``: they must end); send None, or
     (control id, why it was refused)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash's backtrace: the reason says it
-    with open("/proc/self/status") as f:
-        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
-    cap = vm + memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    limit_memory(memory_mb)
     for cid, source in items:
         try:
             if examples == "require":
@@ -56,16 +52,6 @@ def _check(conn: Any, items: list[tuple[str, str]], budget_ms: float, examples: 
                        else f"{cid}: {type(exc).__name__}: {exc}"))
             return
     conn.send(None)
-
-
-def _died(code: int | None, memory_mb: int) -> str:
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        if name == "SIGABRT":
-            return (f"the process compiling it aborted (SIGABRT: out of its {memory_mb} MB, "
-                    "or an abort inside Starlark)")
-        return f"the process compiling it died ({name})"
-    return f"the process compiling it exited with {code}"
 
 
 def check_apart(items: Sequence[tuple[str, str]], budget_ms: float = DEFAULT_BUDGET_MS, *,
@@ -92,7 +78,8 @@ def check_apart(items: Sequence[tuple[str, str]], budget_ms: float = DEFAULT_BUD
                 answer = parent.recv()
             except EOFError:  # it died before it could answer
                 proc.join(5)
-                why = _died(proc.exitcode, memory_mb)
+                code = proc.exitcode
+                why = f"the process compiling it died ({ended(code)}{abort_note(code, memory_mb)})"
             else:
                 if answer is not None:
                     raise ControlError(answer[1])

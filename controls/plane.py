@@ -36,8 +36,7 @@ _TARGET = re.compile(r"tier:[0-2]|[A-Za-z0-9_.-]{1,128}")
 def target_error(target: str) -> str | None:
     """Why ``target`` cannot be stopped or resumed (None: it can be): a control id
     or ``tier:0``, ``tier:1``, ``tier:2``."""
-    if not isinstance(target, str) or not _TARGET.fullmatch(target) or \
-            (target.startswith("tier:") and len(target) != 6):
+    if not isinstance(target, str) or not _TARGET.fullmatch(target):
         return (f"{str(target)[:80]!r} is not a control id (letters, digits, _ . -) "
                 "nor tier:0, tier:1 or tier:2")
     return None

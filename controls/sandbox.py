@@ -18,23 +18,41 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import resource
+import signal
 from collections.abc import Sequence
 from typing import Any
 
 from tripwire.controls.engine import Control, ControlResult
 
-__all__ = ["DEFAULT_MEMORY_MB", "Item", "Sandbox"]
+__all__ = ["DEFAULT_MEMORY_MB", "Item", "Sandbox", "abort_note", "ended",
+           "limit_memory"]
 
 DEFAULT_MEMORY_MB = 512
 Item = tuple[str, dict[str, Any], dict[str, Any], str]  # event type, event, features, entity key
 
 
-def _serve(conn: Any, sources: list[tuple[str, str, float]], memory_mb: int) -> None:
-    """The child: cap the address space, compile, answer batches until told to stop."""
+def limit_memory(memory_mb: int) -> None:
+    """In a child: cap its address space at what it has now plus ``memory_mb``."""
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
     cap = vm + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def ended(code: int | None) -> str:
+    """How a child process ended (its exit code), for a control's error."""
+    return signal.Signals(-code).name if code is not None and code < 0 else f"exit {code}"
+
+
+def abort_note(code: int | None, memory_mb: int) -> str:
+    """What an abort most likely was: its memory cap."""
+    return (f": out of its {memory_mb} MB, or an abort inside Starlark"
+            if code == -signal.SIGABRT else "")
+
+
+def _serve(conn: Any, sources: list[tuple[str, str, float]], memory_mb: int) -> None:
+    """The child: cap the address space, compile, answer batches until told to stop."""
+    limit_memory(memory_mb)
     controls = {cid: Control.compile(cid, src, budget) for cid, src, budget in sources}
     conn.send("ready")
     while True:

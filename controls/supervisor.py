@@ -24,12 +24,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import resource
-import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tripwire.controls.engine import Control, ControlResult, ControlSet, Verdict
+from tripwire.controls.sandbox import abort_note, ended, limit_memory
 
 __all__ = ["ControlProcess", "Item"]
 
@@ -41,10 +40,7 @@ logger = logging.getLogger(__name__)
 def _serve(conn: Any, sources: list[tuple[str, str, float]], stopped: list[str],
            memory_mb: int) -> None:
     """The child: cap the address space, compile, answer until told to stop."""
-    with open("/proc/self/status") as f:
-        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
-    cap = vm + memory_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    limit_memory(memory_mb)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash's backtrace: the result says it
     controls = ControlSet([Control.compile(cid, src, budget) for cid, src, budget in sources])
     controls.emergency_stop(stopped)
@@ -56,8 +52,6 @@ def _serve(conn: Any, sources: list[tuple[str, str, float]], stopped: list[str],
             return
         if msg[0] == "events":
             conn.send([_flat(controls.evaluate(*item)) for item in msg[1]])
-        elif msg[0] == "event":
-            conn.send(_flat(controls.evaluate(*msg[1:])))
         elif msg[0] == "deferred":
             conn.send([tuple(r.__dict__.values()) for r in controls.evaluate_deferred(*msg[1:])])
         else:  # one control: ("call", control id, event, features, entity key, extra)
@@ -139,7 +133,8 @@ class ControlProcess:
         self._stop()
 
     def sync(self, controls: ControlSet) -> None:
-        """Run ``controls`` from now on (a release, a stop, a resume)."""
+        """Run ``controls`` from now on (a release, a stop, a resume: the decider
+        calls it after each; nothing checks between calls)."""
         self.controls = controls
         if self._shape() != self._running:
             self._start()
@@ -153,10 +148,7 @@ class ControlProcess:
         except (EOFError, OSError):
             self._proc.join(5)
             code = self._proc.exitcode
-            why = (f"killed its process ({signal.Signals(-code).name})"
-                   if code is not None and code < 0 else f"ended its process (exit {code})")
-            if code == -signal.SIGABRT:
-                why += f": out of its {self.memory_mb} MB, or an abort inside Starlark"
+            why = f"killed its process ({ended(code)}){abort_note(code, self.memory_mb)}"
         self.restarts += 1
         self._start()
         raise _Lost(why)
@@ -167,8 +159,6 @@ class ControlProcess:
         its own (and that one control by control)."""
         if not items:
             return []
-        if self._shape() != self._running:
-            self._start()
         try:
             flats = self._ask(("events", [(t, dict(e), dict(f), k) for t, e, f, k in items]),
                               self.EVENT_S + self.PER_EVENT_S * len(items))
@@ -181,11 +171,9 @@ class ControlProcess:
     def evaluate(self, event_type: str, event: Mapping[str, Any],
                  features: Mapping[str, Any], entity_key: str = "") -> Verdict:
         """:meth:`ControlSet.evaluate` for one event, in the child."""
-        if self._shape() != self._running:
-            self._start()
         try:
-            return _verdict(self._ask(("event", event_type, dict(event), dict(features),
-                                       entity_key), self.EVENT_S))
+            return _verdict(self._ask(("events", [(event_type, dict(event), dict(features),
+                                                   entity_key)]), self.EVENT_S)[0])
         except _Lost as lost:
             logger.error("controls on %s %s: %s; run again control by control", event_type,
                          event.get("event_id"), lost)
@@ -196,8 +184,6 @@ class ControlProcess:
             -> list[ControlResult]:
         """:meth:`ControlSet.evaluate_deferred` (tier 2, in line: replays and
         backtests) in the child; control by control when one kills or stalls it."""
-        if self._shape() != self._running:
-            self._start()
         try:
             flats = self._ask(("deferred", event_type, dict(event), dict(features),
                                entity_key), self.EVENT_S)

@@ -232,13 +232,12 @@ class Column:
             self.dirty.update(range(times[0] // PAGE_MS, times[cut - 1] // PAGE_MS + 1))
         self.size -= _weight(self.vals[:cut])
         del times[:cut], self.vals[:cut]
-        kept = []
-        for c in self.cursors:
-            if c.lo >= cut:
+        if self.cursors:  # those still inside keep their place; the others go
+            kept = [c for c in self.cursors if c.lo >= cut]
+            for c in kept:
                 c.lo -= cut
                 c.hi -= cut
-                kept.append(c)
-        self.cursors = kept
+            self.cursors = kept
 
     # -- queries ---------------------------------------------------------------
     def value(self, spec: FeatureSpec, t: int, head_time: int | None,

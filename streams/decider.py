@@ -52,6 +52,15 @@ def memory_dictionary(codec: AvroCodec, provenance: Mapping[str, str],
         "latency_us": 0, "repeat": False}) for schema in sorted(EVENT_KINDS))
 
 
+def _untagged(stored: bytes) -> tuple[str, bytes]:
+    """A remembered decision: (the tag :meth:`Decider.emit` put first, "" if none;
+    the packed decision)."""
+    if stored[:1] != b"#":
+        return "", stored
+    tag, packed = stored[1:].split(b"#", 1)
+    return tag.decode(), packed
+
+
 class Decider:
     """Runs the controls and builds the decision; remembers it for repeats."""
 
@@ -203,7 +212,7 @@ class Decider:
         content, when known), and return the decision output."""
         encoded = self.codec.encode(DECISION_SCHEMA, decision)
         packed = self.compactor.pack(view, encoded)
-        if tag:
+        if tag:  # a packed value never starts with "#" (tripwire.streams.compact)
             packed = b"#" + tag.encode() + b"#" + packed
         self.memory.put(view, identity.encode(), packed, decision["event_time"] + self.ttl_ms)
         return OutRecord("decisions", decision["entity_key"].encode(), encoded)
@@ -212,18 +221,14 @@ class Decider:
         """None if ``identity`` is not remembered as decided; else the tag of the
         event decided ("" if it was not noted)."""
         stored = self.memory.get(view, identity.encode())
-        if stored is None:
-            return None
-        return stored[1:].split(b"#", 1)[0].decode() if stored[:1] == b"#" else ""
+        return None if stored is None else _untagged(stored)[0]
 
     def recall(self, identity: str, view: StateView) -> OutRecord | None:
         """The remembered decision of ``identity``, marked as a repeat."""
         stored = self.memory.get(view, identity.encode())
         if stored is None:
             return None
-        if stored[:1] == b"#":  # a tag first (emit)
-            stored = stored[1:].split(b"#", 1)[1]
-        _, previous = self.codec.decode(self.compactor.unpack(view, stored))
+        _, previous = self.codec.decode(self.compactor.unpack(view, _untagged(stored)[1]))
         previous["repeat"] = True
         return OutRecord("decisions", previous["entity_key"].encode(),
                          self.codec.encode(DECISION_SCHEMA, previous))

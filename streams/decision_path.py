@@ -146,17 +146,12 @@ class DecisionPath:
         # answers in input order (a repeat finds the decision of its first event)
         admitted_all = list(self.intake.admit_all(batch, now_ms, state,
                                                   (self.decider.memory,)))
-        computed: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
-        for n, (view, admitted) in enumerate(admitted_all):
-            if isinstance(admitted, Admitted) and not admitted.repeat:
-                computed[n] = local_features(self.features, admitted, states, state,
-                                             view.tp, self.batch)
-        asked = []
-        for n, (values, _) in computed.items():
-            first = admitted_all[n][1]
-            assert isinstance(first, Admitted)
-            asked.append((first.kind, first.event, values))
-        verdicts = dict(zip(computed, self.decider.verdicts(asked), strict=True))
+        fresh = [(n, a, *local_features(self.features, a, states, state, view.tp, self.batch))
+                 for n, (view, a) in enumerate(admitted_all)
+                 if isinstance(a, Admitted) and not a.repeat]
+        verdicts = self.decider.verdicts([(a.kind, a.event, values) for _, a, values, _ in fresh])
+        decided = {n: (values, errors, verdict)
+                   for (n, _, values, errors), verdict in zip(fresh, verdicts, strict=True)}
         for n, (view, admitted) in enumerate(admitted_all):
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
@@ -166,10 +161,10 @@ class DecisionPath:
                     "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
                     "longer kept")], now_ms, admitted.kind.schema))
             else:
-                values, errors = computed[n]
+                values, errors, verdict = decided[n]
                 decision, executions = self.decider.decide(
                     admitted.kind, admitted.event, values, errors, now_ms,
-                    admitted.rec.timestamp_ms, verdicts[n])
+                    admitted.rec.timestamp_ms, verdict)
                 out.append(self.decider.emit(admitted.identity, decision, view))
                 out += executions
         state.batch_done()
