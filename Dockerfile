@@ -1,7 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY core core
+COPY app app
+COPY state state
 COPY streams streams
 COPY schemas schemas
 COPY controls controls

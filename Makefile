@@ -28,12 +28,15 @@ test-unit: $(STAMP)
 lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
 
-# mypy cannot follow setuptools' editable import hook, so it checks a tree of
-# links laid out the way the package is installed (tripwire.streams, ...).
+# mypy cannot follow setuptools' editable import hook (a meta-path finder that
+# maps tripwire.* to the design card's folders) and has no option to map a package
+# name to a folder, so it checks a tree of links laid out the way the package is
+# installed (tripwire.streams, ...), rebuilt on every run. An editable install in
+# strict mode makes such a tree too, but only of the files there at install time.
 typecheck: $(STAMP)
 	@rm -rf .build/mypy && mkdir -p .build/mypy/tripwire
-	@cp -rs $(CURDIR)/core/. .build/mypy/tripwire/
-	@for d in streams schemas controls features connectors; do cp -rs $(CURDIR)/$$d .build/mypy/tripwire/$$d; done
+	@cp -rs $(CURDIR)/app/. .build/mypy/tripwire/
+	@for d in state streams schemas controls features connectors; do cp -rs $(CURDIR)/$$d .build/mypy/tripwire/$$d; done
 	@cp -rs $(CURDIR)/bench .build/mypy/bench
 	cd .build/mypy && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p tripwire -p bench
 

@@ -25,12 +25,13 @@ from collections import defaultdict
 from typing import Any
 
 from tripwire.connectors.simulator import CARD_SCHEMA, magstripe_contactless_attack, mixed_traffic
+from tripwire.controls.decider import Decider
 from tripwire.controls.engine import Control, ControlSet
+from tripwire.features.kinds import EVENT_KINDS
+from tripwire.schemas.records import InRecord
 from tripwire.schemas.validate import ValidationPolicy, Validator
-from tripwire.streams.decider import Decider
-from tripwire.streams.decision_path import EVENT_KINDS, DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
+from tripwire.state.manager import StateManager
+from tripwire.streams.decision_path import DecisionPath
 
 __all__ = ["main"]
 

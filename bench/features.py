@@ -34,11 +34,13 @@ from tripwire.connectors.kafka import producer
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.features.engine import FeatureLibrary, encode_state
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.records import InRecord, OutRecord
 from tripwire.schemas.registry import SchemaStore
+from tripwire.state.manager import StateManager
+from tripwire.state.rocks import RocksStore
+from tripwire.streams.intake import IntakeStage
 from tripwire.streams.loop import BatchLoop
-from tripwire.streams.pipeline import FeatureStage, IntakeStage
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import RocksStore, StateManager
+from tripwire.streams.nodes import FeatureStage
 from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["main"]

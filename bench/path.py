@@ -51,10 +51,10 @@ from bench.common import bench_cluster, proc_cpu, thread_cpu
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
+from tripwire.controls.decider import DECISION_SCHEMA
 from tripwire.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
 from tripwire.schemas.models import EVENT_MODELS
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.decider import DECISION_SCHEMA
 from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["main"]
@@ -92,14 +92,15 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
             stages: tuple[str, ...], ready: Any, stop: Any) -> None:
     from tripwire.controls.engine import ControlSet
     from tripwire.features.engine import FeatureLibrary
-    from tripwire.streams.decision_path import INPUTS, DecisionPath
     from tripwire.streams.loop import BatchLoop, tune_gc
     from tripwire.streams.runner import combined_loop, stage_loop
+    from tripwire.streams.stages import PATH, Parts
 
     eager, interval, hops = MODES[mode]
     if stages == ONE:
-        loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in INPUTS],
-                                   DecisionPath.default(), namespace=ns, batch_size=batch,
+        path = PATH.build(Parts(AvroCodec(SchemaStore.default()), ControlSet.from_dir()))
+        loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in PATH.inputs(())],
+                                   path, namespace=ns, batch_size=batch,
                                    poll_timeout=0.005, state_dir=Path(state_dir),
                                    commit_interval_ms=interval, eager=eager)}
     else:  # the live pipeline's stages, as `tripwire run stage ...` runs them
@@ -169,8 +170,8 @@ def _relay(bootstrap: str, ns: str, batch: int, direct: bool, ready: Any, stop: 
     decisions topic is the event with a stand-in decision_id spliced in front of
     its body (:func:`stand_in_decision`)."""
     from tripwire.connectors.kafka import answer_producer
-    from tripwire.streams.decision_path import INPUTS
-    from tripwire.streams.loop import HOPS
+    from tripwire.streams.topics import INPUTS
+    from tripwire.streams.txn import HOPS
 
     inputs = [topic(k, ns) for k in INPUTS]
     feats, gather, decisions = (topic(k, ns) for k in ("features", "gather", "decisions"))

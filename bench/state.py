@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tripwire.streams.state import RocksStore
+from tripwire.state.rocks import RocksStore
 
 
 def _fill(path: Path, keys: list[bytes], bloom_bits: int) -> RocksStore:

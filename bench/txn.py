@@ -23,8 +23,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.common import bench_cluster
-from tripwire.streams.loop import TXN_RETRY
 from tripwire.streams.topics import TopicSpec, create_topics
+from tripwire.streams.txn import TXN_RETRY
 
 __all__ = ["main"]
 

@@ -30,9 +30,9 @@ from tripwire.connectors.simulator import (
     logins,
     normal_card_payments,
 )
+from tripwire.schemas.records import InRecord
+from tripwire.state.manager import StateManager
 from tripwire.streams.decision_path import DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
 
 __all__ = ["main"]
 

@@ -3,7 +3,7 @@ plane every worker follows) or a directory of ``.star`` files watched for change
 
 A source's :meth:`poll` returns the releases seen since the last call, never
 blocking; the worker applies them between batches
-(:meth:`tripwire.streams.decider.Decider.reload`).
+(:meth:`tripwire.controls.decider.Decider.reload`).
 """
 
 from __future__ import annotations
@@ -13,19 +13,15 @@ import hashlib
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from tripwire.connectors.kafka import consumer
-from tripwire.controls.plane import RELEASE_SCHEMA, release
+from tripwire.controls.plane import RELEASE_SCHEMA, ReleaseSource, release
 from tripwire.schemas.codec import AvroCodec
 
 __all__ = ["DirectorySource", "ReleaseSource", "TopicSource"]
-
-
-class ReleaseSource(Protocol):
-    def poll(self) -> list[dict[str, Any]]: ...
 
 
 class TopicSource:

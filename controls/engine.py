@@ -55,12 +55,19 @@ from typing import Any
 import orjson
 import starlark as sl
 
-__all__ = ["LIBRARY", "MODES", "OUTCOMES", "STAGES", "Control", "ControlError", "ControlResult",
-           "ControlSet", "ExampleFailure", "Verdict"]
+from tripwire.controls.results import (
+    OUTCOMES,
+    ControlError,
+    ControlResult,
+    ExampleFailure,
+    Verdict,
+    most_severe,
+)
 
-OUTCOMES = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")  # least to most severe
+__all__ = ["CONTROL_STAGES", "LIBRARY", "MODES", "Control", "ControlSet", "load_dir"]
+
 MODES = ("ACTIVE", "SHADOW", "CANARY")
-STAGES = ("DETECTOR", "ACTION", "SELECTION")  # the order they run in
+CONTROL_STAGES = ("DETECTOR", "ACTION", "SELECTION")  # the order they run in
 _FUNCTIONS = {"detect": "DETECTOR", "act": "ACTION", "select": "SELECTION"}
 _FUNCTION_OF = {stage: fn for fn, stage in _FUNCTIONS.items()}
 _SIGNATURES = "detect(event, features), act(event, features, detections) or " \
@@ -73,7 +80,6 @@ MAX_CALL_DEPTH = 64
 # the same: far past any pause of the machine's, so replays agree
 SLOW_CALL_NS = 100_000_000
 SLOW_FACTOR = 50
-_SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
 # The engine calls a control through an entry point appended to its source (the
 # version and every line number stay the source's): its inputs go in as one JSON
 # object — the one its execution record shows — and the result comes back as one
@@ -85,51 +91,6 @@ _ENTRY = "tripwire_engine_entry"
 _PARAMETERS = {"DETECTOR": ("event", "features"), "ACTION": ("event", "features", "detections"),
                "SELECTION": ("event", "proposals")}
 _GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])  # standard, and json
-
-
-class ControlError(ValueError):
-    """A control could not be compiled or loaded."""
-
-
-@dataclass(frozen=True)
-class ControlResult:
-    control_id: str
-    version: str
-    outcome: str | None
-    reason: str = ""
-    actions: tuple[str, ...] = ()
-    score: float = 0.0
-    error: str | None = None
-    duration_us: int = 0
-    mode: str = "ACTIVE"
-    applied: bool = True  # False: shadow, or canary outside its share; never changes outcome
-    stage: str = "DETECTOR"
-    signal: str | None = None  # a detector's finding; None: nothing seen
-    inputs: Mapping[str, Any] = field(default_factory=dict)  # what the control was given
-    inputs_json: str | None = None  # ... as the JSON it was called with (None: not called)
-
-    @property
-    def fired(self) -> bool:
-        return self.signal is not None or self.outcome is not None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The network's answer for one event, with every control's result in run order."""
-
-    outcome: str
-    actions: tuple[str, ...]
-    reason: str
-    results: list[ControlResult]
-
-
-@dataclass(frozen=True)
-class ExampleFailure:
-    control_id: str
-    index: int
-    expected: str | None
-    got: str | None
-    error: str | None
 
 
 class _Budget:
@@ -421,22 +382,12 @@ def _defines_function(module: Any, name: str) -> bool:
     return value is not None and callable(value)
 
 
-def most_severe(proposals: Iterable[ControlResult]) -> tuple[str, tuple[str, ...], str]:
-    """The fallback selection: the most severe outcome, every proposed action."""
-    chosen = list(proposals)
-    outcome = max((p.outcome for p in chosen if p.outcome), key=_SEVERITY.__getitem__,
-                  default="ALLOW")
-    actions: list[str] = []
-    for p in chosen:
-        actions.extend(a for a in p.actions if a not in actions)
-    return outcome, tuple(actions), "; ".join(p.reason for p in chosen if p.reason)
-
-
 class ControlSet:
     """The loaded network: detectors, action controls, one selection control."""
 
     def __init__(self, controls: Iterable[Control]) -> None:
-        self.controls = sorted(controls, key=lambda c: (STAGES.index(c.stage), c.control_id))
+        self.controls = sorted(controls,
+                               key=lambda c: (CONTROL_STAGES.index(c.stage), c.control_id))
         ids = [c.control_id for c in self.controls]
         if len(set(ids)) != len(ids):
             twice = sorted({i for i in ids if ids.count(i) > 1})

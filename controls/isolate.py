@@ -22,7 +22,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from tripwire.controls.engine import DEFAULT_BUDGET_MS, Control, ControlError
+from tripwire.controls.engine import DEFAULT_BUDGET_MS, Control
+from tripwire.controls.results import ControlError
 from tripwire.controls.sandbox import abort_note, ended, limit_memory
 
 __all__ = ["CHECK_MEMORY_MB", "CHECK_TIMEOUT_S", "check_apart"]

@@ -18,13 +18,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from tripwire.controls.engine import Control, ControlError, ControlSet
+from tripwire.controls.engine import Control, ControlSet
+from tripwire.controls.results import ControlError
 
-__all__ = ["AUDIT_SCHEMA", "KINDS", "RELEASE_SCHEMA", "ControlPlane", "release",
+__all__ = ["AUDIT_SCHEMA", "KINDS", "RELEASE_SCHEMA", "ControlPlane", "ReleaseSource", "release",
            "target_error"]
 
 RELEASE_SCHEMA = "tripwire.ops.ControlRelease"
@@ -47,6 +48,13 @@ def release(control_id: str, source: str | None, author: str, reason: str, at_ms
     """A ControlRelease record."""
     return {"control_id": control_id, "kind": kind, "source": source, "author": author,
             "reason": reason, "released_at": at_ms}
+
+
+class ReleaseSource(Protocol):
+    """Where releases come from (the controls topic, a folder): each call gives the
+    releases read since the last."""
+
+    def poll(self) -> list[dict[str, Any]]: ...
 
 
 class ControlPlane:

@@ -22,7 +22,8 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from tripwire.controls.engine import Control, ControlResult
+from tripwire.controls.engine import Control
+from tripwire.controls.results import ControlResult
 
 __all__ = ["DEFAULT_MEMORY_MB", "Item", "Sandbox", "abort_note", "ended",
            "limit_memory"]

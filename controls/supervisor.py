@@ -27,7 +27,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tripwire.controls.engine import Control, ControlResult, ControlSet, Verdict
+from tripwire.controls.engine import Control, ControlSet
+from tripwire.controls.results import ControlResult, Verdict
 from tripwire.controls.sandbox import abort_note, ended, limit_memory
 
 __all__ = ["ControlProcess", "Item"]

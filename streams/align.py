@@ -26,7 +26,7 @@ when the pipeline keeps up, "before" is the order in which events reached the
 pipeline; when it catches up a backlog, the order of their timestamps, however
 far apart the workers and partitions run.
 
-Pure: no Kafka here; :class:`~tripwire.streams.pipeline.FeatureStage` feeds it.
+Pure: no Kafka here; :class:`~tripwire.streams.nodes.FeatureStage` feeds it.
 
 >>> a = Aligner({"in:0", "in:1", "in:2"})
 >>> a.hold("in:0", "card", 7, 1000, "x", 0)

@@ -3,7 +3,7 @@ workers run (features recomputed in event time, the same controls code), and a
 report per control.
 
 The replay is :class:`~tripwire.streams.decision_path.DecisionPath` over one
-in-memory state for all its inputs (:class:`~tripwire.streams.state.OneLogState`:
+in-memory state for all its inputs (:class:`~tripwire.state.manager.OneLogState`:
 an entity's windows count its events from every topic, as the live pipeline's
 feature nodes do), fed in the recorded order. For the same events, arriving in
 the same order, and the same control versions, its decisions are the live
@@ -28,10 +28,11 @@ from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import parse_event
+from tripwire.schemas.records import InRecord
 from tripwire.schemas.validate import ValidationPolicy, Validator
+from tripwire.state.manager import OneLogState
 from tripwire.streams.decision_path import DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import OneLogState
+from tripwire.streams.stages import PATH, Parts
 
 __all__ = ["TIMING_FIELDS", "Backtest", "ControlStats", "backtest", "comparable",
            "records_from_jsonl"]
@@ -130,8 +131,9 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     (``isolate_mb``: in a supervised child with that much memory, as live workers
     run them; the results are the same)."""
     codec = codec or AvroCodec.from_url(None)
-    path = DecisionPath(codec, controls, validator=Validator(
-        ValidationPolicy(max_event_age_ms=None)), features=library)
+    path = PATH.build(Parts(codec, controls, library or FeatureLibrary(), validator=Validator(
+        ValidationPolicy(max_event_age_ms=None))))  # events of any age: history
+    assert isinstance(path, DecisionPath)
     if isolate_mb is not None:
         path.decider.isolate(isolate_mb)
     state = OneLogState(path.name, list(path.stores))

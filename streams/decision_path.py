@@ -4,12 +4,12 @@
 
 This is the broker-free entry point: unit tests and backtests call
 :meth:`DecisionPath.process` with an in-memory
-:class:`~tripwire.streams.state.StateManager`. State is kept per input partition
+:class:`~tripwire.state.manager.StateManager`. State is kept per input partition
 (the state view of each record), so values are exact when every entity's events
 share one ordered log: a backtest runs it over
-:class:`~tripwire.streams.state.OneLogState`, one log whatever the topics. The
+:class:`~tripwire.state.manager.OneLogState`, one log whatever the topics. The
 live, multi-worker path splits the same pieces across Kafka by entity
-(:mod:`tripwire.streams.pipeline`) and gives the same values for any
+(:mod:`tripwire.streams.hops`) and gives the same values for any
 partitioning.
 
 Every input gives exactly one output: a decision, or a quarantine record.
@@ -19,88 +19,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tripwire.controls.decider import DECISIONS_STORE, Decider
 from tripwire.controls.engine import ControlSet
 from tripwire.features.batch import BatchTable
 from tripwire.features.engine import (
     FeatureLibrary,
-    decode_state,
-    encode_state,
-    load_state,
-    make_view,
-    state_records,
 )
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.records import InRecord, OutRecord
 from tripwire.schemas.registry import SchemaStore
-from tripwire.schemas.validate import Validator
-from tripwire.streams.decider import DECISION_SCHEMA, DECISIONS_STORE, ENGINE_VERSION, Decider
-from tripwire.streams.intake import DAY_MS, DEDUP_STORE, EVENT_KINDS, Admitted, EventKind, Intake
+from tripwire.schemas.validate import DAY_MS, Validator
+from tripwire.state.manager import StateManager
+from tripwire.streams.intake import DEDUP_STORE, Admitted, Intake
+from tripwire.streams.nodes import FEATURES_STORE, feature_states, local_features
+from tripwire.streams.processor import Processor
 from tripwire.streams.quarantine import quarantine
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import DecodedCache, StateManager
 from tripwire.streams.topics import ANSWERS
 
 if TYPE_CHECKING:
-    from tripwire.connectors.control_sources import ReleaseSource
+    from tripwire.controls.plane import ReleaseSource
 
-__all__ = ["DECISION_SCHEMA", "DEDUP_STORE", "ENGINE_VERSION", "EVENT_KINDS", "FEATURES_STORE",
-           "INPUTS", "DecisionPath", "EventKind", "entity_state_key", "event_features",
-           "feature_states", "local_features"]
+__all__ = ["DecisionPath"]
 
 logger = logging.getLogger(__name__)
 
-INPUTS = ("card_payments", "logins", "fps")  # topic keys the decision path reads
-FEATURES_STORE = "features.v3"  # v3: a bucket per millisecond, hot keys paged
-
-
-def event_features(kind: EventKind, event: dict[str, Any], batch: BatchTable | None) \
-        -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-    """The nodes computed where the event is: just-in-time and batch.
-    Returns (view for the velocity nodes, values, errors per node)."""
-    jit = kind.jit(event)
-    view = make_view(kind.short, event, jit)
-    values: dict[str, Any] = dict(jit)
-    errors: dict[str, str] = {}
-    if batch is not None:
-        try:
-            got, error = batch.features(view)
-        except Exception as exc:  # a broken node must not stop the decision
-            got, error = {}, f"{type(exc).__name__}: {exc}"
-        values.update(got)
-        if error:
-            errors["batch"] = error
-    return view, values, errors
-
-
-def feature_states(state: StateManager, max_keys: int = 100_000) -> DecodedCache:
-    """The decoded entity states (feature windows) of a processor's state."""
-    return state.decoded(FEATURES_STORE, decode_state, encode_state, max_keys,
-                         load_state, state_records)
-
-
-def entity_state_key(entity: str, key: str) -> bytes:
-    """Where one entity key's windows are stored."""
-    return f"{entity}|{key}".encode()
-
-
-def local_features(library: FeatureLibrary, accepted: Admitted, states: DecodedCache,
-                   state: StateManager, tp: tuple[str, int],
-                   batch: BatchTable | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Every feature of an accepted event, computed here from the state of ``tp``
-    (the partition whose view the event came with); (values, errors/notes)."""
-    fview, values, errors = event_features(accepted.kind, accepted.event, batch)
-    t = accepted.event["event_time"]
-    for entity, key in library.entities_of(fview).items():
-        st = states.get(state, tp, entity_state_key(entity, key))
-        got, notes = library.compute(entity, st, fview, t)
-        values.update(got)
-        if notes:
-            errors[entity] = "; ".join(notes)
-    return values, errors
-
-
-class DecisionPath:
+class DecisionPath(Processor):
     """Decides events; every input yields exactly one decision or one quarantine record."""
 
     name = "decision-path"

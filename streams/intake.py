@@ -11,55 +11,35 @@ refused as ``DUPLICATE_CONFLICT``.
 from __future__ import annotations
 
 import hashlib
-import struct
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import logging
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tripwire.features.jit import card_features, fps_features, login_features
+from tripwire.features.engine import (
+    FeatureLibrary,
+    make_view,
+)
+from tripwire.features.kinds import EVENT_KINDS, EventKind
 from tripwire.schemas.codec import AvroCodec, DecodeError
-from tripwire.schemas.models import EVENT_MODELS
+from tripwire.schemas.records import TP, InRecord, OutRecord
 from tripwire.schemas.validate import DAY_MS, Reason, Validator
+from tripwire.state.expiring import Expiring
+from tripwire.state.manager import StateManager, StateView
+from tripwire.streams.align import IDLE, PROGRESS
+from tripwire.streams.hops import DECISION_REQUESTS, FEATURE_REQUESTS, TP3, Packer
 from tripwire.streams.quarantine import quarantine
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateManager, StateView
+from tripwire.streams.topics import ANSWERS, INPUTS, apart_entity, node_topic_key
 
-__all__ = ["DAY_MS", "DEDUP_STORE", "EVENT_KINDS", "Admitted", "EventKind", "Expiring",
-           "Intake"]
+__all__ = ["DEDUP_STORE", "Admitted", "Intake", "IntakeStage"]
+
+logger = logging.getLogger(__name__)
+
 
 DEDUP_STORE = "dedup.v2"  # v2: the expiry inside the value, a local index
-
-
-@dataclass(frozen=True)
-class EventKind:
-    """How one inbound event type is keyed, identified and featurised (the field its
-    input records are keyed by is its event model's,
-    :data:`~tripwire.schemas.models.EVENT_MODELS`)."""
-
-    schema: str
-    short: str
-    identity_field: str  # repeats share this value
-    volatile: frozenset[str]  # fields a legitimate repeat may change
-    jit: Callable[[Mapping[str, Any]], dict[str, Any]]
-    entity_field: str = field(init=False)  # what its input records are keyed by
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "entity_field", EVENT_MODELS[self.schema].key_field)
-
-
-EVENT_KINDS: dict[str, EventKind] = {k.schema: k for k in (
-    EventKind("tripwire.events.CardPayment", "CardPayment", "event_id", frozenset(),
-              card_features),
-    EventKind("tripwire.events.LoginEvent", "LoginEvent", "event_id", frozenset(),
-              login_features),
-    # An FPS repeat is a new message (new id and time, is_repeat set) carrying the
-    # same transaction: everything else must match.
-    EventKind("tripwire.events.FpsMessage", "FpsMessage", "transaction_reference",
-              frozenset({"event_id", "event_time", "is_repeat"}), fps_features),
-)}
 
 
 @dataclass(frozen=True)
@@ -78,70 +58,8 @@ class Admitted:
         """The identity with the content's digest (``<identity>#<16 hex>``): what the
         split pipeline's requests, fragments and gathering carry, so that another
         event reusing the id on another partition is told apart, never merged
-        (:class:`tripwire.streams.pipeline.DecisionStage`)."""
+        (:class:`tripwire.streams.gather.DecisionStage`)."""
         return f"{self.identity}#{self.digest.hex()[:16]}"
-
-
-NEVER = 2**63 - 1  # an expiry that never comes
-
-
-class Expiring:
-    """Entries of one store that expire at an event time.
-
-    ``d:<key>`` holds ``<expiry><value>`` and goes to the changelog; the index
-    ``x:<expiry><key>`` that :meth:`expire` walks is local only (never in the
-    changelog: one record per entry instead of two) and is rebuilt from the
-    ``d:`` entries the first time a partition expires after being opened.
-    """
-
-    _X = struct.Struct(">q")
-
-    def __init__(self, store: str) -> None:
-        self.store = store
-        # per opened store, once indexed: the earliest expiry it holds (none: NEVER)
-        self._next_due: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-
-    def get(self, view: StateView, key: bytes) -> bytes | None:
-        stored = view.get(self.store, b"d:" + key)
-        return None if stored is None else stored[8:]
-
-    def put(self, view: StateView, key: bytes, value: bytes, expiry: int) -> None:
-        when = self._X.pack(expiry)
-        view.put(self.store, b"d:" + key, when + value)
-        view.put_local(self.store, b"x:" + when + key, b"")
-        s = view.manager.store(self.store, view.tp)
-        if expiry < self._next_due.get(s, expiry):  # indexed: keep the earliest
-            self._next_due[s] = expiry
-
-    def expire(self, view: StateView, watermark: int) -> int:
-        """Forget entries whose expiry is at or before ``watermark`` (the index is
-        read only once the earliest expiry is due)."""
-        s = view.manager.store(self.store, view.tp)
-        if s not in self._next_due:
-            self._reindex(view)
-        if watermark < self._next_due[s]:
-            return 0
-        done: list[bytes] = []
-        next_due = NEVER
-        for key, _ in view.items(self.store, b"x:"):
-            when = self._X.unpack_from(key, 2)[0]
-            if when > watermark:
-                next_due = when
-                break
-            done.append(key)
-        for key in done:
-            view.delete_local(self.store, key)
-            view.delete(self.store, b"d:" + key[10:])
-        self._next_due[s] = next_due
-        return len(done)
-
-    def _reindex(self, view: StateView) -> None:
-        """The index of entries restored from the changelog (idempotent)."""
-        earliest = NEVER
-        for key, stored in list(view.items(self.store, b"d:")):
-            view.put_local(self.store, b"x:" + stored[:8] + key[2:], b"")
-            earliest = min(earliest, self._X.unpack_from(stored)[0])
-        self._next_due[view.manager.store(self.store, view.tp)] = earliest
 
 
 def _content_hash(kind: EventKind, event: Mapping[str, Any]) -> bytes:
@@ -215,3 +133,132 @@ class Intake:
                 "(or has expired)")], schema.name)
         self.seen.put(view, identity.encode(), digest, event["event_time"] + self.ttl_ms)
         return Admitted(kind, event, identity, rec, digest=digest)
+
+
+class IntakeStage(Packer):
+    """Decode → validate → dedup; fan out to the entity nodes and the gather topic."""
+
+    name = "intake"
+    stores: tuple[str, ...] = (DEDUP_STORE,)
+    watches = INPUTS  # the loop tells ``watched``: their topic names and partition counts
+
+    def __init__(self, codec: AvroCodec, library: FeatureLibrary,
+                 validator: Validator | None = None, ttl_ms: int = 7 * DAY_MS,
+                 eager_hops: bool = True, apart: Collection[str] = ()) -> None:
+        super().__init__()
+        self.codec = codec
+        self.library = library
+        self.intake = Intake(codec, validator, ttl_ms)
+        # entity → the topic key its requests go to (the shared topic unless apart)
+        self.node_topics = {e: node_topic_key(e, set(apart)) for e in library.entities()}
+        self.routes = ("gather", *sorted(set(self.node_topics.values())))
+        # quarantine records at once; internal messages too unless they go with the
+        # commit (``eager_hops=False``; see the module docstring)
+        self.eager = ANSWERS | frozenset(self.routes if eager_hops else ())
+        # the order the nodes apply requests in (tripwire.streams.align): per input
+        # partition, the order time reached; ``at_end``, the input partitions at the
+        # end of their log (kept by the loop), marked idle at our clock
+        self.watched: dict[str, int] = {}
+        self.at_end: set[TP] = set()
+        self._reached: dict[str, int] = {}
+        self._idle_marked: dict[str, int] = {}  # input partitions marked idle: when
+
+    # idle input partitions are marked again this often, for a node partition that
+    # restarted or moved (it waits for them until then); each mark costs the broker a
+    # request per node partition: every second, 3-4 % of a core on an idle 2-core box
+    IDLE_AGAIN_MS = 2_000
+
+    def process(self, batch: Sequence[InRecord], now_ms: int,
+                state: StateManager) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        requests: dict[str, list[tuple[bytes, list[Any]]]] = defaultdict(list)
+        gather: list[tuple[bytes, dict[str, Any]]] = []
+        order, sources = self._order_times(batch, now_ms)
+        for _, admitted in self.intake.admit_all(batch, now_ms, state):
+            if isinstance(admitted, OutRecord):
+                out.append(admitted)
+                continue
+            nodes: list[str] = []
+            if not admitted.repeat:  # a repeat never counts twice in a feature
+                self._requests(admitted, nodes, requests, order)
+            rec = admitted.rec
+            gather.append((admitted.identity.encode(), {
+                "identity": admitted.tagged, "event": rec.value, "nodes": nodes,
+                "arrived_ms": rec.timestamp_ms, "repeat": admitted.repeat}))
+        out += self._requests_out(requests, self._marks(sources, now_ms))
+        return out + self.pack(self.codec, DECISION_REQUESTS, "gather", gather)
+
+    def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
+        """Mark input partitions that reached the end of their log idle."""
+        if not self.at_end:
+            return []
+        marks = self._marks(set(), now_ms)
+        return self._requests_out({}, marks) if marks else []
+
+    def _requests_out(self, requests: dict[str, list[tuple[bytes, list[Any]]]],
+                      marks: list[list[Any]]) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        keys = sorted(set(requests) | (set(self.node_topics.values()) if marks else set()))
+        for topic_key in keys:
+            # one record per partition, whatever the entities: librdkafka's idempotent
+            # producer blocks a partition (and spins) once 5 messages are in flight on
+            # it (see connectors.kafka.answer_producer), which a record per entity
+            # reached at once on the shared topic
+            out += self.pack(self.codec, FEATURE_REQUESTS, topic_key,
+                             requests.get(topic_key, ()), as_json=True, broadcast=marks,
+                             entity=apart_entity(topic_key))
+        return out
+
+    def _order_times(self, batch: Sequence[InRecord], now_ms: int) \
+            -> tuple[dict[TP3, tuple[str, int]], set[str]]:
+        """Each record's source (``topic:partition``) and order time: its timestamp,
+        non-decreasing along its partition and no later than now; the first after
+        its partition was marked idle, now (see tripwire.streams.align). And the
+        batch's sources."""
+        reached, idle = self._reached, self._idle_marked
+        order: dict[TP3, tuple[str, int]] = {}
+        sources: set[str] = set()
+        for rec in batch:
+            source = f"{rec.topic}:{rec.partition}"
+            sources.add(source)
+            t = max(reached.get(source, 0), min(rec.timestamp_ms, now_ms))
+            if idle and idle.pop(source, None) is not None:
+                t = max(t, now_ms)
+            reached[source] = t
+            order[(rec.topic, rec.partition, rec.offset)] = (source, t)
+        return order, sources
+
+    def _marks(self, sources: set[str], now_ms: int) -> list[list[Any]]:
+        """Progress markers: each input partition of this batch, idle when it reached
+        the end of its log; the idle ones not marked for ``IDLE_AGAIN_MS``."""
+        if not self.watched:  # no loop told us the inputs: one process, no alignment
+            return []
+        reached, marked = self._reached, self._idle_marked
+        at_end = {f"{t}:{p}" for t, p in self.at_end if t in self.watched}
+        # idle ones are marked again all together, when the first is due: one record
+        # per node partition then, not one per input partition
+        again = any(s not in sources and now_ms - marked.get(s, -self.IDLE_AGAIN_MS) >=
+                    self.IDLE_AGAIN_MS for s in at_end)
+        marks = []
+        for s in sorted(sources | at_end):
+            if s not in at_end:
+                marks.append([PROGRESS, s, reached[s]])
+            elif s in sources or again:
+                marks.append([IDLE, s, reached.get(s, 0)])
+                marked[s] = now_ms
+        return marks
+
+    def _requests(self, a: Admitted, nodes: list[str],
+                  requests: dict[str, list[tuple[bytes, list[Any]]]],
+                  order: dict[TP3, tuple[str, int]]) -> None:
+        """``requests``: per node topic key, (entity key, request item) pairs."""
+        view = make_view(a.kind.short, a.event, a.kind.jit(a.event))
+        rec = a.rec
+        source, order_ms = order[(rec.topic, rec.partition, rec.offset)]
+        node_topics = self.node_topics
+        for entity, key in sorted(self.library.entities_of(view).items()):
+            nodes.append(entity)
+            fields = {f: view.get(f) for f in self.library.fields_for(entity)}
+            requests[node_topics[entity]].append((key.encode(), [
+                a.tagged, a.event["event_id"], key, a.event["event_time"], fields,
+                source, rec.offset, entity, order_ms]))

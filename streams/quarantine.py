@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.records import InRecord, OutRecord
 from tripwire.schemas.validate import Reason
-from tripwire.streams.records import InRecord, OutRecord
 
 __all__ = ["QUARANTINE_SCHEMA", "Reason", "quarantine"]
 

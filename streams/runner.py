@@ -5,65 +5,49 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tripwire.config import commit_interval_for
-from tripwire.connectors.control_sources import ReleaseSource
 from tripwire.connectors.events import EventProducer
+from tripwire.controls.decider import Decider
+from tripwire.controls.deferred import DeferredRunner
 from tripwire.controls.engine import ControlSet
+from tripwire.controls.plane import ReleaseSource
 from tripwire.controls.sandbox import DEFAULT_MEMORY_MB
 from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
-from tripwire.streams.decider import Decider
-from tripwire.streams.decision_path import INPUTS
-from tripwire.streams.deferred import DeferredRunner
-from tripwire.streams.loop import BatchLoop, LoopStats, Processor
-from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage, FeatureStage, IntakeStage
-from tripwire.streams.records import TP, InRecord, OutRecord
-from tripwire.streams.state import StateManager
-from tripwire.streams.topics import node_topic_key, topic
+from tripwire.schemas.records import TP, InRecord, OutRecord
+from tripwire.state.manager import StateManager
+from tripwire.streams.gather import DecisionStage
+from tripwire.streams.hops import NODE_TIMEOUT_MS
+from tripwire.streams.loop import BatchLoop, LoopStats, tune_gc
+from tripwire.streams.processor import Processor
+from tripwire.streams.stages import STAGES, Parts, Stage
+from tripwire.streams.topics import topic
 
 __all__ = ["STAGES", "Combined", "Pipeline", "attach_deferred", "combined_loop",
-           "processors_of", "stage_group", "stage_loop", "stage_processor", "stage_topics"]
+           "processors_of", "stage_group", "stage_loop", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
 
-STAGES = ("intake", "features", "decide")
-
-
-def stage_topics(stage: str, namespace: str, library: FeatureLibrary,
+def stage_topics(stage: str, namespace: str, library: FeatureLibrary | None = None,
                  entities: Sequence[str] | None = None) -> list[str]:
-    """The topics a stage consumes (``entities``: feature nodes served apart, each
-    from its own topic; none: the shared feature topic)."""
-    if stage == "intake":
-        return [topic(k, namespace) for k in INPUTS]
-    if stage == "features":
-        if entities:
-            return [topic(node_topic_key(e, set(entities)), namespace) for e in entities]
-        return [topic("features", namespace)]
-    if stage == "decide":
-        return [topic("gather", namespace)]
-    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    """The topics a loop of ``stage`` consumes (``entities``: feature nodes served
+    apart, each from its own topic; none: the shared feature topic)."""
+    return [topic(k, namespace) for k in _stage(stage).inputs(entities or ())]
 
 
-def stage_processor(stage: str, codec: AvroCodec, controls: ControlSet,
-                    library: FeatureLibrary, node_timeout_ms: int = NODE_TIMEOUT_MS,
-                    batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
-                    eager_hops: bool = True, apart: Collection[str] = ()) -> Processor:
-    """The default processor of one stage (the arguments as :func:`stage_loop`'s)."""
-    if stage == "intake":
-        return IntakeStage(codec, library, eager_hops=eager_hops, apart=apart)
-    if stage == "features":
-        return FeatureStage(codec, library, eager_hops=eager_hops)
-    if stage == "decide":
-        return DecisionStage(codec, controls, node_timeout_ms, library=library, batch=batch,
-                             sources=sources)
-    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+def _stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
 
 
 def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
@@ -82,13 +66,13 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     ``sources``: where the decide stage takes control releases from; ``eager`` and
     ``commit_interval_ms``: how answers and state leave the loop, see
     :class:`~tripwire.streams.loop.BatchLoop`; ``eager_hops``: internal messages go
-    out at once too, see :mod:`~tripwire.streams.pipeline`; the commit interval
+    out at once too, see :mod:`~tripwire.streams.hops`; the commit interval
     defaults to :func:`~tripwire.config.commit_interval_for` the hops)."""
     if commit_interval_ms is None:
         commit_interval_ms = commit_interval_for(eager_hops and eager)
     if processor is None:
-        processor = stage_processor(stage, codec, controls, library, node_timeout_ms, batch,
-                                    sources, eager_hops, apart)
+        processor = _stage(stage).build(Parts(codec, controls, library, node_timeout_ms, batch,
+                                              sources, eager_hops, apart))
     group = stage_group(stage, namespace)
     if entities:
         group += "." + "-".join(sorted(entities))
@@ -105,7 +89,7 @@ def stage_group(stage: str, namespace: str) -> str:
     return f"{namespace}tripwire.{stage}"
 
 
-class Combined:
+class Combined(Processor):
     """Every stage in one loop: one consumer (one group over the inputs, the feature
     topic and the gather topic, a worker getting the same partition numbers of
     each), one transaction per commit and one thread per worker process, instead
@@ -122,13 +106,14 @@ class Combined:
         self.stores_by_topic = {t: list(p.stores) for p, topics in stages for t in topics}
         # each input topic's changelogs are named after its stage, as when run alone
         self.owners = {t: p.name for p, topics in stages for t in topics}
-        self.eager = frozenset().union(*(getattr(p, "eager", ()) for p, _ in stages))
-        self.routes = tuple(sorted({r for p, _ in stages for r in getattr(p, "routes", ())}))
-        self.watches = tuple(sorted({w for p, _ in stages for w in getattr(p, "watches", ())}))
+        self.eager = frozenset().union(*(p.eager for p, _ in stages))
+        self.routes = tuple(sorted({r for p, _ in stages for r in p.routes}))
+        self.watches = tuple(sorted({w for p, _ in stages for w in p.watches}))
         self._partitions: dict[str, int] = {}
         self._watched: dict[str, int] = {}
         self._at_end: set[TP] = set()
 
+    # what the loop sets is passed on to the stages that use it
     @property
     def partitions(self) -> dict[str, int]:
         """The output topics' partition counts, as the loop set them on every stage
@@ -139,8 +124,8 @@ class Combined:
     def partitions(self, counts: dict[str, int]) -> None:
         self._partitions = counts
         for p, _ in self.stages:
-            if getattr(p, "routes", ()):
-                p.partitions = counts  # type: ignore[attr-defined]
+            if p.routes:
+                p.partitions = counts
 
     @property
     def watched(self) -> dict[str, int]:
@@ -152,8 +137,8 @@ class Combined:
     def watched(self, counts: dict[str, int]) -> None:
         self._watched = counts
         for p, _ in self.stages:
-            if getattr(p, "watches", ()):
-                p.watched = counts  # type: ignore[attr-defined]
+            if p.watches:
+                p.watched = counts
 
     @property
     def at_end(self) -> set[TP]:
@@ -164,8 +149,7 @@ class Combined:
     def at_end(self, tps: set[TP]) -> None:
         self._at_end = tps
         for p, _ in self.stages:
-            if hasattr(p, "at_end"):
-                p.at_end = tps
+            p.at_end = tps
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
@@ -177,26 +161,17 @@ class Combined:
         return out
 
     def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
-        out: list[OutRecord] = []
-        for p, _ in self.stages:
-            tick = getattr(p, "tick", None)
-            if tick is not None:
-                out += tick(now_ms, state)
-        return out
+        return [o for p, _ in self.stages for o in p.tick(now_ms, state)]
 
     def safe_offsets(self, offsets: dict[TP, int]) -> dict[TP, int]:
         safe = dict(offsets)
         for p, topics in self.stages:
-            cap = getattr(p, "safe_offsets", None)
-            if cap is not None:
-                safe.update(cap({tp: o for tp, o in offsets.items() if tp[0] in topics}))
+            safe.update(p.safe_offsets({tp: o for tp, o in offsets.items() if tp[0] in topics}))
         return safe
 
     def drop(self, tps: Sequence[TP]) -> None:
         for p, topics in self.stages:
-            drop = getattr(p, "drop", None)
-            if drop is not None:
-                drop([tp for tp in tps if tp[0] in topics])
+            p.drop([tp for tp in tps if tp[0] in topics])
 
 
 def processors_of(processor: Processor) -> list[Processor]:
@@ -218,12 +193,11 @@ def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
     the same state), but must not run both at once."""
     if commit_interval_ms is None:
         commit_interval_ms = commit_interval_for(eager_hops and eager)
-    processor = Combined([
-        (stage_processor(stage, codec, controls, library, node_timeout_ms, batch, sources,
-                         eager_hops, apart), stage_topics(stage, namespace, library))
-        for stage in STAGES])
+    parts = Parts(codec, controls, library, node_timeout_ms, batch, sources, eager_hops, apart)
+    processor = Combined([(s.build(parts), stage_topics(name, namespace))
+                          for name, s in STAGES.items()])
     return BatchLoop(bootstrap, stage_group("all", namespace),
-                     sorted(processor.stores_by_topic), processor,
+                     sorted(processor.owners), processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / "all",
                      commit_interval_ms=commit_interval_ms, eager=eager,
@@ -257,11 +231,10 @@ class Pipeline:
     threads: list[threading.Thread] = field(default_factory=list)
     stats: dict[str, LoopStats] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
+    deferred: list[DeferredRunner] = field(default_factory=list)  # tier-2 runners
 
     def wait_assigned(self, timeout: float = 60.0) -> None:
         """Block until every loop has joined its group and been given partitions."""
-        import time
-
         deadline = time.monotonic() + timeout
         while any(loop.assigned_at is None for loop in self.loops.values()):
             if self.errors:
@@ -271,8 +244,9 @@ class Pipeline:
             time.sleep(0.05)
 
     @classmethod
-    def start(cls, loops: dict[str, BatchLoop]) -> Pipeline:
-        p = cls(loops)
+    def start(cls, loops: dict[str, BatchLoop],
+              deferred: Sequence[DeferredRunner] = ()) -> Pipeline:
+        p = cls(loops, deferred=list(deferred))
         for name, loop in loops.items():
             def run(loop: BatchLoop = loop, name: str = name) -> None:
                 try:
@@ -290,17 +264,43 @@ class Pipeline:
         self.stop_event.set()
         for t in self.threads:
             t.join(timeout)
+        for runner in self.deferred:
+            runner.close()
 
     @classmethod
     def build(cls, bootstrap: str, namespace: str, *, codec: AvroCodec, controls: ControlSet,
-              library: FeatureLibrary, state_dir: Path | None, stages: Sequence[str] = STAGES,
+              library: FeatureLibrary, state_dir: Path | None, stages: Sequence[str] = (),
+              one_loop: bool = True, entities: Sequence[str] | None = None,
               batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS,
-              one_loop: bool = True) -> Pipeline:
-        """``stages`` in threads of this process: every stage in one loop (the
-        default when all run) or, with ``one_loop`` False or a subset, a loop each."""
-        common: dict[str, Any] = dict(codec=codec, controls=controls, library=library,
-                                      state_dir=state_dir, batch_size=batch_size,
-                                      node_timeout_ms=node_timeout_ms)
-        if one_loop and tuple(stages) == STAGES:
-            return cls.start({"all": combined_loop(bootstrap, namespace, **common)})
-        return cls.start({s: stage_loop(s, bootstrap, namespace, **common) for s in stages})
+              batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
+              commit_interval_ms: int | None = None, eager: bool = True,
+              eager_hops: bool = True, apart: Collection[str] = (),
+              isolate_mb: int | None = DEFAULT_MEMORY_MB, tune: bool = False) -> Pipeline:
+        """``stages`` (default: every one) running in threads of this process, as
+        `tripwire run stage` runs them: every stage in one loop (when all run and
+        ``one_loop``) or a loop each (``entities``: the feature nodes a features loop
+        serves apart). The decide stage's tier-2 controls run off the path, and its
+        tiers 0 and 1 in a supervised child with ``isolate_mb`` of memory (None: in
+        this process). ``tune``: :func:`~tripwire.streams.loop.tune_gc` once built.
+        The other arguments are :func:`stage_loop`'s."""
+        stages = tuple(stages) or tuple(STAGES)
+        common: dict[str, Any] = dict(
+            codec=codec, controls=controls, library=library, state_dir=state_dir,
+            batch_size=batch_size, node_timeout_ms=node_timeout_ms, batch=batch,
+            sources=sources, commit_interval_ms=commit_interval_ms, eager=eager,
+            eager_hops=eager_hops, apart=apart)
+        if one_loop and stages == tuple(STAGES) and not entities:
+            loops = {"all": combined_loop(bootstrap, namespace, **common)}
+        else:
+            loops = {s: stage_loop(s, bootstrap, namespace, **common,
+                                   entities=entities if s == "features" else None)
+                     for s in stages}
+        deciders = [p.decider for loop in loops.values() for p in processors_of(loop.processor)
+                    if isinstance(p, DecisionStage)]
+        deferred = [attach_deferred(d, bootstrap, namespace, codec) for d in deciders]
+        if isolate_mb is not None:  # tiers 0 and 1: a crashing control costs itself
+            for d in deciders:
+                d.isolate(isolate_mb)
+        if tune:
+            tune_gc()
+        return cls.start(loops, deferred)

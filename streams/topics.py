@@ -17,7 +17,7 @@ from typing import Literal
 from tripwire.features.spec import ENTITIES
 from tripwire.schemas.validate import DAY_MS
 
-__all__ = ["ANSWERS", "TOPICS", "TopicSpec", "apart_entity", "declared", "node_topic_key",
+__all__ = ["ANSWERS", "INPUTS", "TOPICS", "TopicSpec", "apart_entity", "declared", "node_topic_key",
            "spec", "topic"]
 
 
@@ -137,6 +137,9 @@ def declared(apart: Collection[str] = ()) -> tuple[TopicSpec, ...]:
 # after a crash sends the same records again; a decision keeps its decision_id, a
 # quarantine record its source topic, partition and offset).
 ANSWERS: frozenset[str] = frozenset({"decisions", "control_executions", "quarantine"})
+
+# The upstream events the decision path reads, by topic key.
+INPUTS: tuple[str, ...] = ("card_payments", "logins", "fps")
 
 _BY_KEY = {t.key: t for t in TOPICS}
 

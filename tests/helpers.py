@@ -71,7 +71,7 @@ def node_order(kafka: KafkaCluster, ns: str) -> dict[tuple[str, str], list[tuple
     position once; markers aside), in the order it applies them."""
     from tripwire.connectors.events import read_to_end
     from tripwire.schemas.codec import AvroCodec
-    from tripwire.streams.pipeline import unpack
+    from tripwire.streams.hops import unpack
 
     codec = AvroCodec.from_url(None)
     seen: set[tuple[str, str, int]] = set()
@@ -98,7 +98,7 @@ def applied_order(kafka: KafkaCluster, ns: str) -> dict[tuple[str, str], list[tu
     of each position: one applied again after a restore is the same request)."""
     from tripwire.connectors.events import read_to_end
     from tripwire.schemas.codec import AvroCodec
-    from tripwire.streams.pipeline import FEATURE_FRAGMENTS, unpack
+    from tripwire.streams.hops import FEATURE_FRAGMENTS, unpack
 
     codec = AvroCodec.from_url(None)
     seen: set[tuple[str, str, int]] = set()

@@ -12,9 +12,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import read_topic
 from tripwire.connectors.kafka import produce_waiting, producer
-from tripwire.streams.loop import send_outputs
-from tripwire.streams.records import OutRecord
+from tripwire.schemas.records import OutRecord
 from tripwire.streams.topics import TopicSpec, create_topics
+from tripwire.streams.txn import send_outputs
 
 pytestmark = pytest.mark.kafka
 

@@ -28,10 +28,10 @@ from tripwire.connectors.kafka import consume_available, consumer
 from tripwire.connectors.simulator import CARD_SCHEMA, magstripe_contactless_attack, mixed_traffic
 from tripwire.features.engine import FeatureLibrary
 from tripwire.streams.backtest import comparable
-from tripwire.streams.decision_path import INPUTS, DecisionPath
+from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.loop import BatchLoop
 from tripwire.streams.runner import STAGES, Pipeline, stage_loop
-from tripwire.streams.topics import create_topics, topic
+from tripwire.streams.topics import INPUTS, create_topics, topic
 
 pytestmark = pytest.mark.kafka
 

@@ -31,10 +31,10 @@ from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
+from tripwire.features.kinds import EVENT_KINDS
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import EVENT_MODELS
-from tripwire.streams.intake import EVENT_KINDS
-from tripwire.streams.records import partition_for
+from tripwire.schemas.records import partition_for
 from tripwire.streams.runner import Pipeline, combined_loop
 from tripwire.streams.topics import create_topics, declared, topic
 

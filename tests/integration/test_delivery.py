@@ -29,10 +29,11 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
-from tripwire.streams.decision_path import INPUTS, DecisionPath
+from tripwire.schemas.records import OutRecord
+from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.loop import BatchLoop
-from tripwire.streams.records import OutRecord
-from tripwire.streams.topics import topic
+from tripwire.streams.processor import Processor
+from tripwire.streams.topics import INPUTS, topic
 
 pytestmark = pytest.mark.kafka
 
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.kafka
 _NEVER_COMMITS = textwrap.dedent("""
     import sys, threading
     from pathlib import Path
-    from tripwire.streams.decision_path import INPUTS, DecisionPath
+    from tripwire.streams.decision_path import DecisionPath
+    from tripwire.streams.topics import INPUTS
     from tripwire.streams.loop import BatchLoop
     from tripwire.streams.topics import topic
     boot, ns, group, state = sys.argv[1:5]
@@ -131,7 +133,7 @@ def test_transactional_delivery_shows_decisions_only_with_the_commit(
                           timeout=30)) == len(events)
 
 
-class _Counting:
+class _Counting(Processor):
     """Counts records per key (state), answers each with the count (eager) and
     forwards it internally (transactional). The first time it reaches ``poison``
     its internal record is larger than the topic allows: the broker refuses it
@@ -204,7 +206,7 @@ def test_an_aborted_commit_returns_every_partition_to_the_last_commit(
     assert len(internal) == 60  # the aborted transaction's records are not visible
 
 
-class _Cyclic:
+class _Cyclic(Processor):
     """Makes one reference cycle per record (and keeps none of them)."""
 
     name = "cyclic"

@@ -20,12 +20,14 @@ from tripwire.connectors.kafka import admin
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
+from tripwire.features.kinds import EVENT_KINDS
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.intake import EVENT_KINDS
-from tripwire.streams.pipeline import DecisionStage, FeatureStage, IntakeStage
+from tripwire.state.manager import changelog_topic
+from tripwire.streams.gather import DecisionStage
+from tripwire.streams.intake import IntakeStage
+from tripwire.streams.nodes import FeatureStage
 from tripwire.streams.runner import Pipeline, combined_loop, stage_loop, stage_topics
-from tripwire.streams.state import changelog_topic
 from tripwire.streams.topics import topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

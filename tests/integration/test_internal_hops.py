@@ -24,10 +24,10 @@ from tripwire.connectors.events import read_topic
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary, make_view
+from tripwire.features.kinds import EVENT_KINDS
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.intake import EVENT_KINDS
-from tripwire.streams.pipeline import FeatureStage
+from tripwire.streams.nodes import FeatureStage
 from tripwire.streams.runner import Pipeline, stage_loop
 from tripwire.streams.topics import topic
 

@@ -20,9 +20,9 @@ from tripwire.connectors.simulator import (
     fps_messages,
     normal_card_payments,
 )
-from tripwire.streams.decision_path import INPUTS, DecisionPath
+from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.loop import BatchLoop, LoopStats
-from tripwire.streams.topics import topic
+from tripwire.streams.topics import INPUTS, topic
 
 pytestmark = pytest.mark.kafka
 

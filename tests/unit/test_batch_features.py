@@ -41,9 +41,9 @@ def test_missing_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
 
 def test_the_decision_carries_batch_features_and_their_errors(tmp_path: Path) -> None:
     from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+    from tripwire.schemas.records import InRecord
+    from tripwire.state.manager import StateManager
     from tripwire.streams.decision_path import DecisionPath
-    from tripwire.streams.records import InRecord
-    from tripwire.streams.state import StateManager
 
     ev = next(normal_card_payments(1, 1_790_000_000_000, 1))
     f = tmp_path / "ref.jsonl"

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
-from tripwire.streams.decider import DECISION_SCHEMA
+from tripwire.controls.decider import DECISION_SCHEMA
+from tripwire.schemas.records import InRecord
+from tripwire.state.manager import StateManager
 from tripwire.streams.decision_path import DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
 
 PATH = DecisionPath.default()
 T0 = 1_790_000_000_000

@@ -11,13 +11,14 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
+from tripwire.controls.decider import DECISIONS_STORE, Decider
 from tripwire.features.engine import FeatureLibrary
+from tripwire.features.kinds import EVENT_KINDS
 from tripwire.features.library import DEFAULT_FEATURES
-from tripwire.streams.compact import DICTIONARY_PREFIX, CompactionError, Compactor
-from tripwire.streams.decider import DECISIONS_STORE, Decider
-from tripwire.streams.decision_path import EVENT_KINDS, DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager, StateView
+from tripwire.schemas.records import InRecord
+from tripwire.state.compact import DICTIONARY_PREFIX, CompactionError, Compactor
+from tripwire.state.manager import StateManager, StateView
+from tripwire.streams.decision_path import DecisionPath
 
 PATH = DecisionPath.default()
 T0 = 1_790_000_000_000

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tripwire.controls.engine import Control, ControlError, ControlSet
+from tripwire.controls.engine import Control, ControlSet
 from tripwire.controls.isolate import check_apart
+from tripwire.controls.results import ControlError
 
 QUIET = "def detect(event, features):\n    return None\n"
 HANGS = ("def spin():\n    n = 0\n    for i in range(100000):\n        for j in range(100000):\n"

@@ -14,7 +14,7 @@ from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import Control, ControlSet
 from tripwire.controls.supervisor import ControlProcess
 from tripwire.features.engine import FeatureLibrary
-from tripwire.streams.intake import EVENT_KINDS
+from tripwire.features.kinds import EVENT_KINDS
 
 WHEN = 'def detect(event, features):\n    if event["amount_minor"] != {amount}:\n' \
        '        return None\n'

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tripwire.controls.engine import LIBRARY, Control, ControlError, ControlSet
+from tripwire.controls.engine import LIBRARY, Control, ControlSet
+from tripwire.controls.results import ControlError
 
 BASE = '''
 APPLIES_TO = ["CardPayment"]
@@ -164,9 +165,9 @@ def test_controls_test_command(tmp_path) -> None:  # type: ignore[no-untyped-def
 
 def test_shadow_runs_but_never_decides_and_canary_decides_for_a_stable_share() -> None:
     from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+    from tripwire.schemas.records import InRecord
+    from tripwire.state.manager import StateManager
     from tripwire.streams.decision_path import DecisionPath
-    from tripwire.streams.records import InRecord
-    from tripwire.streams.state import StateManager
 
     deny = ('def detect(event, features):\n    return {"signal": "sanctioned_country", '
             '"score": 1, "reason": "x"}\n')

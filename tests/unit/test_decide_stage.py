@@ -10,10 +10,11 @@ import pytest
 
 from tripwire.controls.engine import ControlSet
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.records import InRecord
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.pipeline import FEATURE_FRAGMENTS, DecisionStage, Packer
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
+from tripwire.state.manager import StateManager
+from tripwire.streams.gather import DecisionStage
+from tripwire.streams.hops import FEATURE_FRAGMENTS, Packer
 
 CODEC = AvroCodec(SchemaStore.default())
 T0 = 1_790_000_000_000
@@ -37,7 +38,7 @@ def test_fragments_whose_event_never_comes_are_dropped_after_the_orphan_timeout(
 
     stage.tick(T0 + stage.ORPHAN_MS - 1, state)  # its deadline (set as the batch ended) not due
     assert "CardPayment:lost" in stage.pending
-    with caplog.at_level(logging.WARNING, logger="tripwire.streams.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="tripwire.streams.gather"):
         assert stage.tick(T0 + 2 * stage.ORPHAN_MS, state) == []
     assert stage.pending == {} and "its event never arrived" in caplog.text
     assert stage.safe_offsets({GATHER: 1}) == {GATHER: 1}  # nothing held back any more

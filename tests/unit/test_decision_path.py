@@ -7,9 +7,11 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
-from tripwire.streams.decision_path import DECISION_SCHEMA, DEDUP_STORE, DecisionPath
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateManager
+from tripwire.controls.decider import DECISION_SCHEMA
+from tripwire.schemas.records import InRecord, OutRecord
+from tripwire.state.manager import StateManager
+from tripwire.streams.decision_path import DecisionPath
+from tripwire.streams.intake import DEDUP_STORE
 
 PATH = DecisionPath.default()
 T0 = 1_790_000_000_000
@@ -153,7 +155,7 @@ def test_every_control_execution_is_recorded(state: StateManager) -> None:
 
 
 def test_expiry_index_is_rebuilt_from_the_changelog_alone() -> None:
-    from tripwire.streams.intake import Expiring
+    from tripwire.state.expiring import Expiring
 
     first = StateManager("p", ["s"])
     view = first.view("t", 0)

@@ -15,7 +15,7 @@ from tripwire.features import window
 from tripwire.features.engine import load_state, state_records
 from tripwire.features.spec import FeatureSpec, parse_duration
 from tripwire.features.window import Column, update
-from tripwire.streams.state import MemoryStore
+from tripwire.state.memory import MemoryStore
 
 SPECS = [
     FeatureSpec("n_1m", "card", "count", "1m", allowed_lateness="30s"),

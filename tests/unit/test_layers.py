@@ -1,10 +1,11 @@
 """Imports run one way (issue 20): the pure core (schemas, then features, then
-controls) imports nothing above it; the Kafka clients and control sources
-(``connectors.kafka``, ``.events``, ``.control_sources``) sit below the stream
-wiring; the stream wiring below the edge connectors (SDK, HTTP ingest,
-reports, files, the simulator); the command line and the demo on top. Every
-import of a ``tripwire`` module, at module level or inside a function, is read
-from the source and checked; a new arrow running back fails here."""
+state, then controls) imports nothing above it; the Kafka clients and control
+sources (``connectors.kafka``, ``.events``, ``.control_sources``) sit below the
+stream wiring; the stream wiring below the edge connectors (SDK, HTTP ingest,
+reports, files, the simulator); the command line and the demo (``app/``, the
+package root) on top. Every import of a ``tripwire`` module, at module level or
+inside a function, is read from the source and checked; a new arrow running
+back fails here."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"core": "tripwire", "schemas": "tripwire.schemas", "features": "tripwire.features",
+FOLDERS = {"app": "tripwire", "state": "tripwire.state", "schemas": "tripwire.schemas",
+           "features": "tripwire.features",
            "controls": "tripwire.controls", "connectors": "tripwire.connectors",
            "streams": "tripwire.streams"}
 
-CORE = ("tripwire.schemas", "tripwire.features", "tripwire.controls")
+CORE = ("tripwire.schemas", "tripwire.features", "tripwire.state", "tripwire.controls")
 CLIENTS = ("tripwire.connectors.kafka", "tripwire.connectors.events",
            "tripwire.connectors.control_sources")
 LEAVES = ("tripwire.config", "tripwire.errors")  # settings and errors: anyone may read them
@@ -25,6 +27,7 @@ LEAVES = ("tripwire.config", "tripwire.errors")  # settings and errors: anyone m
 MAY = {
     "tripwire.schemas": ("tripwire.schemas",),
     "tripwire.features": ("tripwire.schemas", "tripwire.features"),
+    "tripwire.state": ("tripwire.schemas", "tripwire.state"),
     "tripwire.controls": CORE,
     **{c: (*CORE, *CLIENTS) for c in CLIENTS},
     "tripwire.streams": (*CORE, *CLIENTS, "tripwire.streams", *LEAVES),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from tripwire.streams.loop import _resuming
+from tripwire.streams.txn import _resuming
 
 
 def _failing(errors: list[KafkaError]) -> tuple[list[int], Callable[[], None]]:

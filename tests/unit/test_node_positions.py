@@ -10,16 +10,12 @@ from typing import Any
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.records import InRecord, OutRecord
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.pipeline import (
-    ALIVE,
-    FEATURE_REQUESTS,
-    FeatureStage,
-    IntakeStage,
-    unpack,
-)
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateManager
+from tripwire.state.manager import StateManager
+from tripwire.streams.hops import ALIVE, FEATURE_REQUESTS, unpack
+from tripwire.streams.intake import IntakeStage
+from tripwire.streams.nodes import FeatureStage
 
 CODEC = AvroCodec(SchemaStore.default())
 LIBRARY = FeatureLibrary()

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.records import partition_for
 from tripwire.schemas.registry import SchemaStore
-from tripwire.streams.pipeline import FEATURE_FRAGMENTS, MAX_BYTES, Packer, unpack
-from tripwire.streams.records import partition_for
+from tripwire.streams.hops import FEATURE_FRAGMENTS, MAX_BYTES, Packer, unpack
 
 CODEC = AvroCodec(SchemaStore.default())
 

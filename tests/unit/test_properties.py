@@ -17,9 +17,9 @@ from tripwire.connectors.simulator import (
     normal_card_payments,
 )
 from tripwire.schemas.codec import EncodeError
+from tripwire.schemas.records import InRecord
+from tripwire.state.manager import StateManager
 from tripwire.streams.decision_path import DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
 
 PATH = DecisionPath.default()
 T0 = 1_790_000_000_000

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tripwire.streams.state import StateManager
+from tripwire.state.manager import StateManager
 
 TP = ("t", 0)
 STORE = "counts"

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
+from tripwire.controls.deferred import DeferredRunner
 from tripwire.controls.engine import Control, ControlSet
 from tripwire.controls.sandbox import Sandbox
+from tripwire.schemas.records import InRecord, OutRecord
+from tripwire.state.manager import StateManager
 from tripwire.streams.decision_path import DecisionPath
-from tripwire.streams.deferred import DeferredRunner
-from tripwire.streams.records import InRecord, OutRecord
-from tripwire.streams.state import StateManager
 
 HOG = Control.compile("hog", '''TIER = 2
 ON_ERROR = "MANUAL_REVIEW"

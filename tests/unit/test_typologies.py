@@ -8,10 +8,10 @@ import uuid
 from typing import Any
 
 from tripwire.connectors.simulator import normal_card_payments
+from tripwire.schemas.records import InRecord
 from tripwire.schemas.validate import ValidationPolicy, Validator
+from tripwire.state.manager import StateManager
 from tripwire.streams.decision_path import DecisionPath
-from tripwire.streams.records import InRecord
-from tripwire.streams.state import StateManager
 
 _BASE = DecisionPath.default()
 # replayed history: events of any age are valid here (as in a backtest)

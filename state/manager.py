@@ -14,175 +14,26 @@ derived from parameters:
 
     changelog topic = <namespace>tripwire.<processor>.<store>.<input topic>.changelog
 
->>> mem = MemoryStore()
->>> mem.put(b"k", b"v"); mem.get(b"k")
-b'v'
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from tripwire.streams.records import TP
+from tripwire.schemas.records import TP
+from tripwire.state.cache import DecodedCache, Load, Records
+from tripwire.state.memory import KeyValueStore, MemoryStore
+from tripwire.state.rocks import RocksStore
 
-__all__ = [
-    "DecodedCache",
-    "KeyValueStore",
-    "MemoryStore",
-    "OneLogState",
-    "RocksStore",
-    "StateManager",
-    "StateView",
-    "changelog_topic",
-]
+__all__ = ["OneLogState", "StateManager", "StateView", "changelog_topic"]
 
 logger = logging.getLogger(__name__)
-
-
-class KeyValueStore(Protocol):
-    def get(self, key: bytes) -> bytes | None: ...
-    def put(self, key: bytes, value: bytes) -> None: ...
-    def delete(self, key: bytes) -> None: ...
-    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
-    def put_many(self, items: list[tuple[bytes, bytes | None]]) -> None: ...
-    def close(self) -> None: ...
-
-
-class MemoryStore:
-    """A dict; for tests, backtests and small state."""
-
-    def __init__(self) -> None:
-        self._d: dict[bytes, bytes] = {}
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._d.get(key)
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self._d[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self._d.pop(key, None)
-
-    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        for k in sorted(self._d):
-            if k.startswith(prefix):
-                yield k, self._d[k]
-
-    def put_many(self, items: list[tuple[bytes, bytes | None]]) -> None:
-        for k, v in items:  # None: a delete
-            if v is None:
-                self._d.pop(k, None)
-            else:
-                self._d[k] = v
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def close(self) -> None:
-        pass
-
-
-class RocksStore:
-    """A RocksDB store (rocksdict) in raw bytes mode.
-
-    Writes are buffered and applied in one RocksDB WriteBatch by :meth:`flush`
-    (the loop calls it once per commit; it also happens when the buffer is large,
-    before a scan and on close); reads see the buffered writes.
-    """
-
-    MAX_BUFFERED = 20_000
-    # Bloom filter bits per key in every table file (as Kafka Streams' stores have):
-    # most lookups miss — a new event in the dedup store, a new identity in the
-    # decision memory — and a miss then skips the files instead of reading a
-    # block of each (`bench state`: ~0.4 against ~4 µs per miss in page cache,
-    # a disk read each when not). 0: none.
-    BLOOM_BITS = 10
-
-    def __init__(self, path: Path, bloom_bits: int = BLOOM_BITS) -> None:
-        from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
-
-        path.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        options = Options(raw_mode=True)
-        if bloom_bits:
-            table = BlockBasedOptions()
-            table.set_bloom_filter(bloom_bits, False)  # full filters, not per block
-            options.set_block_based_table_factory(table)
-        self._db = Rdict(str(path), options)
-        # No write-ahead log: the changelog topic is the durable log. A copy not
-        # closed cleanly is wiped and restored from it; a clean close flushes first.
-        no_wal = WriteOptions()
-        no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # a property at run time
-        self._db.set_write_options(no_wal)
-        self._buffer: dict[bytes, bytes | None] = {}  # None: a delete
-
-    @property
-    def buffered(self) -> int:
-        """Writes not applied yet."""
-        return len(self._buffer)
-
-    def get(self, key: bytes) -> bytes | None:
-        if key in self._buffer:
-            return self._buffer[key]
-        value: bytes | None = self._db.get(key)
-        return value
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self._buffer[key] = value
-        if len(self._buffer) >= self.MAX_BUFFERED:
-            self.flush()
-
-    def delete(self, key: bytes) -> None:
-        self._buffer[key] = None
-        if len(self._buffer) >= self.MAX_BUFFERED:
-            self.flush()
-
-    def put_many(self, items: list[tuple[bytes, bytes | None]]) -> None:
-        self._buffer.update(items)
-        if len(self._buffer) >= self.MAX_BUFFERED:
-            self.flush()
-
-    def flush(self) -> None:
-        """Apply the buffered writes in one RocksDB write."""
-        if not self._buffer:
-            return
-        from rocksdict import WriteBatch
-
-        batch = WriteBatch(raw_mode=True)
-        for k, v in self._buffer.items():
-            if v is None:
-                batch.delete(k)
-            else:
-                batch.put(k, v)
-        self._db.write(batch)
-        self._buffer.clear()
-
-    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        self.flush()
-        it = self._db.iter()
-        it.seek(prefix)
-        while it.valid():
-            k = it.key()
-            if not k.startswith(prefix):
-                break
-            yield k, it.value()
-            it.next()
-
-    def drop_buffer(self) -> None:
-        """Forget writes not yet applied (their batch was aborted)."""
-        self._buffer.clear()
-
-    def close(self) -> None:
-        self.flush()
-        self._db.flush(True)  # memtables to disk: nothing lives only in memory
-        self._db.close()
 
 
 def changelog_topic(namespace: str, processor: str, store: str, input_topic: str) -> str:
@@ -227,12 +78,6 @@ class StateView:
 
     def items(self, store: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         return self._m.store(store, self._tp).items(prefix)
-
-
-# (key, its stored value or None, a scan of the store by prefix) -> decoded value
-Load = Callable[[bytes, bytes | None, Callable[[bytes], Iterator[tuple[bytes, bytes]]]], Any]
-# (key, decoded value) -> the records to write (None: delete)
-Records = Callable[[bytes, Any], list[tuple[bytes, bytes | None]]]
 
 
 class StateManager:
@@ -404,68 +249,3 @@ class OneLogState(StateManager):
 
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, *self.LOG)
-
-
-class DecodedCache:
-    """Decoded values of one store, cached per (partition, key) and written back
-    once per batch (or per commit): a hot key is decoded once and encoded once per
-    batch, not per event. Processors call :meth:`StateManager.batch_done` at the
-    end of every batch; :meth:`drop` runs when partitions are revoked or a
-    transaction aborts."""
-
-    def __init__(self, store: str, decode: Callable[[bytes | None], Any],
-                 encode: Callable[[Any], bytes], max_keys: int = 100_000,
-                 load: Load | None = None, records: Records | None = None) -> None:
-        self.store, self.decode, self.encode, self.max_keys = store, decode, encode, max_keys
-        # a value kept in several records (a hot key's pages): how to read it from
-        # the store, and which records to write for it
-        self.load: Load = load or (lambda key, data, scan: decode(data))
-        self.records: Records = records or (lambda key, value: [(key, encode(value))])
-        self._cache: dict[tuple[TP, bytes], Any] = {}  # used longest ago first
-        self._dirty: set[tuple[TP, bytes]] = set()
-        # keys written back since the last full flush: changed again, they wait for it
-        self._settled: set[tuple[TP, bytes]] = set()
-
-    def get(self, state: StateManager, tp: TP, key: bytes) -> Any:
-        """The decoded value, marked dirty: the caller may change it in place."""
-        k = (tp, key)
-        cache = self._cache
-        value = cache.pop(k, None)
-        if value is not None:
-            cache[k] = value  # used last: forgotten last (a hot key is never reloaded)
-        else:
-            store = state.store(self.store, tp)
-            value = self._cache[k] = self.load(key, store.get(key), store.items)
-        self._dirty.add(k)
-        return value
-
-    def flush(self, state: StateManager, full: bool = True) -> None:
-        """Write changed values back. ``full`` False (after a batch, between commits):
-        only keys not written back since the last full flush, so the work of a
-        commit is spread over its batches while a hot key is still encoded about
-        once per commit; the full flush (before a commit) writes the rest."""
-        settled = self._settled
-        keys = self._dirty if full else [k for k in self._dirty if k not in settled]
-        by_tp: dict[TP, list[tuple[bytes, bytes | None]]] = {}
-        cache, records = self._cache, self.records
-        for k in keys:
-            by_tp.setdefault(k[0], []).extend(records(k[1], cache[k]))
-        for tp, items in by_tp.items():
-            state.put_many(self.store, tp, items)
-        if not full:
-            settled.update(keys)
-            self._dirty.difference_update(keys)
-            return
-        self._dirty.clear()
-        settled.clear()
-        excess = len(self._cache) - self.max_keys
-        if excess > 0:  # forget the keys used longest ago (state is in the store)
-            for k in list(itertools.islice(self._cache, excess)):
-                del self._cache[k]
-
-    def drop(self, tps: Iterable[TP]) -> None:
-        gone = set(tps)
-        for k in [k for k in self._cache if k[0] in gone]:
-            del self._cache[k]
-        self._dirty = {k for k in self._dirty if k[0] not in gone}
-        self._settled = {k for k in self._settled if k[0] not in gone}

@@ -13,18 +13,21 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tripwire import __version__
-from tripwire.controls.engine import ControlResult, ControlSet, Verdict
+from tripwire.controls.engine import ControlSet
 from tripwire.controls.plane import AUDIT_SCHEMA, ControlPlane
+from tripwire.controls.results import ControlResult, Verdict
 from tripwire.controls.supervisor import ControlProcess
+from tripwire.features.kinds import EVENT_KINDS, EventKind
 from tripwire.schemas.codec import AvroCodec
-from tripwire.streams.compact import Compactor
-from tripwire.streams.intake import DAY_MS, EVENT_KINDS, EventKind, Expiring
-from tripwire.streams.records import OutRecord
-from tripwire.streams.state import StateView
+from tripwire.schemas.records import OutRecord
+from tripwire.schemas.validate import DAY_MS
+from tripwire.state.compact import Compactor
+from tripwire.state.expiring import Expiring
+from tripwire.state.manager import StateView
 
 if TYPE_CHECKING:
-    from tripwire.connectors.control_sources import ReleaseSource
-    from tripwire.streams.deferred import DeferredRunner
+    from tripwire.controls.deferred import DeferredRunner
+    from tripwire.controls.plane import ReleaseSource
 
 __all__ = ["DECISIONS_STORE", "DECISION_SCHEMA", "ENGINE_VERSION", "Decider",
            "memory_dictionary"]
@@ -42,7 +45,7 @@ def memory_dictionary(codec: AvroCodec, provenance: Mapping[str, str],
     """What most of every remembered decision repeats: one decision of each event
     type carrying every feature name, its provenance and the control versions
     (the compression dictionary of the decision memory, see
-    :mod:`tripwire.streams.compact`). The same inputs give the same bytes."""
+    :mod:`tripwire.state.compact`). The same inputs give the same bytes."""
     return b"".join(codec.encode(DECISION_SCHEMA, {
         "decision_id": "0" * 32, "event_id": "", "event_type": schema, "entity_key": "",
         "event_time": 0, "decided_at": 0, "outcome": "ALLOW", "actions": [], "rule_hits": [],
@@ -212,7 +215,7 @@ class Decider:
         content, when known), and return the decision output."""
         encoded = self.codec.encode(DECISION_SCHEMA, decision)
         packed = self.compactor.pack(view, encoded)
-        if tag:  # a packed value never starts with "#" (tripwire.streams.compact)
+        if tag:  # a packed value never starts with "#" (tripwire.state.compact)
             packed = b"#" + tag.encode() + b"#" + packed
         self.memory.put(view, identity.encode(), packed, decision["event_time"] + self.ttl_ms)
         return OutRecord("decisions", decision["entity_key"].encode(), encoded)

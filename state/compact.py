@@ -15,7 +15,7 @@ every value back. A value that does not start with ``Z`` was stored before
 compaction and is returned as it is (an encoded record starts with ``0xC3`` or
 ``0x00``).
 
->>> from tripwire.streams.state import StateManager
+>>> from tripwire.state.manager import StateManager
 >>> m = StateManager("doc", ["s"])
 >>> m.open_partition(("t", 0)) and None
 >>> view = m.view("t", 0)
@@ -36,7 +36,7 @@ from typing import Any
 
 import zstandard
 
-from tripwire.streams.state import StateView
+from tripwire.state.manager import StateView
 
 __all__ = ["DICTIONARY_PREFIX", "MARK", "CompactionError", "Compactor"]
 

@@ -18,9 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tripwire.controls.engine import Control, ControlResult, ControlSet
+from tripwire.controls.engine import Control, ControlSet
+from tripwire.controls.results import ControlResult
 from tripwire.controls.sandbox import DEFAULT_MEMORY_MB, Sandbox
-from tripwire.streams.records import OutRecord
+from tripwire.schemas.records import OutRecord
 
 __all__ = ["DeferredRunner"]
 

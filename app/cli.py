@@ -115,7 +115,8 @@ app.add_typer(run_app, name="run")
 def _controls_and_sources(directory: Path | None, follow_topic: bool, bootstrap: str,
                           ns: str, codec: Any) -> tuple[Any, list[Any]]:
     from tripwire.connectors.control_sources import DirectorySource, TopicSource
-    from tripwire.controls.engine import LIBRARY, ControlError, ControlSet
+    from tripwire.controls.engine import LIBRARY, ControlSet
+    from tripwire.controls.results import ControlError
     from tripwire.streams.topics import topic
 
     try:
@@ -138,7 +139,7 @@ def run_stage(
         "list; each must be in TRIPWIRE_NODES_APART, which the intake routes by)"),
     node_timeout_ms: int | None = typer.Option(
         None, help="decide: wait this long (ms) for a feature node before deciding without "
-        "it, its error recorded [default: tripwire.streams.pipeline.NODE_TIMEOUT_MS]"),
+        "it, its error recorded [default: tripwire.streams.hops.NODE_TIMEOUT_MS]"),
     controls_dir: Path | None = typer.Option(
         None, "--controls-dir", help="decide: load the controls from this folder and reload "
         "them when its files change (default: the shipped library)"),
@@ -168,16 +169,8 @@ def run_stage(
     from tripwire.features.batch import BatchTable
     from tripwire.features.engine import FeatureLibrary
     from tripwire.schemas.codec import AvroCodec
-    from tripwire.streams.loop import tune_gc
-    from tripwire.streams.pipeline import NODE_TIMEOUT_MS, DecisionStage
-    from tripwire.streams.runner import (
-        STAGES,
-        Pipeline,
-        attach_deferred,
-        combined_loop,
-        processors_of,
-        stage_loop,
-    )
+    from tripwire.streams.hops import NODE_TIMEOUT_MS
+    from tripwire.streams.runner import STAGES, Pipeline
 
     settings = Settings()
     wanted = list(STAGES) if stages == ["all"] else stages
@@ -196,31 +189,21 @@ def run_stage(
             "intake sends every entity not in TRIPWIRE_NODES_APART "
             f"(now {','.join(sorted(apart)) or 'empty'}) to the shared feature topic")
     bootstrap, ns = _bootstrap(settings), settings.topic_namespace
-    library = FeatureLibrary()
     codec = AvroCodec.from_url(settings.schema_registry_url)
     controls, sources = _controls_and_sources(controls_dir, follow_topic and "decide" in wanted,
                                               bootstrap, ns, codec)
-    common: dict[str, Any] = dict(
-        codec=codec, controls=controls, library=library, sources=sources,
-        state_dir=settings.state_dir / "stores" / (ns or "default"),
-        batch_size=settings.batch_size, node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None
-        else node_timeout_ms,
+    pipeline = Pipeline.build(
+        bootstrap, ns, codec=codec, controls=controls, library=FeatureLibrary(),
+        state_dir=settings.state_dir / "stores" / (ns or "default"), stages=wanted,
+        one_loop=one_loop, entities=nodes, sources=sources, batch_size=settings.batch_size,
+        node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None else node_timeout_ms,
         commit_interval_ms=settings.commit_interval(), eager=settings.delivery == "eager",
         eager_hops=settings.hops == "eager", apart=apart,
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
-        if settings.batch_table else None)
-    loops = {"all": combined_loop(bootstrap, ns, **common)} if one_loop else {
-        s: stage_loop(s, bootstrap, ns, entities=nodes if s == "features" else None, **common)
-        for s in wanted}
-    deciding = [p.decider for loop in loops.values() for p in processors_of(loop.processor)
-                if isinstance(p, DecisionStage)]
-    deferred = [attach_deferred(d, bootstrap, ns, codec) for d in deciding]  # tier 2
-    if settings.controls_isolated:  # tiers 0 and 1: a crashing control costs itself
-        for d in deciding:
-            d.isolate(settings.controls_memory_mb)
-    tune_gc()
+        if settings.batch_table else None,
+        isolate_mb=settings.controls_memory_mb if settings.controls_isolated else None,
+        tune=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
-    pipeline = Pipeline.start(loops)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.stop_event.set())
     if stopping.is_set():
@@ -229,15 +212,13 @@ def run_stage(
                       f"{bootstrap} (namespace {ns!r})")
     while any(t.is_alive() for t in pipeline.threads):
         pipeline.stop_event.wait(5)
-        for name, loop in loops.items():
+        for name, loop in pipeline.loops.items():
             st = loop.stats
             err_console.print(f"[dim]{name}: {st.consumed} in, "
                               f"{sum(st.produced.values())} out, {st.aborted} aborted[/dim]")
         if pipeline.stop_event.is_set():
             break
     pipeline.stop()
-    for runner in deferred:
-        runner.close()
     if pipeline.errors:
         raise TripwireError("stage(s) failed: " + "; ".join(
             f"{name}: {type(exc).__name__}: {exc}" for name, exc in pipeline.errors.items()))
@@ -298,7 +279,7 @@ def _backtest_records(events: str, codec: Any) -> tuple[list[Any], list[tuple[in
 
     if events.startswith("topic:"):
         from tripwire.connectors.events import read_to_end
-        from tripwire.streams.records import InRecord
+        from tripwire.schemas.records import InRecord
 
         bootstrap = _bootstrap(Settings())
         recs = []
@@ -341,7 +322,8 @@ def backtest(
     from rich.table import Table
 
     from tripwire.connectors.report import read_labels, write_html
-    from tripwire.controls.engine import LIBRARY, ControlError, ControlSet
+    from tripwire.controls.engine import LIBRARY, ControlSet
+    from tripwire.controls.results import ControlError
     from tripwire.schemas.codec import AvroCodec
     from tripwire.streams.backtest import backtest as run_backtest
 
@@ -452,7 +434,8 @@ def controls_publish(
 ) -> None:
     """Release controls to every running worker. Each file is compiled and its
     examples run first: a broken one is refused here with the reason."""
-    from tripwire.controls.engine import Control, ControlError
+    from tripwire.controls.engine import Control
+    from tripwire.controls.results import ControlError
 
     items: list[tuple[str, str | None]] = []
     for path in paths:
@@ -498,7 +481,8 @@ def controls_test(
     """Compile every control and run its own EXAMPLES; exit 1 on any failure."""
     from rich.table import Table
 
-    from tripwire.controls.engine import LIBRARY, ControlError, ControlSet
+    from tripwire.controls.engine import LIBRARY, ControlSet
+    from tripwire.controls.results import ControlError
 
     try:
         controls = ControlSet.from_dir(directory or LIBRARY)

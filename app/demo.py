@@ -59,7 +59,9 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         with tempfile.TemporaryDirectory(prefix="tripwire-demo-") as state_dir:
             pipeline = Pipeline.build(cluster.bootstrap, ns, codec=codec,
                                       controls=ControlSet.from_dir(), library=library,
-                                      state_dir=Path(state_dir))
+                                      state_dir=Path(state_dir),
+                                      isolate_mb=settings.controls_memory_mb
+                                      if settings.controls_isolated else None)
             try:
                 pipeline.wait_assigned()
                 console.print("Pipeline running, every stage in one loop: intake → feature nodes "

@@ -1,0 +1,70 @@
+"""What running controls gives: each control's result, the network's verdict,
+a failed example; and the outcomes, least to most severe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["OUTCOMES", "ControlError", "ControlResult", "ExampleFailure", "Verdict",
+           "most_severe"]
+
+OUTCOMES = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")  # least to most severe
+_SEVERITY = {o: i for i, o in enumerate(OUTCOMES)}
+
+
+class ControlError(ValueError):
+    """A control could not be compiled or loaded."""
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    control_id: str
+    version: str
+    outcome: str | None
+    reason: str = ""
+    actions: tuple[str, ...] = ()
+    score: float = 0.0
+    error: str | None = None
+    duration_us: int = 0
+    mode: str = "ACTIVE"
+    applied: bool = True  # False: shadow, or canary outside its share; never changes outcome
+    stage: str = "DETECTOR"
+    signal: str | None = None  # a detector's finding; None: nothing seen
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # what the control was given
+    inputs_json: str | None = None  # ... as the JSON it was called with (None: not called)
+
+    @property
+    def fired(self) -> bool:
+        return self.signal is not None or self.outcome is not None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The network's answer for one event, with every control's result in run order."""
+
+    outcome: str
+    actions: tuple[str, ...]
+    reason: str
+    results: list[ControlResult]
+
+
+@dataclass(frozen=True)
+class ExampleFailure:
+    control_id: str
+    index: int
+    expected: str | None
+    got: str | None
+    error: str | None
+
+
+def most_severe(proposals: Iterable[ControlResult]) -> tuple[str, tuple[str, ...], str]:
+    """The fallback selection: the most severe outcome, every proposed action."""
+    chosen = list(proposals)
+    outcome = max((p.outcome for p in chosen if p.outcome), key=_SEVERITY.__getitem__,
+                  default="ALLOW")
+    actions: list[str] = []
+    for p in chosen:
+        actions.extend(a for a in p.actions if a not in actions)
+    return outcome, tuple(actions), "; ".join(p.reason for p in chosen if p.reason)
