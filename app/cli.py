@@ -12,8 +12,10 @@ import typer
 from rich.console import Console
 
 from tripwire.broker import LocalBroker
+from tripwire.cases import cases_app
 from tripwire.config import Settings
 from tripwire.errors import TripwireError
+from tripwire.outcomes import actions_app, alerts_app, audit_app, sink_app
 
 __all__ = ["app", "main"]
 
@@ -24,6 +26,11 @@ broker_app = typer.Typer(help="The local Apache Kafka broker (no Docker needed).
 topics_app = typer.Typer(help="The declared topics.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(actions_app, name="actions")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(sink_app, name="sink")
+app.add_typer(cases_app, name="cases")
+app.add_typer(audit_app, name="audit")
 
 # Wide enough for the decision tables when output is a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -129,11 +136,21 @@ def _controls_and_sources(directory: Path | None, follow_topic: bool, bootstrap:
     return controls, sources
 
 
+def _action_policy(settings: Settings) -> Any:
+    from tripwire.controls.actions import ActionPolicy
+
+    try:
+        return ActionPolicy.load(settings.action_policy)
+    except ValueError as exc:
+        raise TripwireError(str(exc)) from exc
+
+
 @run_app.command("stage")
 def run_stage(
     stages: list[str] = typer.Argument(
-        ..., help="intake, features, decide, or all (every stage in one loop unless "
-        "--loop-per-stage; several stages named run as threads of one process)"),
+        ..., help="intake, features, decide, applier, or all (the decision path in one loop "
+        "unless --loop-per-stage, and the applier in another; several stages named run as "
+        "threads of one process)"),
     entities: str = typer.Option(
         "", help="features only: serve these nodes apart, from their own topics (comma "
         "list; each must be in TRIPWIRE_NODES_APART, which the intake routes by)"),
@@ -173,10 +190,11 @@ def run_stage(
     from tripwire.streams.runner import STAGES, Pipeline
 
     settings = Settings()
-    wanted = list(STAGES) if stages == ["all"] else stages
-    unknown = set(wanted) - set(STAGES)
+    names = [*STAGES, "applier"]
+    wanted = names if stages == ["all"] else stages
+    unknown = set(wanted) - set(names)
     if unknown:
-        raise TripwireError(f"unknown stage(s) {sorted(unknown)}; use {', '.join(STAGES)}, all")
+        raise TripwireError(f"unknown stage(s) {sorted(unknown)}; use {', '.join(names)}, all")
     if one_loop and (stages != ["all"] or entities.strip()):
         raise TripwireError("--one-loop runs every stage, every node on the shared topic: use "
                             "`tripwire run stage all`, without --entities")
@@ -194,7 +212,9 @@ def run_stage(
                                               bootstrap, ns, codec)
     pipeline = Pipeline.build(
         bootstrap, ns, codec=codec, controls=controls, library=FeatureLibrary(),
-        state_dir=settings.state_dir / "stores" / (ns or "default"), stages=wanted,
+        state_dir=settings.state_dir / "stores" / (ns or "default"),
+        stages=[s for s in wanted if s in STAGES], applier="applier" in wanted,
+        policy=_action_policy(settings),
         one_loop=one_loop, entities=nodes, sources=sources, batch_size=settings.batch_size,
         node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None else node_timeout_ms,
         commit_interval_ms=settings.commit_interval(), eager=settings.delivery == "eager",
@@ -208,8 +228,11 @@ def run_stage(
         signal.signal(sig, lambda *_: pipeline.stop_event.set())
     if stopping.is_set():
         pipeline.stop_event.set()
-    err_console.print(f"running {', '.join(wanted)}{' in one loop' if one_loop else ''} on "
-                      f"{bootstrap} (namespace {ns!r})")
+    deciding = [s for s in wanted if s in STAGES]
+    what = ", ".join(deciding) + (" in one loop" if one_loop else "")
+    if "applier" in wanted:
+        what = f"{what} and the applier" if deciding else "the applier"
+    err_console.print(f"running {what} on {bootstrap} (namespace {ns!r})")
     while any(t.is_alive() for t in pipeline.threads):
         pipeline.stop_event.wait(5)
         for name, loop in pipeline.loops.items():

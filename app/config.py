@@ -111,6 +111,21 @@ class Settings(BaseSettings):
     batch_table: Path | None = Field(
         default=None, description="JSON Lines reference data for the batch feature node.")
     batch_refresh_s: float = Field(default=300.0, gt=0)
+    action_policy: Path | None = Field(
+        default=None, description="TOML: the applier's rate limits and quiet periods "
+        "(tripwire.controls.actions.ActionPolicy); none: no limit, one alert per incident "
+        "an hour.")
+    roles: Path | None = Field(
+        default=None, description="TOML: who may resume, pause, override (tripwire.roles); "
+        "none: everyone may (a first run).")
+    alert_gateway_url: str | None = Field(
+        default=None, description="Where the customer-alert sender POSTs alerts (an SMS or "
+        "push provider's webhook).")
+    alert_stale_minutes: float = Field(default=60.0, gt=0)
+    alert_on_stale: Literal["summarise", "expire", "send"] = "summarise"
+    alert_give_up_minutes: float = Field(
+        default=60.0, gt=0, description="Failed delivery attempts of one alert for this "
+        "long send it to the dead letters.")
 
     @field_validator("nodes_apart")
     @classmethod

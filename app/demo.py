@@ -6,10 +6,11 @@ Runs on its own topic namespace, so repeated runs never see each other's data.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +18,8 @@ from rich.table import Table
 
 from tripwire.broker import acquire_cluster
 from tripwire.config import Settings
-from tripwire.connectors.events import EventProducer, read_topic
+from tripwire.connectors.alert_sender import AlertSender, SenderConfig
+from tripwire.connectors.events import EventProducer, read_to_end, read_topic
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
     FPS_SCHEMA,
@@ -26,6 +28,8 @@ from tripwire.connectors.simulator import (
     magstripe_contactless_attack,
     normal_card_payments,
 )
+from tripwire.connectors.standin_gateway import Gateway
+from tripwire.controls.actions import requests_of
 from tripwire.controls.engine import ControlSet
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
@@ -41,6 +45,7 @@ class DemoResult:
     decisions: int
     outcomes: Counter[str]
     bootstrap: str
+    actions: Counter[str] = field(default_factory=Counter)  # (action status) -> count
 
 
 def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: int = 10,
@@ -56,19 +61,31 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         console.print(f"Topics created under namespace [cyan]{ns}[/cyan]")
         codec = AvroCodec.from_url(settings.schema_registry_url)
         library = FeatureLibrary()
+        gateway = Gateway()  # stands in for the bank's SMS provider
         with tempfile.TemporaryDirectory(prefix="tripwire-demo-") as state_dir:
             pipeline = Pipeline.build(cluster.bootstrap, ns, codec=codec,
                                       controls=ControlSet.from_dir(), library=library,
                                       state_dir=Path(state_dir),
                                       isolate_mb=settings.controls_memory_mb
-                                      if settings.controls_isolated else None)
+                                      if settings.controls_isolated else None, applier=True)
+            sender = AlertSender(cluster.bootstrap, lambda k: topic(k, ns), codec,
+                                 SenderConfig(gateway.url), f"{ns}alert-sender")
+            stop = threading.Event()
+            sending = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+            sending.start()
             try:
                 pipeline.wait_assigned()
                 console.print("Pipeline running, every stage in one loop: intake → feature nodes "
-                              f"({', '.join(library.entities())}) → decide")
-                return _traffic(console, cluster.bootstrap, ns, codec, normal, attack)
+                              f"({', '.join(library.entities())}) → decide; the applier and "
+                              f"the customer-alert sender (SMS gateway stand-in: {gateway.url})")
+                result = _traffic(console, cluster.bootstrap, ns, codec, normal, attack)
+                result.actions = _carried_out(console, cluster.bootstrap, ns, codec, gateway)
+                return result
             finally:
+                stop.set()
+                sending.join(30)
                 pipeline.stop()
+                gateway.close()
     finally:
         cluster.close()
 
@@ -106,6 +123,40 @@ def _traffic(console: Console, bootstrap: str, ns: str, codec: AvroCodec, normal
                   f"original decision) and {len(refused)} quarantined: nothing dropped. "
                   + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     return DemoResult(sent, len(decisions) + len(refused), outcomes, bootstrap)
+
+
+def _carried_out(console: Console, bootstrap: str, ns: str, codec: AvroCodec,
+                 gateway: Gateway, timeout: float = 60.0) -> Counter[str]:
+    """Wait for the applier to carry out every action of every decision, and the
+    sender to deliver each alert; print what was done."""
+    decisions = [codec.decode(m.value())[1] for m in read_to_end(bootstrap,
+                                                                 topic("decisions", ns))]
+    wanted = {r["action_id"] for d in decisions for r in requests_of(d)}
+    deadline = time.monotonic() + timeout
+    while True:
+        done = {r["action_id"]: r for r in (codec.decode(m.value())[1] for m in read_to_end(
+            bootstrap, topic("actions", ns)))}
+        alerts = {r["action_id"] for r in done.values()
+                  if r["action"] == "CUSTOMER_ALERT" and r["status"] == "DONE"}
+        if (wanted <= set(done) and alerts <= set(gateway.accepted)) or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    table = Table(title="Actions carried out (tripwire.actions.v1), once each")
+    for col in ("action", "target", "status", "why"):
+        table.add_column(col, no_wrap=col != "why", overflow="fold")
+    colour = {"DONE": "green", "SUPPRESSED": "dim", "RATE_LIMITED": "yellow"}
+    for r in sorted(done.values(), key=lambda r: (r["requested_at"], r["action"])):
+        table.add_row(r["action"], r["target"], f"[{colour.get(r['status'], 'red')}]"
+                      f"{r['status']}[/]", r["detail"] or r["typology"])
+    console.print(table)
+    counts = Counter(f"{r['action']} {r['status']}" for r in done.values())
+    once = set(gateway.accepted.values()) <= {1}
+    console.print(f"{len(done)} of {len(wanted)} actions carried out, "
+                  f"{sum(1 for r in done.values() if r['status'] == 'SUPPRESSED')} suppressed "
+                  f"(already in effect); {len(alerts)} customer alerts, each delivered to the "
+                  f"gateway {'once' if once else 'MORE THAN ONCE'}")
+    return counts
 
 
 def _print_quarantine(console: Console, refused: list[dict]) -> None:

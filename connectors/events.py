@@ -34,13 +34,13 @@ class EventProducer:
         else:
             self.failed.append(str(err))
 
-    def send(self, topic: str, schema: str, record: dict[str, Any], key: str | bytes | None) \
-            -> None:
-        self.send_raw(topic, self.codec.encode(schema, record), key)
+    def send(self, topic: str, schema: str, record: dict[str, Any], key: str | bytes | None,
+             partition: int | None = None) -> None:
+        self.send_raw(topic, self.codec.encode(schema, record), key, partition=partition)
 
     def send_raw(self, topic: str, value: bytes | None, key: str | bytes | None,
-                 on_delivery: Callable[[KafkaError | None, Message], None] | None = None) \
-            -> None:
+                 on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+                 partition: int | None = None) -> None:
         """Publish bytes; ``on_delivery`` is called (after the counts) when Kafka answers."""
         kb = key.encode() if isinstance(key, str) else key
         callback: Callable[[KafkaError | None, Message], None] = self._on_delivery
@@ -49,7 +49,8 @@ class EventProducer:
                 self._on_delivery(err, msg)
                 on_delivery(err, msg)
             callback = both
-        produce_waiting(self._producer, topic, value, kb, on_delivery=callback)
+        produce_waiting(self._producer, topic, value, kb, partition=partition,
+                        on_delivery=callback)
         self._producer.poll(0)
 
     def poll(self, timeout: float = 0) -> None:
@@ -89,12 +90,14 @@ def read_topic(bootstrap: str, topics: Iterable[str], count: int, timeout: float
     return out
 
 
-def read_to_end(bootstrap: str, name: str, timeout: float = 60.0) -> list[Message]:
-    """Every committed message of ``name``, in offset order per partition, read up to
-    the end offsets as they were when called."""
+def read_to_end(bootstrap: str, name: str, timeout: float = 60.0,
+                committed: bool = True) -> list[Message]:
+    """Every committed message of ``name`` (``committed`` False: aborted ones too), in
+    offset order per partition, read up to the end offsets as they were when called."""
     from confluent_kafka import TopicPartition
 
-    c = consumer(bootstrap, f"tripwire-reader-{uuid.uuid4().hex[:8]}")
+    c = consumer(bootstrap, f"tripwire-reader-{uuid.uuid4().hex[:8]}", **(
+        {} if committed else {"isolation.level": "read_uncommitted"}))
     try:
         md = c.list_topics(name, timeout=10).topics[name]
         ends = {}
@@ -117,5 +120,34 @@ def read_to_end(bootstrap: str, name: str, timeout: float = 60.0) -> list[Messag
                     if tp.offset >= ends[tp.partition]:
                         ends.pop(tp.partition, None)
         return out
+    finally:
+        c.close()
+
+
+def audit_tail(bootstrap: str, name: str, codec: AvroCodec, timeout: float = 10.0) -> str:
+    """The hash of the audit trail's last record ("" when empty or unsealed): what a
+    new record chains to (:mod:`tripwire.schemas.audit`). The last few offsets are
+    read: a transaction's commit marker takes an offset too."""
+    from confluent_kafka import TopicPartition
+
+    c = consumer(bootstrap, f"tripwire-audit-tail-{uuid.uuid4().hex[:8]}",
+                 **{"enable.partition.eof": True})
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(name, 0), timeout=timeout)
+        if high <= low:
+            return ""
+        c.assign([TopicPartition(name, 0, max(low, high - 50))])
+        last = ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in c.consume(100, 0.2):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return last
+                    continue
+                if m.value() is not None:
+                    last = str(codec.decode(m.value())[1].get("hash", ""))
+        return last
     finally:
         c.close()

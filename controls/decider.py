@@ -18,6 +18,7 @@ from tripwire.controls.plane import AUDIT_SCHEMA, ControlPlane
 from tripwire.controls.results import ControlResult, Verdict
 from tripwire.controls.supervisor import ControlProcess
 from tripwire.features.kinds import EVENT_KINDS, EventKind
+from tripwire.schemas.audit import sealed
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.records import OutRecord
 from tripwire.schemas.validate import DAY_MS
@@ -118,7 +119,7 @@ class Decider:
                     logger.info("%s %s by %s", audit["action"], rel["control_id"],
                                 rel["author"])
                 out.append(OutRecord("audit", audit["subject"].encode(),
-                                     self.codec.encode(AUDIT_SCHEMA, audit)))
+                                     self.codec.encode(AUDIT_SCHEMA, sealed(audit, ''))))
         if out:
             self._sync()
         return out
@@ -207,6 +208,9 @@ class Decider:
             "engine_version": ENGINE_VERSION,
             "latency_us": max(0, (now_ms - arrived_ms) * 1000),
             "repeat": False,
+            "subjects": kind.subjects(event),
+            "typology": max(((r.score, r.signal) for r in hits
+                             if r.stage == "DETECTOR" and r.signal), default=(0.0, ""))[1],
         }
 
     def emit(self, identity: str, decision: dict[str, Any], view: StateView,

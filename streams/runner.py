@@ -13,6 +13,7 @@ from typing import Any
 
 from tripwire.config import commit_interval_for
 from tripwire.connectors.events import EventProducer
+from tripwire.controls.actions import ActionPolicy
 from tripwire.controls.decider import Decider
 from tripwire.controls.deferred import DeferredRunner
 from tripwire.controls.engine import ControlSet
@@ -27,27 +28,29 @@ from tripwire.streams.gather import DecisionStage
 from tripwire.streams.hops import NODE_TIMEOUT_MS
 from tripwire.streams.loop import BatchLoop, LoopStats, tune_gc
 from tripwire.streams.processor import Processor
-from tripwire.streams.stages import STAGES, Parts, Stage
+from tripwire.streams.stages import OUTCOMES, STAGES, Parts, Stage
 from tripwire.streams.topics import topic
 
-__all__ = ["STAGES", "Combined", "Pipeline", "attach_deferred", "combined_loop",
+__all__ = ["STAGES", "Combined", "Pipeline", "applier_loop", "attach_deferred", "combined_loop",
            "processors_of", "stage_group", "stage_loop", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
 
 def stage_topics(stage: str, namespace: str, library: FeatureLibrary | None = None,
-                 entities: Sequence[str] | None = None) -> list[str]:
+                 entities: Sequence[str] | None = None, outcome: bool = False) -> list[str]:
     """The topics a loop of ``stage`` consumes (``entities``: feature nodes served
-    apart, each from its own topic; none: the shared feature topic)."""
-    return [topic(k, namespace) for k in _stage(stage).inputs(entities or ())]
+    apart, each from its own topic; none: the shared feature topic; ``outcome``:
+    a stage of :data:`~tripwire.streams.stages.OUTCOMES`)."""
+    return [topic(k, namespace) for k in _stage(stage, outcome).inputs(entities or ())]
 
 
-def _stage(name: str) -> Stage:
+def _stage(name: str, outcome: bool = False) -> Stage:
+    table = OUTCOMES if outcome else STAGES
     try:
-        return STAGES[name]
+        return table[name]
     except KeyError:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(table)}") from None
 
 
 def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
@@ -204,6 +207,24 @@ def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                      peer_groups=[stage_group(s, namespace) for s in STAGES])
 
 
+def applier_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
+                 policy: ActionPolicy | None = None, state_dir: Path | None,
+                 batch_size: int = 500, poll_timeout: float = 0.1,
+                 commit_interval_ms: int = 100) -> BatchLoop:
+    """The decisions carried out (:data:`~tripwire.streams.stages.OUTCOMES`): the
+    actions and apply stages in one loop whose outputs all go inside its
+    transactions (exactly once, visible to read-committed readers at the commit)."""
+    parts = Parts(codec, policy=policy or ActionPolicy())
+    processor = Combined([(s.build(parts), stage_topics(name, namespace, outcome=True))
+                          for name, s in OUTCOMES.items()])
+    processor.name = "applier"
+    return BatchLoop(bootstrap, stage_group("applier", namespace), sorted(processor.owners),
+                     processor, namespace=namespace, batch_size=batch_size,
+                     poll_timeout=poll_timeout,
+                     state_dir=None if state_dir is None else state_dir / "applier",
+                     commit_interval_ms=commit_interval_ms, eager=False)
+
+
 def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: AvroCodec,
                     memory_mb: int = DEFAULT_MEMORY_MB) -> DeferredRunner:
     """Run the decider's tier-2 controls off the decision path, writing their
@@ -269,21 +290,25 @@ class Pipeline:
 
     @classmethod
     def build(cls, bootstrap: str, namespace: str, *, codec: AvroCodec, controls: ControlSet,
-              library: FeatureLibrary, state_dir: Path | None, stages: Sequence[str] = (),
+              library: FeatureLibrary, state_dir: Path | None,
+              stages: Sequence[str] | None = None,
               one_loop: bool = True, entities: Sequence[str] | None = None,
               batch_size: int = 500, node_timeout_ms: int = NODE_TIMEOUT_MS,
               batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
               commit_interval_ms: int | None = None, eager: bool = True,
               eager_hops: bool = True, apart: Collection[str] = (),
-              isolate_mb: int | None = DEFAULT_MEMORY_MB, tune: bool = False) -> Pipeline:
-        """``stages`` (default: every one) running in threads of this process, as
+              isolate_mb: int | None = DEFAULT_MEMORY_MB, tune: bool = False,
+              applier: bool = False, policy: ActionPolicy | None = None) -> Pipeline:
+        """``stages`` (None: every one) running in threads of this process, as
         `tripwire run stage` runs them: every stage in one loop (when all run and
         ``one_loop``) or a loop each (``entities``: the feature nodes a features loop
         serves apart). The decide stage's tier-2 controls run off the path, and its
         tiers 0 and 1 in a supervised child with ``isolate_mb`` of memory (None: in
         this process). ``tune``: :func:`~tripwire.streams.loop.tune_gc` once built.
-        The other arguments are :func:`stage_loop`'s."""
-        stages = tuple(stages) or tuple(STAGES)
+        ``applier``: the decisions carried out too, in a loop of their own
+        (:func:`applier_loop`, by ``policy``). The other arguments are
+        :func:`stage_loop`'s."""
+        stages = tuple(STAGES) if stages is None else tuple(stages)
         common: dict[str, Any] = dict(
             codec=codec, controls=controls, library=library, state_dir=state_dir,
             batch_size=batch_size, node_timeout_ms=node_timeout_ms, batch=batch,
@@ -295,6 +320,11 @@ class Pipeline:
             loops = {s: stage_loop(s, bootstrap, namespace, **common,
                                    entities=entities if s == "features" else None)
                      for s in stages}
+        if applier:
+            loops["applier"] = applier_loop(
+                bootstrap, namespace, codec=codec, policy=policy, state_dir=state_dir,
+                batch_size=batch_size, commit_interval_ms=100 if commit_interval_ms is None
+                else commit_interval_ms)
         deciders = [p.decider for loop in loops.values() for p in processors_of(loop.processor)
                     if isinstance(p, DecisionStage)]
         deferred = [attach_deferred(d, bootstrap, namespace, codec) for d in deciders]

@@ -6,10 +6,10 @@ and processor.
 
 The runner (:mod:`tripwire.streams.runner`), the command line, the demo, the
 benchmarks and the backtest build stages from :data:`STAGES` (the live, split
-pipeline) and :data:`PATH` (the same work in one processor: tests, backtests,
-the one-process benchmark). A new stage — the action applier, the monitor — is a
-:class:`~tripwire.streams.processor.Processor` and one entry here; its topics go
-in :mod:`tripwire.streams.topics`.
+pipeline), :data:`PATH` (the same work in one processor: tests, backtests, the
+one-process benchmark) and :data:`OUTCOMES` (the decisions carried out). A new
+stage — the monitor, say — is a :class:`~tripwire.streams.processor.Processor`
+and one entry here; its topics go in :mod:`tripwire.streams.topics`.
 
 >>> list(STAGES)
 ['intake', 'features', 'decide']
@@ -22,12 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from tripwire.controls.actions import ActionPolicy
 from tripwire.controls.engine import ControlSet
 from tripwire.controls.plane import ReleaseSource
 from tripwire.features.batch import BatchTable
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.validate import Validator
+from tripwire.streams.apply import ActionStage, ApplyStage
 from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.gather import DecisionStage
 from tripwire.streams.hops import NODE_TIMEOUT_MS
@@ -36,7 +38,7 @@ from tripwire.streams.nodes import FeatureStage
 from tripwire.streams.processor import Processor
 from tripwire.streams.topics import ANSWERS, INPUTS, node_topic_key
 
-__all__ = ["PATH", "STAGES", "Parts", "Stage"]
+__all__ = ["OUTCOMES", "PATH", "STAGES", "Parts", "Stage"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Parts:
     """What the stages' processors are made of, one set per worker."""
 
     codec: AvroCodec
-    controls: ControlSet
+    controls: ControlSet | None = None  # decide and the one-process path: required
     library: FeatureLibrary = field(default_factory=FeatureLibrary)
     node_timeout_ms: int = NODE_TIMEOUT_MS  # decide: how long a silent node is waited for
     batch: BatchTable | None = None  # batch features (TRIPWIRE_BATCH_TABLE)
@@ -52,6 +54,12 @@ class Parts:
     eager_hops: bool = True  # internal messages sent at once (TRIPWIRE_HOPS)
     apart: Collection[str] = ()  # entities whose requests go to topics of their own
     validator: Validator | None = None  # intake: the default policy unless given
+    policy: ActionPolicy = field(default_factory=ActionPolicy)  # apply: limits, periods
+
+    def network(self) -> ControlSet:
+        if self.controls is None:
+            raise ValueError("deciding needs controls (Parts.controls)")
+        return self.controls
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("decide", "gather each event's fragments, run the controls, decide",
           inputs=lambda nodes: ("gather",),
           outputs=lambda apart: _DECIDE_OUT,
-          build=lambda p: DecisionStage(p.codec, p.controls, p.node_timeout_ms,
+          build=lambda p: DecisionStage(p.codec, p.network(), p.node_timeout_ms,
                                         library=p.library, batch=p.batch,
                                         sources=p.sources)),
 )}
@@ -105,6 +113,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 PATH = Stage("decision-path", "intake, features and decide in one processor",
              inputs=lambda nodes: INPUTS,
              outputs=lambda apart: _DECIDE_OUT,
-             build=lambda p: DecisionPath(p.codec, p.controls, p.validator,
+             build=lambda p: DecisionPath(p.codec, p.network(), p.validator,
                                           features=p.library, batch=p.batch,
                                           sources=p.sources))
+
+# What happens after a decision: its actions carried out (tripwire.streams.apply).
+# They run in a loop of their own, every output inside its transaction.
+OUTCOMES: dict[str, Stage] = {s.name: s for s in (
+    Stage("actions", "each action of each decision as a request, all in one order",
+          inputs=lambda nodes: ("decisions",),
+          outputs=lambda apart: ("action_requests",),
+          build=lambda p: ActionStage(p.codec)),
+    Stage("apply", "carry each request out once: what is in effect, rate limits, resumes",
+          inputs=lambda nodes: ("action_requests",),
+          outputs=lambda apart: ("actions", "customer_alerts", "cases", "ops_alerts",
+                                 "alert_control"),
+          build=lambda p: ApplyStage(p.codec, p.policy)),
+)}

@@ -1,9 +1,16 @@
-"""Small helpers the broker tests share: publishing events to their input topics
-and reading what a group has committed on one."""
+"""Small helpers the broker tests share: publishing events to their input topics,
+reading what a group has committed on one, and worker processes."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -120,3 +127,57 @@ def applied_order(kafka: KafkaCluster, ns: str) -> dict[tuple[str, str], list[tu
     for applied in order.values():
         applied.sort()
     return order
+
+
+class Worker:
+    """One `tripwire run stage STAGE` process (``all`` by default) with a state folder
+    of its own; ``env``: settings of its own."""
+
+    def __init__(self, kafka: KafkaCluster, ns: str, home: Path, stage: str = "all",
+                 **env: str) -> None:
+        self.home = home
+        self.stage = stage
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                    "TRIPWIRE_TOPIC_NAMESPACE": ns, "TRIPWIRE_STATE_DIR": str(home / "state"),
+                    **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = (self.home / f"stderr-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage",
+                                      self.stage],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+                                     stdin=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        shutil.rmtree(self.home / "state", ignore_errors=True)  # its disk is lost with it
+
+    def stop(self, within_s: float) -> tuple[int | None, float]:
+        """SIGTERM; (exit code, seconds taken), None if still running after ``within_s``."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = self.proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            code = None
+            self.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, to its log
+            time.sleep(1)
+            self.proc.kill()
+            self.proc.wait(10)
+        return code, time.monotonic() - started
+
+    def client_errors(self) -> int:
+        """librdkafka's error lines in its logs (repeats are backed off)."""
+        return sum(p.read_text(errors="replace").count("ERROR tripwire.librdkafka")
+                   for p in self.home.glob("stderr-*.log"))
+
+    def stderr(self) -> str:
+        return "".join(p.read_text(errors="replace")[-6000:]
+                       for p in sorted(self.home.glob("stderr-*.log")))

@@ -9,12 +9,7 @@ record timestamps of the input logs."""
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import applied_order, input_order, node_order, publish, send_event
+from helpers import Worker, applied_order, input_order, node_order, publish, send_event
 from oracle import by_prefix_sums, by_time_index
 
 from tripwire.broker import KafkaCluster
@@ -69,55 +64,6 @@ def _poison(kafka: KafkaCluster, ns: str) -> set[tuple[str, bytes]]:
 
 def _identity(kind: str, ev: dict[str, Any]) -> str:
     return f"{kind}:{ev[EVENT_KINDS[f'tripwire.events.{kind}'].identity_field]}"
-
-
-class Worker:
-    """One `tripwire run stage all` process with a state folder of its own."""
-
-    def __init__(self, kafka: KafkaCluster, ns: str, home: Path) -> None:
-        self.home = home
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-                    "TRIPWIRE_TOPIC_NAMESPACE": ns, "TRIPWIRE_STATE_DIR": str(home / "state")}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        self.home.mkdir(parents=True, exist_ok=True)
-        log = (self.home / f"stderr-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-                                     stdin=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        shutil.rmtree(self.home / "state", ignore_errors=True)  # its disk is lost with it
-
-    def stop(self, within_s: float) -> tuple[int | None, float]:
-        """SIGTERM; (exit code, seconds taken), None if still running after ``within_s``."""
-        assert self.proc is not None
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = self.proc.wait(within_s)
-        except subprocess.TimeoutExpired:
-            code = None
-            self.proc.send_signal(signal.SIGUSR1)  # its threads' stacks, to its log
-            time.sleep(1)
-            self.proc.kill()
-            self.proc.wait(10)
-        return code, time.monotonic() - started
-
-    def client_errors(self) -> int:
-        """librdkafka's error lines in its logs (repeats are backed off)."""
-        return sum(p.read_text(errors="replace").count("ERROR tripwire.librdkafka")
-                   for p in self.home.glob("stderr-*.log"))
-
-    def stderr(self) -> str:
-        return "".join(p.read_text(errors="replace")[-6000:]
-                       for p in sorted(self.home.glob("stderr-*.log")))
 
 
 def _decisions_until(kafka: KafkaCluster, ns: str, wanted: int, timeout: float,

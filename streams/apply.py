@@ -1,0 +1,289 @@
+"""Decisions carried out: each action of each decision once, by the action policy.
+
+    decisions ──► actions ──► tripwire.action-requests.v1 ──► apply ──► actions (statuses)
+    (by entity)   (any number     (one partition: one order,     │        customer alerts
+                   of workers)     one owner at a time)          └──────► ops alerts, alert control
+
+* **actions** (:class:`ActionStage`, stateless): every action of a decision
+  becomes a request (:func:`~tripwire.controls.actions.requests_of`), its id
+  derived from the decision, so a decision sent again (the decide stage sends
+  at least once) gives the same requests.
+* **apply** (:class:`ApplyStage`): one partition, so its rate limits count every
+  worker's actions and hold across workers (a partition has one owner at a time);
+  per subject it keeps what is in effect (a blocked card, an open case, the last
+  alert per incident), and the ids of the requests it has applied.
+
+Both run in a loop that commits outputs, state and input offsets in one Kafka
+transaction (``eager=False``): after a crash or a rebalance the inputs since the
+last commit are read again against the state of that commit, and what they gave
+before was never visible to read-committed readers. Each (decision, action)
+therefore has exactly one record on ``tripwire.actions.v1`` with the status it
+ended in (and one customer alert where one was sent), however often decisions
+and requests arrive.
+
+A rate limit that trips holds its actions (``RATE_LIMITED``), in order, in the
+applier's state, and raises an ops alert; ``tripwire actions resume LIMIT``
+writes an audited resume into the request log, where it takes its place in the
+one order, and the held actions are applied then, each once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from tripwire.controls.actions import ACTION_SCHEMA, ActionPolicy, Limit, requests_of
+from tripwire.controls.decider import DECISION_SCHEMA
+from tripwire.controls.plane import AUDIT_SCHEMA
+from tripwire.schemas.codec import AvroCodec, DecodeError
+from tripwire.schemas.records import InRecord, OutRecord
+from tripwire.state.expiring import Expiring
+from tripwire.state.manager import StateManager, StateView
+from tripwire.streams.processor import Processor
+
+__all__ = ["ALERT_SCHEMA", "APPLIER_STORE", "CASE_SCHEMA", "CLOSE_CASE", "OPS_ALERT_SCHEMA",
+           "REQUESTS_PARTITION", "RESUME", "ActionStage", "ApplyStage"]
+
+logger = logging.getLogger(__name__)
+
+ALERT_SCHEMA = "tripwire.alerts.CustomerAlert"
+OPS_ALERT_SCHEMA = "tripwire.ops.OpsAlert"
+APPLIER_STORE = "applier.v1"
+RESUME = "actions.resume"  # the audit action of a resume, also the command's
+CLOSE_CASE = "cases.close"  # ... of a case closed (its subject: the case's target)
+CASE_SCHEMA = "tripwire.cases.Case"
+# every request and command goes to this partition of the request topic (one order,
+# whatever partition count the topic was created with)
+REQUESTS_PARTITION = 0
+_SEQ = struct.Struct(">Q")
+
+
+class ActionStage(Processor):
+    """Decisions → action requests (one per action), all to the one request partition."""
+
+    name = "actions"
+
+    def __init__(self, codec: AvroCodec) -> None:
+        self.codec = codec
+        self.requested = 0
+
+    def process(self, batch: Sequence[InRecord], now_ms: int,
+                state: StateManager) -> list[OutRecord]:
+        out = []
+        for rec in batch:
+            if rec.value is None:
+                continue
+            try:
+                schema, decision = self.codec.decode(rec.value)
+            except DecodeError as exc:  # written by tripwire only: a bug, said loudly
+                logger.error("decisions[%d]@%d: not a decision (%s); skipped", rec.partition,
+                             rec.offset, exc)
+                continue
+            if schema.name != DECISION_SCHEMA:
+                continue
+            for req in requests_of(decision):
+                out.append(OutRecord("action_requests", req["target"].encode(),
+                                     self.codec.encode(ACTION_SCHEMA, req), REQUESTS_PARTITION))
+        self.requested += len(out)
+        return out
+
+
+def _json(raw: bytes | None, default: Any) -> Any:
+    return default if raw is None else orjson.loads(raw)
+
+
+class ApplyStage(Processor):
+    """Action requests (and resume commands) → what was done, once each."""
+
+    name = "apply"
+    stores: tuple[str, ...] = (APPLIER_STORE,)
+
+    def __init__(self, codec: AvroCodec, policy: ActionPolicy | None = None) -> None:
+        self.codec = codec
+        self.policy = policy or ActionPolicy()
+        self.seen = Expiring(APPLIER_STORE)  # action id -> the status it ended in
+        self.replayed = 0  # requests applied before (a decision or request sent again)
+        self._watermark: dict[tuple[str, int], int] = {}
+
+    def process(self, batch: Sequence[InRecord], now_ms: int,
+                state: StateManager) -> list[OutRecord]:
+        out: list[OutRecord] = []
+        views: dict[tuple[str, int], StateView] = {}
+        for rec in batch:
+            if rec.value is None:
+                continue
+            tp = (rec.topic, rec.partition)
+            view = views.get(tp) or views.setdefault(tp, state.view(*tp))
+            try:
+                schema, msg = self.codec.decode(rec.value)
+            except DecodeError as exc:
+                logger.error("action request %s[%d]@%d unreadable (%s); skipped", rec.topic,
+                             rec.partition, rec.offset, exc)
+                continue
+            if schema.name == AUDIT_SCHEMA and msg["action"] == RESUME:
+                out += self._resume(view, msg)
+            elif schema.name == AUDIT_SCHEMA and msg["action"] == CLOSE_CASE:
+                # a case closed: its entity and typology may have a case again
+                view.delete(APPLIER_STORE, f"t:OPEN_CASE|{msg['subject']}".encode())
+            elif schema.name == ACTION_SCHEMA:
+                out += self._request(view, msg)
+                mark = self._watermark.get(tp, 0)
+                self._watermark[tp] = max(mark, msg["requested_at"])
+        for tp, view in views.items():
+            self.seen.expire(view, self._watermark.get(tp, 0) - self.policy.remember_ms)
+        return out
+
+    # -- requests ---------------------------------------------------------------
+    def _request(self, view: StateView, req: dict[str, Any]) -> list[OutRecord]:
+        key = req["action_id"].encode()
+        if self.seen.get(view, key) is not None:
+            self.replayed += 1
+            return []
+        out: list[OutRecord] = []
+        in_effect = self._in_effect(view, req)
+        if in_effect:
+            return self._ended(view, req, "SUPPRESSED", in_effect, out)
+        t = req["requested_at"]
+        limits = self.policy.by_action.get(req["action"], ())
+        counters = []
+        for lim in limits:
+            scope = lim.scope(req)
+            st = self._limit(view, scope)
+            if st["tripped_at"] is None:
+                st["times"] = [x for x in st["times"] if x > t - lim.window_ms]
+                if len(st["times"]) < lim.max:
+                    counters.append((scope, st))
+                    continue
+                st["tripped_at"] = t
+                out.append(self._ops_alert(
+                    f"{scope}@{t}", t, "RATE_LIMIT_TRIPPED", scope,
+                    f"{req['action']}: more than {lim.max} in {lim.window_ms // 60_000} min "
+                    f"({'system-wide' if lim.per == 'system' else 'per ' + lim.per}); this "
+                    f"and later {req['action']} actions are held until `tripwire actions "
+                    f"resume {lim.id}`", {"limit": lim.id, "action_id": req["action_id"]}))
+            return self._hold(view, req, lim, scope, st, out)
+        for scope, st in counters:
+            st["times"].append(t)
+            view.put(APPLIER_STORE, b"l:" + scope.encode(), orjson.dumps(st))
+        return self._carry_out(view, req, "", out)
+
+    def _hold(self, view: StateView, req: dict[str, Any], lim: Limit, scope: str,
+              st: dict[str, Any], out: list[OutRecord]) -> list[OutRecord]:
+        st["seq"] += 1
+        st["held"] += 1
+        view.put(APPLIER_STORE, b"h:" + scope.encode() + b"\0" + _SEQ.pack(st["seq"]),
+                 orjson.dumps(req))
+        view.put(APPLIER_STORE, b"l:" + scope.encode(), orjson.dumps(st))
+        return self._ended(view, req, "RATE_LIMITED",
+                           f"held by limit {lim.id} (tripped at {st['tripped_at']})", out)
+
+    def _limit(self, view: StateView, scope: str) -> dict[str, Any]:
+        return _json(view.get(APPLIER_STORE, b"l:" + scope.encode()),
+                     {"times": [], "tripped_at": None, "held": 0, "seq": 0})
+
+    def _in_effect(self, view: StateView, req: dict[str, Any]) -> str:
+        """Why the request's effect is already in place ("" when it is not)."""
+        action, target = req["action"], req["target"]
+        if action in ("BLOCK_CARD", "OPEN_CASE"):
+            prior = _json(view.get(APPLIER_STORE, f"t:{action}|{target}".encode()), None)
+            if prior is not None:
+                what = "card already blocked" if action == "BLOCK_CARD" else "case already open"
+                return f"{what} (action {prior['action_id']})"
+        elif action == "CUSTOMER_ALERT":
+            prior = _json(view.get(APPLIER_STORE, self._incident(req)), None)
+            if prior is not None and \
+                    req["requested_at"] - prior["at"] < self.policy.alert_quiet_ms:
+                return (f"customer already alerted for this incident "
+                        f"(action {prior['action_id']})")
+        return ""
+
+    @staticmethod
+    def _incident(req: dict[str, Any]) -> bytes:
+        return f"t:CUSTOMER_ALERT|{req['target']}|{req['typology']}".encode()
+
+    def _carry_out(self, view: StateView, req: dict[str, Any], detail: str,
+                   out: list[OutRecord]) -> list[OutRecord]:
+        """Apply the request now (its effect is checked again: a held action may have
+        been overtaken while it waited)."""
+        in_effect = self._in_effect(view, req)
+        if in_effect:
+            return self._ended(view, req, "SUPPRESSED", "; ".join(
+                x for x in (detail, in_effect) if x), out)
+        action, target, t = req["action"], req["target"], req["requested_at"]
+        done = orjson.dumps({"action_id": req["action_id"], "at": t})
+        if action in ("BLOCK_CARD", "OPEN_CASE"):
+            view.put(APPLIER_STORE, f"t:{action}|{target}".encode(), done)
+        elif action == "CUSTOMER_ALERT":
+            view.put(APPLIER_STORE, self._incident(req), done)
+            out.append(OutRecord("customer_alerts", target.encode(), self.codec.encode(
+                ALERT_SCHEMA, {
+                    "alert_id": req["action_id"], "account_id": target,
+                    "decision_id": req["decision_id"], "channel": "SMS",
+                    "template": f"fraud_check.{req['typology'] or 'general'}",
+                    "parameters": {"event_id": req["event_id"], "typology": req["typology"]},
+                    "created_at": t})))
+        if action == "OPEN_CASE":
+            out.append(OutRecord("cases", req["action_id"].encode(), self.codec.encode(
+                CASE_SCHEMA, {
+                    "case_id": req["action_id"], "entity_key": req["entity_key"],
+                    "typology": req["typology"], "target": target, "status": "OPEN",
+                    "opened_at": t, "updated_at": t, "decision_id": req["decision_id"],
+                    "event_id": req["event_id"], "assignee": None, "label": None,
+                    "actor": "applier", "note": ""})))
+        elif action == "PAUSE_CUSTOMER_ALERTS":
+            out.append(OutRecord("alert_control", b"customer_alerts", self.codec.encode(
+                AUDIT_SCHEMA, {
+                    "audit_id": req["action_id"], "at": t, "actor": "applier",
+                    "action": "alerts.pause", "subject": "customer_alerts",
+                    "reason": f"decision {req['decision_id']} ({req['typology']})",
+                    "details_json": "{}"})))
+        return self._ended(view, req, "DONE", detail, out)
+
+    def _ended(self, view: StateView, req: dict[str, Any], status: str, detail: str,
+               out: list[OutRecord]) -> list[OutRecord]:
+        """Record how a request ended (on the actions topic) and remember it."""
+        self.seen.put(view, req["action_id"].encode(), status.encode(),
+                      req["requested_at"] + self.policy.remember_ms)
+        record = {**req, "status": status, "detail": detail or None}
+        out.append(OutRecord("actions", req["target"].encode(),
+                             self.codec.encode(ACTION_SCHEMA, record)))
+        return out
+
+    # -- resume -----------------------------------------------------------------
+    def _resume(self, view: StateView, cmd: dict[str, Any]) -> list[OutRecord]:
+        """Apply every action a tripped limit holds, in order, and reset it. The
+        subject is a limit's id (every scope of it) or one scope."""
+        wanted = cmd["subject"]
+        out: list[OutRecord] = []
+        scopes = sorted({k[2:].decode() for k, _ in view.items(APPLIER_STORE, b"l:")})
+        released = 0
+        for scope in scopes:
+            if scope != wanted and not scope.startswith(wanted + ":"):
+                continue
+            st = self._limit(view, scope)
+            if st["tripped_at"] is None:
+                continue
+            prefix = b"h:" + scope.encode() + b"\0"
+            held = list(view.items(APPLIER_STORE, prefix))  # in order: keys end in seq
+            detail = f"held, then released by {cmd['actor']}: {cmd['reason']}"
+            for key, raw in held:
+                view.delete(APPLIER_STORE, key)
+                self._carry_out(view, orjson.loads(raw), detail, out)
+            released += len(held)
+            view.put(APPLIER_STORE, b"l:" + scope.encode(), orjson.dumps(
+                {"times": [], "tripped_at": None, "held": 0, "seq": st["seq"]}))
+        out.append(self._ops_alert(
+            f"resume:{cmd['audit_id']}", cmd["at"], "RATE_LIMIT_RESUMED", wanted,
+            f"{released} held action(s) applied on resume by {cmd['actor']}: {cmd['reason']}",
+            {"released": released}))
+        return out
+
+    def _ops_alert(self, alert_id: str, at: int, kind: str, subject: str, summary: str,
+                   details: dict[str, Any]) -> OutRecord:
+        return OutRecord("ops_alerts", subject.encode(), self.codec.encode(OPS_ALERT_SCHEMA, {
+            "alert_id": alert_id, "raised_at": at, "kind": kind, "subject": subject,
+            "summary": summary, "details_json": orjson.dumps(details).decode()}))
