@@ -15,7 +15,7 @@ from tripwire.broker import LocalBroker
 from tripwire.cases import cases_app
 from tripwire.config import Settings
 from tripwire.errors import TripwireError
-from tripwire.outcomes import actions_app, alerts_app, audit_app, sink_app
+from tripwire.outcomes import actions_app, alerts_app, audit_app, override, sink_app
 
 __all__ = ["app", "main"]
 
@@ -31,6 +31,7 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(sink_app, name="sink")
 app.add_typer(cases_app, name="cases")
 app.add_typer(audit_app, name="audit")
+app.command("override")(override)
 
 # Wide enough for the decision tables when output is a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -411,20 +412,21 @@ def _release(kind: str, items: list[tuple[str, str | None]], author: str, reason
              refused: str | None = None) -> None:
     """Publish releases to the controls topic, each with a publish audit record;
     ``refused``: publish nothing, audit the refusal (why) and fail."""
-    import getpass
     import socket
 
     import orjson
 
-    from tripwire.connectors.events import EventProducer
+    from tripwire.connectors.events import EventProducer, audit_tail
     from tripwire.controls.plane import AUDIT_SCHEMA, RELEASE_SCHEMA, release
+    from tripwire.roles import current_user
+    from tripwire.schemas.audit import sealed
     from tripwire.schemas.codec import AvroCodec
     from tripwire.streams.topics import topic
 
     settings = Settings()
     bootstrap, ns = _bootstrap(settings), settings.topic_namespace
     codec = AvroCodec.from_url(settings.schema_registry_url)
-    login = getpass.getuser()
+    login = current_user()
     who = author or login
     prod = EventProducer(bootstrap, codec)
     now = int(time.time() * 1000)
@@ -434,13 +436,15 @@ def _release(kind: str, items: list[tuple[str, str | None]], author: str, reason
         if refused is None:
             prod.send(topic("controls", ns), RELEASE_SCHEMA,
                       release(cid, source, who, reason, now, kind), cid)
-        prod.send(topic("audit", ns), AUDIT_SCHEMA, {
+        prod.send(topic("audit", ns), AUDIT_SCHEMA, sealed({
             "audit_id": f"publish:{cid}:{now}", "at": now, "actor": login,
             "action": f"control.publish.{'refuse' if refused else kind.lower()}",
             "subject": cid, "reason": reason,
             "details_json": orjson.dumps({"source": source, "kind": kind, **seen,
                                           **({"error": refused} if refused else {})}
-                                         ).decode()}, cid)
+                                         ).decode()},
+            audit_tail(bootstrap, topic("audit", ns), codec)), cid)
+        prod.flush()  # the next record chains to this one
     sent = prod.flush()
     if refused is not None:
         raise TripwireError(f"refused: {refused} (audited)")
@@ -469,7 +473,74 @@ def controls_publish(
         except ControlError as exc:
             _release("RELEASE", [(path.stem, path.read_text())], author, reason, str(exc))
         items.append((path.stem, path.read_text()))
+    if _propose(items, reason):
+        return
     _release("RELEASE", items, author, reason)
+
+
+def _propose(items: list[tuple[str, str | None]], reason: str) -> bool:
+    """With roles configured, a release needs a second person: propose it (audited)
+    instead of publishing; False when roles are not configured (publish now)."""
+    import hashlib
+
+    from tripwire.outcomes import _Context
+    from tripwire.roles import Roles
+
+    settings = Settings()
+    if not Roles.load(settings.roles).configured:
+        return False
+    ctx = _Context()
+    ids = ",".join(c for c, _ in items)
+    ctx.authorise("controls.activate", ids, reason)
+    for cid, source in items:
+        ctx.audit("controls.propose", cid, reason, source=source,
+                  sha256=hashlib.sha256((source or "").encode()).hexdigest())
+    ctx.producer.flush()
+    console.print(f"proposed {ids} (audited); a second person with the approver role "
+                  f"releases it: tripwire controls approve ID --reason \"...\"")
+    return True
+
+
+@controls_app.command("approve")
+def controls_approve(
+    control_id: str = typer.Argument(..., help="a proposed control's id"),
+    reason: str = typer.Option(..., "--reason", help="why (goes to the audit trail)"),
+) -> None:
+    """Release a proposed control: maker-checker, so not by the person who proposed
+    it (role: approver)."""
+    import orjson
+
+    from tripwire.controls.engine import Control
+    from tripwire.controls.results import ControlError
+    from tripwire.outcomes import _Context
+
+    ctx = _Context()
+    trail = ctx.read("audit")
+    proposals = [a for a in trail if a["action"] == "controls.propose"
+                 and a["subject"] == control_id]
+    if not proposals:
+        raise TripwireError(f"no proposal for {control_id} (tripwire controls publish)")
+    proposal = proposals[-1]
+    if any(a["action"] == "controls.approve" and
+           orjson.loads(a["details_json"]).get("proposal") == proposal["audit_id"]
+           for a in trail):
+        raise TripwireError(f"{control_id}'s latest proposal is already approved")
+    if proposal["actor"] == ctx.user:
+        ctx.audit("controls.approve.refused", control_id, reason, why="maker-checker",
+                  proposal=proposal["audit_id"])
+        ctx.producer.flush()
+        raise TripwireError(f"refused: {ctx.user} proposed {control_id}; a second person "
+                            "approves it (audited)")
+    ctx.authorise("controls.approve", control_id, reason)
+    source = orjson.loads(proposal["details_json"])["source"]
+    try:
+        Control.checked(control_id, source)
+    except ControlError as exc:
+        raise TripwireError(f"the proposal no longer compiles: {exc}") from exc
+    ctx.audit("controls.approve", control_id, reason, proposal=proposal["audit_id"],
+              proposer=proposal["actor"])
+    ctx.producer.flush()
+    _release("RELEASE", [(control_id, source)], proposal["actor"], reason)
 
 
 @controls_app.command("stop")

@@ -21,7 +21,7 @@ from tripwire.config import Settings
 from tripwire.errors import TripwireError
 from tripwire.roles import Roles, current_user
 
-__all__ = ["actions_app", "alerts_app", "audit_app", "sink_app"]
+__all__ = ["actions_app", "alerts_app", "audit_app", "override", "sink_app"]
 
 actions_app = typer.Typer(help="What the applier did; resuming a tripped rate limit.",
                           no_args_is_help=True)
@@ -142,16 +142,18 @@ def actions_status() -> None:
         _print(f"[dim]{a['kind']} {a['subject']}: {a['summary']}[/dim]")
 
 
-def _control(action: str, reason: str) -> None:
-    from tripwire.connectors.alert_sender import CONTROL_KEY
+def _control(action: str, reason: str, key: bytes | None = None) -> None:
+    """Flip a pause switch (customer alerts by default, or a sink's)."""
+    from tripwire.connectors.control_watch import CONTROL_KEY
 
+    key = key or CONTROL_KEY
     ctx = _Context()
-    ctx.authorise(action, "customer_alerts", reason)
-    rec = ctx.audit(action, "customer_alerts", reason)
-    ctx.producer.send(ctx.topic("alert_control"), AUDIT_SCHEMA, rec, CONTROL_KEY)
+    ctx.authorise(action, key.decode(), reason)
+    rec = ctx.audit(action, key.decode(), reason)
+    ctx.producer.send(ctx.topic("alert_control"), AUDIT_SCHEMA, rec, key)
     ctx.producer.flush()
-    _print(f"customer alerts {'paused' if action == 'alerts.pause' else 'resumed'} by "
-           f"{ctx.user} (audited); every sender sees it within a second")
+    _print(f"{key.decode()} {'paused' if action.endswith('.pause') else 'resumed'} by "
+           f"{ctx.user} (audited); every worker honouring it sees it within a second")
 
 
 @alerts_app.command("pause")
@@ -172,7 +174,7 @@ def alerts_status() -> None:
     """Paused or not (by whom, why), alerts waiting, and how alerts ended."""
     from confluent_kafka import TopicPartition
 
-    from tripwire.connectors.alert_sender import CONTROL_KEY, paused_state
+    from tripwire.connectors.control_watch import CONTROL_KEY, paused_state
     from tripwire.connectors.events import read_to_end
     from tripwire.connectors.kafka import consumer
 
@@ -249,7 +251,8 @@ def sink_run(
 ) -> None:
     """Forward every record of a topic until SIGTERM/Ctrl-C, at least once, each with
     its id as the idempotency key; a receiver that is down holds the sink, none is
-    skipped."""
+    skipped (`tripwire sink run actions --webhook URL` is the action executor: each
+    block, hold and undo retried until the bank's system takes it)."""
     from pathlib import Path
 
     from tripwire.connectors.sinks import Sink
@@ -257,8 +260,9 @@ def sink_run(
     ctx = _Context()
     try:
         sink = Sink(ctx.bootstrap, ctx.topic(topic_key), ctx.codec,
-                    group or f"{ctx.ns}tripwire.sink.{topic_key}", webhook=webhook or None,
-                    file=Path(file) if file else None)
+                    _group(group or f"tripwire.sink.{topic_key}"), webhook=webhook or None,
+                    file=Path(file) if file else None,
+                    control_topic=ctx.topic("alert_control"))
     except (KeyError, ValueError) as exc:
         raise TripwireError(str(exc)) from exc
     stats = _until_signalled(sink.run)
@@ -293,3 +297,78 @@ def audit_verify(topic_key: str = typer.Option("audit", "--topic", help="a topic
     if v.problems:
         raise typer.Exit(1)
     _print("[green]the audit trail is intact[/green]")
+
+
+def override(
+    event_id: str = typer.Argument(..., help="the decided event"),
+    to: str = typer.Option(..., "--to", help="the outcome it should have had: ALLOW, "
+                           "STEP_UP, MANUAL_REVIEW or DENY"),
+    reason: str = typer.Option(..., "--reason", help="why (goes to the audit trail)"),
+    actions: str = typer.Option("", help="the actions of the new outcome (comma list, e.g. "
+                                "BLOCK_CARD,CUSTOMER_ALERT); ALLOW undoes the decision's"),
+) -> None:
+    """Overturn a decision (role: analyst or approver): ALLOW undoes what its actions
+    did (a block lifted, funds released; an alert sent stays sent); a stricter
+    outcome carries out the actions given. Sent twice, it is applied once."""
+    import hashlib
+
+    from tripwire.controls.actions import ACTIONS, requests_of
+    from tripwire.controls.results import OUTCOMES
+    from tripwire.streams.apply import OVERRIDE, REQUESTS_PARTITION
+
+    if to not in OUTCOMES:
+        raise TripwireError(f"--to: one of {', '.join(OUTCOMES)}")
+    wanted = [a.strip() for a in actions.split(",") if a.strip()]
+    if set(wanted) - set(ACTIONS):
+        raise TripwireError(f"--actions: unknown {sorted(set(wanted) - set(ACTIONS))}; "
+                            f"actions: {', '.join(ACTIONS)}")
+    if to == "ALLOW" and wanted:
+        raise TripwireError("--to ALLOW carries out no action")
+    ctx = _Context()
+    decisions = [d for d in ctx.read("decisions") if d["event_id"] == event_id]
+    if not decisions:
+        raise TripwireError(f"no decision for event {event_id}")
+    decision = decisions[0]  # repeats carry the first decision
+    ctx.authorise(OVERRIDE, decision["decision_id"], reason)
+    oid = hashlib.sha256(f"{decision['decision_id']}|{to}|{','.join(wanted)}".encode()) \
+        .hexdigest()[:32]
+    details = {
+        "to": to, "from": decision["outcome"], "event_id": event_id,
+        "undo": requests_of(decision) if to == "ALLOW" else [],
+        "do": requests_of({**decision, "decision_id": f"override:{oid}", "actions": wanted}),
+    }
+    rec = ctx.audit(OVERRIDE, decision["decision_id"], reason, override_id=oid, to=to,
+                    actions=",".join(wanted))
+    ctx.producer.send(ctx.topic("action_requests"), AUDIT_SCHEMA, {
+        **rec, "audit_id": oid, "details_json": orjson.dumps(details).decode()},
+        decision["decision_id"], partition=REQUESTS_PARTITION)
+    ctx.producer.flush()
+    _print(f"decision {decision['decision_id']} ({decision['outcome']}) overridden to {to} by "
+           f"{ctx.user} (audited); the applier "
+           + ("undoes its actions" if to == "ALLOW" else f"carries out {', '.join(wanted)}"))
+
+
+@sink_app.command("pause")
+def sink_pause(group: str = typer.Argument(..., help="the sink's group (default: "
+                                           "tripwire.sink.TOPIC)"),
+               reason: str = typer.Option(..., "--reason")) -> None:
+    """Stop a sink sending — a retry loop that misbehaves — holding where it is
+    (role: engineer)."""
+    from tripwire.connectors.control_watch import sink_control_key
+
+    _control("sink.pause", reason, sink_control_key(_group(group)))
+
+
+@sink_app.command("resume")
+def sink_resume(group: str = typer.Argument(...),
+                reason: str = typer.Option(..., "--reason")) -> None:
+    """Let a paused sink send again (role: engineer)."""
+    from tripwire.connectors.control_watch import sink_control_key
+
+    _control("sink.resume", reason, sink_control_key(_group(group)))
+
+
+def _group(group: str) -> str:
+    """A sink's group as `sink run` names it (the namespace in front)."""
+    ns = Settings().topic_namespace
+    return group if not ns or group.startswith(ns) else f"{ns}{group}"

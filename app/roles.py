@@ -33,7 +33,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "analyst": frozenset({"override", "cases.assign", "cases.close"}),
     "approver": frozenset({"override", "controls.approve", "actions.resume", "alerts.resume"}),
     "engineer": frozenset({"actions.resume", "alerts.pause", "alerts.resume",
-                           "alerts.replay-dead", "controls.activate"}),
+                           "alerts.replay-dead", "sink.pause", "sink.resume",
+                           "controls.activate"}),
 }
 
 

@@ -13,6 +13,7 @@ BENCHES = {
     "state": "bench.state",
     "idle": "bench.idle",
     "hotkey": "bench.hotkey",
+    "actions": "bench.actions",
 }
 
 

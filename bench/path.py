@@ -47,7 +47,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from fastavro.io.binary_decoder import BinaryDecoder
 
-from bench.common import bench_cluster, proc_cpu, thread_cpu
+from bench.common import bench_cluster, calibrate, proc_cpu, thread_cpu
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
@@ -510,22 +510,6 @@ def _raw_round(bootstrap: str, events: list[tuple[str, bytes, bytes, str]], part
     wall, cpu = confluent_loop(bootstrap, f"{ns}raw-in", f"{ns}raw-out", len(events), None)
     return {"rate": len(events) / wall, "cpu_us": cpu / len(events) * 1e6,
             "broker_us": ((broker_cpu() or 0.0) - b0) / len(events) * 1e6}
-
-
-def calibrate(codec: AvroCodec, n: int = 20_000) -> float:
-    """This machine's speed, for comparing figures across machines: µs per fastavro
-    decode of a card payment (6.6 µs on the machine of the first performance log)."""
-    from tripwire.connectors.simulator import normal_card_payments
-
-    e = next(iter(normal_card_payments(1, int(time.time() * 1000), 1)))
-    data = codec.encode("tripwire.events.CardPayment", e)
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(n):
-            codec.decode(data)
-        best = min(best, (time.perf_counter() - t) / n * 1e6)
-    return best
 
 
 def main(argv: list[str] | None = None) -> None:

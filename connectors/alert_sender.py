@@ -41,21 +41,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
+from tripwire.connectors.control_watch import CONTROL_KEY, ControlWatch
 from tripwire.connectors.http_post import post_until_taken
 from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
 __all__ = ["ALERT_SCHEMA", "CONTROL_KEY", "DELIVERY_SCHEMA", "AlertSender", "SenderConfig",
-           "SenderStats", "paused_state"]
+           "SenderStats"]
 
 logger = logging.getLogger(__name__)
 
 ALERT_SCHEMA = "tripwire.alerts.CustomerAlert"
 DELIVERY_SCHEMA = "tripwire.alerts.AlertDelivery"
 AUDIT_SCHEMA = "tripwire.ops.AuditRecord"
-CONTROL_KEY = b"customer_alerts"  # the alert-control topic's key for customer alerts
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,6 @@ class SenderStats:
     paused_s: float = 0.0
 
 
-def paused_state(codec: AvroCodec, value: bytes | None) -> dict[str, Any] | None:
-    """The pause an alert-control record sets (None: not paused)."""
-    if value is None:
-        return None
-    _, rec = codec.decode(value)
-    return rec if rec["action"] == "alerts.pause" else None
-
-
 @dataclass
 class _Outcome:
     status: str  # SENT, SUMMARISED, EXPIRED, DEAD
@@ -106,48 +98,24 @@ class AlertSender:
         self.stats = SenderStats()
         self.consumer = consumer(bootstrap, group, **{"enable.partition.eof": False})
         self.consumer.subscribe([topics("customer_alerts")])
-        self.control = consumer(bootstrap, f"{group}-control-{uuid.uuid4().hex[:8]}",
-                                **{"enable.auto.commit": False})
-        name = topics("alert_control")  # one key: its records on one partition, in order
-        parts = self.control.list_topics(name, timeout=30).topics[name].partitions
-        self.control.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in parts])
+        self.control = ControlWatch(bootstrap, topics("alert_control"), codec, CONTROL_KEY,
+                                    config.control_poll_s)
         self.producer = producer(bootstrap, **{
             "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
         self.producer.init_transactions(30)
         self.http = httpx.Client(timeout=config.timeout_s)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="alert-send")
-        self.pause: dict[str, Any] | None = None
-        self._control_at = 0.0
-        self._stop = threading.Event()
-
-    # -- control ------------------------------------------------------------------
-    def _read_control(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._control_at < self.config.control_poll_s:
-            return
-        self._control_at = now
-        for m in self.control.consume(100, 0):
-            if m.error() is None and m.key() == CONTROL_KEY:
-                was = self.pause
-                self.pause = paused_state(self.codec, m.value())
-                if (was is None) != (self.pause is None):
-                    logger.warning("customer alerts %s", "paused: " + self.pause["reason"]
-                                   if self.pause else "resumed")
 
     def _paused(self) -> bool:
-        self._read_control()
-        return self.pause is not None
+        return self.control.paused()
 
     def wait_while_paused(self, stop: threading.Event) -> None:
-        started = time.monotonic()
-        while self._paused() and not stop.is_set():
-            stop.wait(self.config.control_poll_s)
-        self.stats.paused_s += time.monotonic() - started
+        self.control.wait_while_paused(stop)
+        self.stats.paused_s = self.control.paused_s
 
     # -- the loop -----------------------------------------------------------------
     def run(self, stop: threading.Event, idle_exit: float | None = None) -> SenderStats:
         """Send until ``stop`` is set (or, with ``idle_exit``, nothing came for that long)."""
-        self._read_control(force=True)
         last = time.monotonic()
         try:
             while not stop.is_set():
@@ -273,7 +241,7 @@ class AlertSender:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.http.close()
-        for c in (self.consumer, self.control):
-            with contextlib.suppress(RuntimeError):  # already closed
-                c.close()
+        with contextlib.suppress(RuntimeError):  # already closed
+            self.consumer.close()
+        self.control.close()
         self.producer.flush(10)

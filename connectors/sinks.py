@@ -31,6 +31,7 @@ import httpx
 import orjson
 from confluent_kafka import KafkaError, Message
 
+from tripwire.connectors.control_watch import ControlWatch, sink_control_key
 from tripwire.connectors.http_post import post_until_taken
 from tripwire.connectors.kafka import consume_available, consumer
 from tripwire.schemas.codec import AvroCodec, DecodeError
@@ -64,7 +65,7 @@ class Sink:
     def __init__(self, bootstrap: str, topic_name: str, codec: AvroCodec, group: str, *,
                  webhook: str | None = None, file: Path | None = None,
                  backoff_s: tuple[float, float] = (0.2, 30.0), timeout_s: float = 5.0,
-                 batch_size: int = 200) -> None:
+                 batch_size: int = 200, control_topic: str | None = None) -> None:
         if not webhook and file is None:
             raise ValueError("a sink needs a webhook, a file, or both")
         self.codec, self.webhook, self.file = codec, webhook, file
@@ -73,6 +74,10 @@ class Sink:
         self.consumer = consumer(bootstrap, group)
         self.consumer.subscribe([topic_name])
         self.http = httpx.Client(timeout=timeout_s) if webhook else None
+        # `tripwire sink pause GROUP`: a sink whose retries misbehave (a reversal loop
+        # hammering a bank system) stops sending, holding where it is, until resumed
+        self.control = None if control_topic is None else \
+            ControlWatch(bootstrap, control_topic, codec, sink_control_key(group))
 
     def run(self, stop: threading.Event, idle_exit: float | None = None) -> SinkStats:
         last = time.monotonic()
@@ -87,6 +92,8 @@ class Sink:
                     break
         finally:
             self.consumer.close()
+            if self.control is not None:
+                self.control.close()
             if self.http is not None:
                 self.http.close()
         return self.stats
@@ -104,6 +111,8 @@ class Sink:
             return None
         key = next((str(rec[f]) for f in ID_FIELDS if rec.get(f)),
                    f"{m.topic()}:{m.partition()}:{m.offset()}")
+        if rec.get("status"):  # an action done, then undone: two deliveries, two keys
+            key = f"{key}:{rec['status']}"
         return {"key": key, "schema": schema.name, "topic": m.topic(),
                 "partition": m.partition(), "offset": m.offset(), "record": rec}
 
@@ -116,10 +125,14 @@ class Sink:
                 f.flush()
                 os.fsync(f.fileno())
         if self.http is not None and self.webhook:
+            def attempt() -> None:
+                if self.control is not None:
+                    self.control.wait_while_paused(stop)
+
             for it in items:
                 got = post_until_taken(self.http, self.webhook, it, it["key"],
                                        backoff_s=self.backoff_s, give_up_after_s=float("inf"),
-                                       stop=stop)
+                                       stop=stop, before_attempt=attempt)
                 self.stats.attempts += got.attempts
                 if not got.taken:
                     if stop.is_set():

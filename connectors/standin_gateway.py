@@ -24,6 +24,8 @@ class Gateway:
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a provider's gateway does
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 key = self.headers.get("Idempotency-Key", "")

@@ -46,7 +46,7 @@ from tripwire.state.manager import StateManager, StateView
 from tripwire.streams.processor import Processor
 
 __all__ = ["ALERT_SCHEMA", "APPLIER_STORE", "CASE_SCHEMA", "CLOSE_CASE", "OPS_ALERT_SCHEMA",
-           "REQUESTS_PARTITION", "RESUME", "ActionStage", "ApplyStage"]
+           "OVERRIDE", "REQUESTS_PARTITION", "RESUME", "ActionStage", "ApplyStage"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ OPS_ALERT_SCHEMA = "tripwire.ops.OpsAlert"
 APPLIER_STORE = "applier.v1"
 RESUME = "actions.resume"  # the audit action of a resume, also the command's
 CLOSE_CASE = "cases.close"  # ... of a case closed (its subject: the case's target)
+OVERRIDE = "override"  # ... of a decision overturned (details: what to undo, what to do)
 CASE_SCHEMA = "tripwire.cases.Case"
 # every request and command goes to this partition of the request topic (one order,
 # whatever partition count the topic was created with)
@@ -126,6 +127,8 @@ class ApplyStage(Processor):
                 continue
             if schema.name == AUDIT_SCHEMA and msg["action"] == RESUME:
                 out += self._resume(view, msg)
+            elif schema.name == AUDIT_SCHEMA and msg["action"] == OVERRIDE:
+                out += self._override(view, msg)
             elif schema.name == AUDIT_SCHEMA and msg["action"] == CLOSE_CASE:
                 # a case closed: its entity and typology may have a case again
                 view.delete(APPLIER_STORE, f"t:OPEN_CASE|{msg['subject']}".encode())
@@ -251,6 +254,39 @@ class ApplyStage(Processor):
         record = {**req, "status": status, "detail": detail or None}
         out.append(OutRecord("actions", req["target"].encode(),
                              self.codec.encode(ACTION_SCHEMA, record)))
+        return out
+
+    # -- overrides ---------------------------------------------------------------
+    def _override(self, view: StateView, cmd: dict[str, Any]) -> list[OutRecord]:
+        """An analyst overturned a decision: its actions carried out are undone (a
+        block lifted, funds released, a case slot freed; an alert sent stays sent),
+        held ones dropped, and the actions of the new outcome requested. Once per
+        override: the same override sent again does nothing."""
+        key = b"override:" + cmd["audit_id"].encode()
+        if self.seen.get(view, key) is not None:
+            self.replayed += 1
+            return []
+        details = orjson.loads(cmd["details_json"])
+        why = f"overridden to {details['to']} by {cmd['actor']}: {cmd['reason']}"
+        out: list[OutRecord] = []
+        for req in details.get("undo", []):
+            status = self.seen.get(view, req["action_id"].encode())
+            if status == b"RATE_LIMITED":
+                for k, raw in list(view.items(APPLIER_STORE, b"h:")):
+                    if orjson.loads(raw)["action_id"] == req["action_id"]:
+                        view.delete(APPLIER_STORE, k)
+            elif status != b"DONE" or req["action"] == "CUSTOMER_ALERT":
+                continue  # never done, already undone, or not undoable (a message sent)
+            action, target = req["action"], req["target"]
+            if action in ("BLOCK_CARD", "OPEN_CASE"):
+                slot = f"t:{action}|{target}".encode()
+                held = _json(view.get(APPLIER_STORE, slot), None)
+                if held is not None and held["action_id"] == req["action_id"]:
+                    view.delete(APPLIER_STORE, slot)
+            self._ended(view, req, "UNDONE", why, out)
+        for req in details.get("do", []):
+            out += self._request(view, req)
+        self.seen.put(view, key, b"DONE", cmd["at"] + self.policy.remember_ms)
         return out
 
     # -- resume -----------------------------------------------------------------

@@ -5,6 +5,7 @@ audited resume — refused without the role — applies each held action once.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -177,7 +178,7 @@ def test_one_case_per_entity_and_typology_closed_with_a_label_and_an_intact_audi
     from tripwire.connectors.report import read_labels
 
     roles = tmp_path / "roles.toml"
-    roles.write_text('[users]\ncarol = ["analyst"]\n')
+    roles.write_text('[users]\ncarol = ["analyst"]\ndave = ["engineer"]\n')
     t0 = int(time.time() * 1000) - 3_600_000
     base = _decisions(8, t0)[1]  # an OPEN_CASE decision
     same = [{**base, "decision_id": f"case-dec-{i}", "event_id": f"case-ev-{i}",
@@ -210,6 +211,18 @@ def test_one_case_per_entity_and_typology_closed_with_a_label_and_an_intact_audi
         labels = tmp_path / "labels.csv"
         assert _cli(app.env, "carol", "cases", "labels", "--out", str(labels)).returncode == 0
         assert read_labels(labels) == {"case-ev-0": True}
+        # overturned: the case it opened is undone, once, and only with the role
+        refused = _cli(app.env, "dave", "override", "case-ev-9", "--to", "ALLOW",
+                       "--reason", "known customer")
+        assert refused.returncode != 0 and "analyst" in refused.stderr
+        for _ in range(2):  # sent twice, applied once
+            done = _cli(app.env, "carol", "override", "case-ev-9", "--to", "ALLOW",
+                        "--reason", "known customer")
+            assert done.returncode == 0, done.stderr
+        got = _wait_for(kafka, topics, 5, app)
+        time.sleep(2)
+        undone = [r for r in _records(kafka, topics, "actions") if r["status"] == "UNDONE"]
+        assert [(r["event_id"], r["action"]) for r in undone] == [("case-ev-9", "OPEN_CASE")]
     finally:
         app.stop(30)
 
@@ -217,7 +230,7 @@ def test_one_case_per_entity_and_typology_closed_with_a_label_and_an_intact_audi
     assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout
     audit = read_to_end(kafka.bootstrap, topic("audit", topics))
     assert [CODEC.decode(m.value())[1]["action"] for m in audit] == [
-        "cases.close.refused", "cases.close"]
+        "cases.close.refused", "cases.close", "override.refused", "override", "override"]
     # a copy of the trail with one reason edited: verify names the record
     copy = f"{topics}audit-copy"
     prod = EventProducer(kafka.bootstrap, CODEC)
@@ -230,3 +243,38 @@ def test_one_case_per_entity_and_typology_closed_with_a_label_and_an_intact_audi
     tampered = _cli(app.env, "carol", "audit", "verify", "--topic", copy)
     assert tampered.returncode == 1 and "record 1" in tampered.stdout and \
         "edited" in tampered.stdout, tampered.stdout
+
+
+def test_a_control_is_released_only_when_a_second_person_approves_it(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    """Maker-checker: with roles configured, `controls publish` proposes; the proposer
+    cannot approve their own proposal; an approver releases it; all audited and
+    chained."""
+    from tripwire.controls.engine import LIBRARY
+
+    roles = tmp_path / "roles.toml"
+    roles.write_text('[users]\nalice = ["engineer"]\nbob = ["approver"]\n')
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": topics, "TRIPWIRE_ROLES": str(roles)}
+    star = tmp_path / "card_testing.star"
+    star.write_text((LIBRARY / "card_testing.star").read_text())
+    proposed = _cli(env, "alice", "controls", "publish", str(star), "--reason", "tune")
+    assert proposed.returncode == 0 and "proposed" in proposed.stdout, proposed.stderr
+    assert read_to_end(kafka.bootstrap, topic("controls", topics)) == []
+    own = _cli(env, "alice", "controls", "approve", "card_testing", "--reason", "mine")
+    assert own.returncode != 0 and "second person" in own.stderr
+    approved = _cli(env, "bob", "controls", "approve", "card_testing", "--reason", "reviewed")
+    assert approved.returncode == 0, approved.stderr
+    releases = [CODEC.decode(m.value())[1] for m in read_to_end(kafka.bootstrap,
+                                                                 topic("controls", topics))]
+    assert [(r["control_id"], r["author"]) for r in releases] == [("card_testing", "alice")]
+    again = _cli(env, "bob", "controls", "approve", "card_testing", "--reason", "twice")
+    assert again.returncode != 0 and "already approved" in again.stderr
+    audit = [CODEC.decode(m.value())[1] for m in read_to_end(kafka.bootstrap,
+                                                              topic("audit", topics))]
+    assert [(a["action"], a["actor"]) for a in audit] == [
+        ("controls.propose", "alice"), ("controls.approve.refused", "alice"),
+        ("controls.approve", "bob"), ("control.publish.release", "bob")]
+    verified = _cli(env, "bob", "audit", "verify")
+    assert verified.returncode == 0 and "4 audit records: 3 chained" in verified.stdout, \
+        verified.stdout

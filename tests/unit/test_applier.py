@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.records import InRecord, OutRecord
 from tripwire.schemas.registry import SchemaStore
 from tripwire.state.manager import StateManager
-from tripwire.streams.apply import RESUME, ActionStage, ApplyStage
+from tripwire.streams.apply import OVERRIDE, RESUME, ActionStage, ApplyStage
 
 CODEC = AvroCodec(SchemaStore.default())
 T0 = 1_790_000_000_000
@@ -244,3 +245,38 @@ def test_the_applier_agrees_with_a_brute_force_replay(steps: list[Any], most: in
     # every request asked for ended exactly once (held ones once more on release)
     ended = Counter((r["action"], r["target"]) for kind, r in log if kind == "request")
     assert sum(1 for s in got if s[2] != "RATE_LIMITED") <= sum(ended.values())
+
+
+def _override(a: Applier, oid: str, undo: list[dict[str, Any]], do: list[dict[str, Any]],
+              to: str = "ALLOW") -> list[tuple[str, dict[str, Any]]]:
+    return a.feed([CODEC.encode(AUDIT_SCHEMA, {
+        "audit_id": oid, "at": T0, "actor": "carol", "action": OVERRIDE,
+        "subject": "d", "reason": "the customer confirmed it was them",
+        "details_json": orjson.dumps({"to": to, "undo": undo, "do": do}).decode()})])
+
+
+def test_an_override_undoes_what_was_done_once_and_frees_the_card() -> None:
+    lim = Limit("BLOCK_CARD", 1, 10 * MIN)
+    a = Applier(ActionPolicy((lim,)))
+    d1 = _decision(1, "c1", "a1", ["BLOCK_CARD", "CUSTOMER_ALERT", "OPEN_CASE"], T0)
+    d2 = _decision(2, "c2", "a2", ["BLOCK_CARD"], T0 + MIN)  # held by the limit
+    a.requests(d1)
+    assert _statuses(a.requests(d2)) == [("BLOCK_CARD", "c2", "RATE_LIMITED")]
+    undone = _override(a, "o1", requests_of(d1) + requests_of(d2), [])
+    assert sorted(_statuses(undone)) == [("BLOCK_CARD", "c1", "UNDONE"),
+                                        ("BLOCK_CARD", "c2", "UNDONE"),
+                                        ("OPEN_CASE", "c1|card_testing", "UNDONE")]
+    assert all("overridden to ALLOW by carol" in r["detail"] for _, r in undone)
+    assert _override(a, "o1", requests_of(d1), []) == []  # the same override again
+    # the held block was dropped: a resume releases nothing
+    assert _statuses(a.resume(lim.id, T0 + 2 * MIN)) == []
+    # the card is no longer blocked: a later decision blocks it again
+    again = a.requests(_decision(3, "c1", "a1", ["BLOCK_CARD"], T0 + 20 * MIN))
+    assert _statuses(again) == [("BLOCK_CARD", "c1", "DONE")]
+
+
+def test_an_override_to_a_stricter_outcome_carries_out_its_actions() -> None:
+    a = Applier(ActionPolicy())
+    d = _decision(1, "c1", "a1", [], T0)
+    do = requests_of({**d, "decision_id": "override:x", "actions": ["BLOCK_CARD"]})
+    assert _statuses(_override(a, "o2", [], do, to="DENY")) == [("BLOCK_CARD", "c1", "DONE")]

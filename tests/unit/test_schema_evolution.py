@@ -1,4 +1,5 @@
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,25 @@ def test_v1_data_is_read_as_the_newest_version() -> None:
     schema, rec = codec.decode(old_bytes)
     assert schema.version == STORE.get(CARD_SCHEMA).version == 2
     assert rec == {**ev, "wallet": None, "three_ds": None}
+
+
+def test_the_action_enum_is_the_same_in_decisions_and_actions() -> None:
+    """An action a decision names is one the applier can record (the enum has one name,
+    tripwire.decisions.Action, in both schemas)."""
+    import json
+
+    avro = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+
+    def symbols(schema: dict) -> list[str]:
+        for f in schema["fields"]:
+            t = f["type"]
+            t = t.get("items", t) if isinstance(t, dict) else t
+            if isinstance(t, dict) and t.get("name") == "Action":
+                return list(t["symbols"])
+        raise AssertionError("no Action enum")
+
+    latest = {}
+    for path in sorted(avro.glob("*.avsc")):
+        schema = json.loads(path.read_text())
+        latest[schema["name"]] = schema  # versions sort in order: the last wins
+    assert symbols(latest["Decision"]) == symbols(latest["ActionRequest"])
