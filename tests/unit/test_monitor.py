@@ -1,0 +1,142 @@
+"""The system-wide monitor's core (issue 22, first step): the Tesco Bank attack is
+seen within its window with its common pattern, a quiet night and the bank's own
+weekly rhythm are not, and every count, baseline and transition agrees with a
+brute-force replay over the whole event history."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tripwire.controls.monitor import MINUTE_MS, WEEK_MS, MonitorPolicy, SpikeMonitor
+
+T0 = 1_790_000_000_000 - 1_790_000_000_000 % WEEK_MS  # a week's start: minute 0 of it
+DAY = 24 * 60 * MINUTE_MS
+
+
+def _normal(m: SpikeMonitor, start: int, minutes: int, per_minute: Any,
+            rng: random.Random) -> list[Any]:
+    """Everyday alerts: chip and contactless at home, a few abroad."""
+    out = []
+    for i in range(minutes):
+        t = start + i * MINUTE_MS
+        for _ in range(per_minute(t)):
+            out += m.add(t + rng.randrange(MINUTE_MS), {
+                "entry_mode": rng.choice(["CHIP", "CONTACTLESS", "ECOM", "CHIP"]),
+                "domestic": rng.random() > 0.05})
+    return out
+
+
+def test_the_tesco_attack_is_raised_within_its_window_with_its_pattern() -> None:
+    rng = random.Random(7)
+    m = SpikeMonitor(MonitorPolicy())  # 5x, at least 200 in 10 minutes
+    # a week of normal: 40 alerts a minute by day, 8 by night
+    day_rate = lambda t: 40 if 7 <= (t % DAY) // 3_600_000 < 22 else 8  # noqa: E731
+    assert _normal(m, T0, 7 * 24 * 60, day_rate, rng) == []
+    # the next Monday at 10:00: 2,000 magstripe-contactless alerts abroad in ten minutes
+    start = T0 + 7 * DAY + 10 * 3_600_000
+    assert _normal(m, start - 60 * MINUTE_MS, 60, day_rate, rng) == []
+    raised = []
+    for i in range(2000):
+        t = start + i * 300  # 10 minutes
+        raised += m.add(t, {"entry_mode": "MAGSTRIPE_CONTACTLESS", "domestic": False,
+                            "merchant_country": rng.choice(["BR", "US", "ES"])})
+        raised += m.add(t, {"entry_mode": "CHIP", "domestic": True}) if i % 50 == 0 else []
+    first = raised[0]
+    assert first.state == "RAISED" and first.at - start < 10 * MINUTE_MS
+    assert first.observed >= 5 * first.baseline and first.baseline > 300  # ~400 normal
+    assert first.pattern == {"domestic": "false", "entry_mode": "MAGSTRIPE_CONTACTLESS"}
+    assert first.pattern_share > 0.5
+    # the attack stops: cleared once the window is back to normal
+    cleared = _normal(m, start + 10 * MINUTE_MS, 30, day_rate, rng)
+    assert [t.state for t in cleared] == ["CLEARED"]
+    assert cleared[0].at - (start + 10 * MINUTE_MS) <= 12 * MINUTE_MS
+
+
+def test_a_quiet_night_does_not_trip_on_a_handful() -> None:
+    rng = random.Random(3)
+    m = SpikeMonitor(MonitorPolicy())
+    assert _normal(m, T0, 6 * 60, lambda t: 1, rng) == []  # ten alerts in ten minutes
+    # forty in one minute: eight times the night's normal, but no attack on a bank
+    assert [x for _ in range(40) for x in m.add(T0 + 6 * 3_600_000, {})] == []
+
+
+def test_the_bank_s_own_rhythm_is_normal_once_there_is_history() -> None:
+    """A daily lunchtime peak eight times the morning's trips a new installation
+    (nothing but an EWMA to go on) and not one with weeks of history."""
+    def lunch(t: int) -> int:
+        return 80 if 12 <= (t % DAY) // 3_600_000 < 13 else 10
+
+    rng = random.Random(5)
+    seasoned = SpikeMonitor(MonitorPolicy())
+    out = _normal(seasoned, T0, 2 * 7 * 24 * 60 + 13 * 60, lunch, rng)
+    third_week = [t for t in out if t.at >= T0 + 2 * WEEK_MS]
+    assert third_week == []  # the peak at 12:00 of week 3 is what weeks 1 and 2 had
+    fresh = SpikeMonitor(MonitorPolicy())
+    raised = _normal(fresh, T0 + 9 * 3_600_000, 4 * 60, lunch, random.Random(5))
+    assert [t.state for t in raised][:1] == ["RAISED"]
+
+
+# -- against a brute force -----------------------------------------------------------
+def _oracle(events: list[int], p: MonitorPolicy) -> list[tuple[str, int, int, float]]:
+    """The same rules, recomputed from the whole history at every event, minute by
+    minute (no shortcut over an idle gap, nothing forgotten)."""
+    n = p.window_ms // MINUTE_MS
+    week = WEEK_MS // MINUTE_MS
+    out = []
+    seen: list[int] = []  # minutes of the events so far
+    newest: int | None = None
+    ewma: float | None = None
+    spike = False
+
+    def window(end: int) -> int:
+        return sum(1 for x in seen if end - n < x <= end)
+
+    for t in events:
+        minute = t // MINUTE_MS
+        first = min([*seen, minute])
+        if newest is None:
+            newest = minute
+        for m in range(newest, max(newest, minute)):
+            if not spike:
+                w = window(m)
+                ewma = float(w) if ewma is None else p.ewma_alpha * w + (1 - p.ewma_alpha) * ewma
+        newest = max(newest, minute)
+        seen.append(minute)
+        if minute <= newest - n:
+            continue
+        observed = window(newest)
+        history = [window(newest - k * week) for k in range(1, p.weeks + 1)
+                   if newest - k * week - n + 1 >= first]
+        base = max(p.floor, statistics.median(history) if history else (ewma or 0.0))
+        ratio = observed / base
+        if not spike and observed >= p.minimum and ratio >= p.ratio:
+            spike = True
+            out.append(("RAISED", t, observed, round(base, 6)))
+        elif spike and ratio <= p.clear_ratio:
+            spike = False
+            out.append(("CLEARED", t, observed, round(base, 6)))
+    return out
+
+
+_BURSTS = st.lists(st.tuples(st.integers(0, 3 * 7 * 24 * 60),  # a minute in three weeks
+                             st.integers(1, 40), st.integers(0, 59_999)),
+                   min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_BURSTS, st.integers(0, 3))
+def test_the_monitor_agrees_with_a_brute_force_replay(bursts: list[Any], late: int) -> None:
+    p = MonitorPolicy(window_ms=5 * MINUTE_MS, minimum=6, floor=1.5, ratio=4.0,
+                      clear_ratio=1.5, ewma_alpha=0.2, weeks=2)
+    events = sorted(T0 + minute * MINUTE_MS + ms for minute, count, ms in bursts
+                    for _ in range(count))
+    events = events[late:] + events[:late]  # a few events arriving late
+    m = SpikeMonitor(p)
+    got = [(x.state, x.at, x.observed, round(x.baseline, 6))
+           for t in events for x in m.add(t, {"k": "v"})]
+    assert got == _oracle(events, p)
