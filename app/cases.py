@@ -11,14 +11,15 @@ from typing import Any
 
 import typer
 
+from tripwire.controls.actions import CASE_SCHEMA
+from tripwire.controls.plane import AUDIT_SCHEMA
 from tripwire.errors import TripwireError
-from tripwire.outcomes import AUDIT_SCHEMA, _Context, _print
+from tripwire.outcomes import _Context, _print
 
 __all__ = ["cases_app", "latest_cases"]
 
 cases_app = typer.Typer(help="Fraud cases: list, show, assign, close with a label, labels.",
                         no_args_is_help=True)
-CASE_SCHEMA = "tripwire.cases.Case"
 LABELS = {"confirmed_fraud": "CONFIRMED_FRAUD", "false_positive": "FALSE_POSITIVE"}
 
 

@@ -18,6 +18,7 @@ import orjson
 import typer
 
 from tripwire.config import Settings
+from tripwire.controls.plane import AUDIT_SCHEMA
 from tripwire.errors import TripwireError
 from tripwire.roles import Roles, current_user
 
@@ -30,7 +31,6 @@ alerts_app = typer.Typer(help="Customer alerts: the sender, pause and resume, de
 sink_app = typer.Typer(help="Forward a topic to a webhook or a JSON Lines file (SOC, on-call).",
                        no_args_is_help=True)
 
-AUDIT_SCHEMA = "tripwire.ops.AuditRecord"
 T = TypeVar("T")
 
 

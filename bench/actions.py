@@ -29,11 +29,11 @@ from typing import Any
 import httpx
 
 from bench.common import bench_cluster, calibrate
-from tripwire.connectors.alert_sender import ALERT_SCHEMA, AlertSender, SenderConfig
+from tripwire.connectors.alert_sender import AlertSender, SenderConfig
 from tripwire.connectors.events import EventProducer, read_to_end
 from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.connectors.standin_gateway import Gateway
-from tripwire.controls.actions import ACTION_SCHEMA, requests_of
+from tripwire.controls.actions import ACTION_SCHEMA, ALERT_SCHEMA, requests_of
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.records import InRecord
 from tripwire.schemas.registry import SchemaStore

@@ -41,21 +41,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from tripwire.connectors.control_watch import CONTROL_KEY, ControlWatch
 from tripwire.connectors.http_post import post_until_taken
-from tripwire.connectors.kafka import consume_available, consumer, producer
+from tripwire.connectors.kafka import consumer, producer, serve_batches
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
-__all__ = ["ALERT_SCHEMA", "CONTROL_KEY", "DELIVERY_SCHEMA", "AlertSender", "SenderConfig",
+__all__ = ["DELIVERY_SCHEMA", "AlertSender", "SenderConfig",
            "SenderStats"]
 
 logger = logging.getLogger(__name__)
 
-ALERT_SCHEMA = "tripwire.alerts.CustomerAlert"
 DELIVERY_SCHEMA = "tripwire.alerts.AlertDelivery"
-AUDIT_SCHEMA = "tripwire.ops.AuditRecord"
 
 
 @dataclass(frozen=True)
@@ -106,9 +104,6 @@ class AlertSender:
         self.http = httpx.Client(timeout=config.timeout_s)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="alert-send")
 
-    def _paused(self) -> bool:
-        return self.control.paused()
-
     def wait_while_paused(self, stop: threading.Event) -> None:
         self.control.wait_while_paused(stop)
         self.stats.paused_s = self.control.paused_s
@@ -116,36 +111,13 @@ class AlertSender:
     # -- the loop -----------------------------------------------------------------
     def run(self, stop: threading.Event, idle_exit: float | None = None) -> SenderStats:
         """Send until ``stop`` is set (or, with ``idle_exit``, nothing came for that long)."""
-        last = time.monotonic()
         try:
-            while not stop.is_set():
-                if self._paused():
-                    # hold: consume nothing; serve the group (rebalances) meanwhile
-                    parts = self.consumer.assignment()
-                    if parts:
-                        self.consumer.pause(parts)
-                    self.consumer.poll(0.1)
-                    self.consumer.resume(self.consumer.assignment())
-                    last = time.monotonic()
-                    continue
-                msgs = [m for m in consume_available(self.consumer, self.config.batch_size, 0.2)
-                        if self._usable(m)]
-                if msgs:
-                    self._batch(msgs, stop)
-                    last = time.monotonic()
-                elif idle_exit is not None and time.monotonic() - last > idle_exit:
-                    break
+            serve_batches(self.consumer, self.config.batch_size,
+                          lambda msgs: self._batch(msgs, stop), stop, idle_exit=idle_exit,
+                          holding=self.control.paused, what="alert consumer")
         finally:
             self.close()
         return self.stats
-
-    def _usable(self, m: Message) -> bool:
-        err = m.error()
-        if err is None:
-            return True
-        if err.code() != KafkaError._PARTITION_EOF:
-            logger.warning("alert consumer: %s", err)
-        return False
 
     def _batch(self, msgs: list[Message], stop: threading.Event) -> None:
         alerts: list[tuple[Message, dict[str, Any]]] = []

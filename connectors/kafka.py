@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -179,6 +180,37 @@ def consume_available(c: Consumer, max_messages: int, timeout: float) -> list[Me
     if not first or max_messages <= 1:
         return first
     return first + c.consume(max_messages - 1, 0)
+
+
+def serve_batches(c: Consumer, batch_size: int, handle: Callable[[list[Message]], None],
+                  stop: threading.Event, *, idle_exit: float | None = None,
+                  holding: Callable[[], bool] = lambda: False, what: str = "consumer") -> None:
+    """Hand each batch ``c`` gives to ``handle`` until ``stop`` is set (or nothing has
+    come for ``idle_exit`` seconds). While ``holding()`` nothing is consumed, and the
+    group is still served (rebalances). Errors other than a partition's end are
+    logged and skipped."""
+    last = time.monotonic()
+    while not stop.is_set():
+        if holding():
+            parts = c.assignment()
+            if parts:
+                c.pause(parts)
+            c.poll(0.1)
+            c.resume(c.assignment())
+            last = time.monotonic()
+            continue
+        msgs = []
+        for m in consume_available(c, batch_size, 0.2):
+            err = m.error()
+            if err is None:
+                msgs.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                logger.warning("%s: %s", what, err)
+        if msgs:
+            handle(msgs)
+            last = time.monotonic()
+        elif idle_exit is not None and time.monotonic() - last > idle_exit:
+            return
 
 
 def admin(bootstrap: str) -> AdminClient:

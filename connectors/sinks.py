@@ -22,18 +22,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message
 
 from tripwire.connectors.control_watch import ControlWatch, sink_control_key
 from tripwire.connectors.http_post import post_until_taken
-from tripwire.connectors.kafka import consume_available, consumer
+from tripwire.connectors.kafka import consumer, serve_batches
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
 __all__ = ["ID_FIELDS", "Sink", "SinkStats"]
@@ -52,11 +51,6 @@ class SinkStats:
     attempts: int = 0
     batches: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
-
-
-def _at_end(m: Message) -> bool:
-    err = m.error()
-    return err is not None and err.code() == KafkaError._PARTITION_EOF
 
 
 class Sink:
@@ -80,16 +74,9 @@ class Sink:
             ControlWatch(bootstrap, control_topic, codec, sink_control_key(group))
 
     def run(self, stop: threading.Event, idle_exit: float | None = None) -> SinkStats:
-        last = time.monotonic()
         try:
-            while not stop.is_set():
-                msgs = [m for m in consume_available(self.consumer, self.batch_size, 0.2)
-                        if not _at_end(m)]
-                if msgs:
-                    self._batch(msgs, stop)
-                    last = time.monotonic()
-                elif idle_exit is not None and time.monotonic() - last > idle_exit:
-                    break
+            serve_batches(self.consumer, self.batch_size, lambda msgs: self._batch(msgs, stop),
+                          stop, idle_exit=idle_exit, what="sink consumer")
         finally:
             self.consumer.close()
             if self.control is not None:
@@ -99,9 +86,6 @@ class Sink:
         return self.stats
 
     def _record(self, m: Message) -> dict[str, Any] | None:
-        if m.error() is not None:
-            logger.warning("sink consumer: %s", m.error())
-            return None
         try:
             schema, rec = self.codec.decode(m.value())
         except DecodeError as exc:

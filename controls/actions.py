@@ -41,10 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACTIONS", "ACTION_SCHEMA", "STATUSES", "ActionPolicy", "Limit", "action_id",
-           "requests_of", "typology_of"]
+__all__ = ["ACTIONS", "ACTION_SCHEMA", "ALERT_SCHEMA", "CASE_SCHEMA", "OPS_ALERT_SCHEMA",
+           "STATUSES", "ActionPolicy", "Limit", "action_id", "requests_of", "typology_of"]
 
 ACTION_SCHEMA = "tripwire.actions.ActionRequest"
+# what carrying actions out writes (the schemas of the outcome topics)
+ALERT_SCHEMA = "tripwire.alerts.CustomerAlert"
+CASE_SCHEMA = "tripwire.cases.Case"
+OPS_ALERT_SCHEMA = "tripwire.ops.OpsAlert"
 ACTIONS = ("BLOCK_CARD", "HOLD_FUNDS", "CUSTOMER_ALERT", "OPEN_CASE", "PAUSE_CUSTOMER_ALERTS",
            "NOTIFY_SOC")
 # REQUESTED: asked for, not yet carried out (the applier's input); DONE: carried

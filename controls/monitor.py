@@ -89,6 +89,8 @@ class SpikeMonitor:
         self.ewma: float | None = None
         self.normal_share: dict[tuple[str, str], float] = {}
         self.spike: Transition | None = None
+        self._kept_from: int | None = None  # buckets before this minute are forgotten
+        self._baseline: tuple[int, float] | None = None  # (minute, baseline) last computed
         self._n = p.window_ms // MINUTE_MS
 
     # -- counting -------------------------------------------------------------------
@@ -97,8 +99,11 @@ class SpikeMonitor:
         """Count one event; the transitions it causes."""
         minute = t_ms // MINUTE_MS
         self._advance_to(minute)
+        if self._kept_from is not None and minute < self._kept_from:
+            return []  # older than any window a baseline reads
         self.buckets[minute] = self.buckets.get(minute, 0) + 1
         if minute <= (self.minute or minute) - self._n:
+            self._baseline = None  # history changed
             return []  # behind the window: history only (the same in a replay)
         items = tuple(sorted((str(k), str(v).lower() if isinstance(v, bool) else str(v))
                              for k, v in (attributes or {}).items()))
@@ -135,12 +140,18 @@ class SpikeMonitor:
         p = self.policy
         if end is None:
             return p.floor
+        if self._baseline is not None and self._baseline[0] == end:
+            return self._baseline[1]  # history and the EWMA change as minutes close
         week = WEEK_MS // MINUTE_MS
         history = [self.observed(end - k * week) for k in range(1, p.weeks + 1)
                    if self.first is not None and end - k * week - self._n + 1 >= self.first]
         if history:
-            return max(p.floor, float(statistics.median(history)))
-        return max(p.floor, self.ewma if self.ewma is not None else 0.0)
+            base = max(p.floor, float(statistics.median(history)))
+        else:
+            base = max(p.floor, self.ewma if self.ewma is not None else 0.0)
+        if end == self.minute:
+            self._baseline = (end, base)
+        return base
 
     # -- minutes closing --------------------------------------------------------------
     def _close_minutes(self, last: int, now: int) -> None:
@@ -158,8 +169,14 @@ class SpikeMonitor:
         if learning and self.ewma is not None and now > upto:
             self.ewma *= (1 - p.ewma_alpha) ** (now - upto)  # the empty windows of a gap
         keep_from = now - (p.weeks * WEEK_MS // MINUTE_MS) - self._n
-        for m in [m for m in self.buckets if m < keep_from]:
-            del self.buckets[m]
+        old = self._kept_from if self._kept_from is not None else keep_from
+        if keep_from - old > len(self.buckets):  # a long gap: fewer buckets than minutes
+            for m in [m for m in self.buckets if m < keep_from]:
+                del self.buckets[m]
+        else:  # minute by minute, not a scan of weeks of buckets per minute
+            for m in range(old, keep_from):
+                self.buckets.pop(m, None)
+        self._kept_from = max(old, keep_from)
         for m in [m for m in self.values if m <= now - self._n]:
             del self.values[m]  # attribute values matter within the window only
 

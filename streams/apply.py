@@ -36,7 +36,15 @@ from typing import Any
 
 import orjson
 
-from tripwire.controls.actions import ACTION_SCHEMA, ActionPolicy, Limit, requests_of
+from tripwire.controls.actions import (
+    ACTION_SCHEMA,
+    ALERT_SCHEMA,
+    CASE_SCHEMA,
+    OPS_ALERT_SCHEMA,
+    ActionPolicy,
+    Limit,
+    requests_of,
+)
 from tripwire.controls.decider import DECISION_SCHEMA
 from tripwire.controls.plane import AUDIT_SCHEMA
 from tripwire.schemas.codec import AvroCodec, DecodeError
@@ -45,18 +53,15 @@ from tripwire.state.expiring import Expiring
 from tripwire.state.manager import StateManager, StateView
 from tripwire.streams.processor import Processor
 
-__all__ = ["ALERT_SCHEMA", "APPLIER_STORE", "CASE_SCHEMA", "CLOSE_CASE", "OPS_ALERT_SCHEMA",
-           "OVERRIDE", "REQUESTS_PARTITION", "RESUME", "ActionStage", "ApplyStage"]
+__all__ = ["APPLIER_STORE", "CLOSE_CASE", "OVERRIDE", "REQUESTS_PARTITION", "RESUME",
+           "ActionStage", "ApplyStage"]
 
 logger = logging.getLogger(__name__)
 
-ALERT_SCHEMA = "tripwire.alerts.CustomerAlert"
-OPS_ALERT_SCHEMA = "tripwire.ops.OpsAlert"
 APPLIER_STORE = "applier.v1"
 RESUME = "actions.resume"  # the audit action of a resume, also the command's
 CLOSE_CASE = "cases.close"  # ... of a case closed (its subject: the case's target)
 OVERRIDE = "override"  # ... of a decision overturned (details: what to undo, what to do)
-CASE_SCHEMA = "tripwire.cases.Case"
 # every request and command goes to this partition of the request topic (one order,
 # whatever partition count the topic was created with)
 REQUESTS_PARTITION = 0

@@ -37,8 +37,8 @@ __all__ = ["STAGES", "Combined", "Pipeline", "applier_loop", "attach_deferred", 
 logger = logging.getLogger(__name__)
 
 
-def stage_topics(stage: str, namespace: str, library: FeatureLibrary | None = None,
-                 entities: Sequence[str] | None = None, outcome: bool = False) -> list[str]:
+def stage_topics(stage: str, namespace: str, entities: Sequence[str] | None = None,
+                 outcome: bool = False) -> list[str]:
     """The topics a loop of ``stage`` consumes (``entities``: feature nodes served
     apart, each from its own topic; none: the shared feature topic; ``outcome``:
     a stage of :data:`~tripwire.streams.stages.OUTCOMES`)."""
@@ -79,7 +79,7 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     group = stage_group(stage, namespace)
     if entities:
         group += "." + "-".join(sorted(entities))
-    return BatchLoop(bootstrap, group, stage_topics(stage, namespace, library, entities),
+    return BatchLoop(bootstrap, group, stage_topics(stage, namespace, entities),
                      processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / stage,

@@ -10,14 +10,11 @@ from collections import Counter
 from typing import Any
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.alert_sender import (
-    ALERT_SCHEMA,
-    CONTROL_KEY,
-    AlertSender,
-    SenderConfig,
-)
+from tripwire.connectors.alert_sender import AlertSender, SenderConfig
+from tripwire.connectors.control_watch import CONTROL_KEY
 from tripwire.connectors.events import EventProducer, read_to_end
 from tripwire.connectors.standin_gateway import Gateway
+from tripwire.controls.actions import ALERT_SCHEMA
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.topics import topic

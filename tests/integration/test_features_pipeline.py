@@ -97,7 +97,7 @@ def test_features_equal_the_oracle_across_workers_and_a_restart(
                   if t.startswith(topics) and t.endswith(".changelog")}
     assert changelogs == {changelog_topic(topics, stage.name, store, t)
                           for stage in (IntakeStage, FeatureStage, DecisionStage)
-                          for t in stage_topics(stage.name, topics, LIB)
+                          for t in stage_topics(stage.name, topics)
                           for store in stage.stores}
 
     # the oracle: per entity key, the order the nodes apply a backlog in, from the
