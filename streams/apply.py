@@ -29,6 +29,7 @@ one order, and the held actions are applied then, each once.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import struct
 from collections.abc import Sequence
@@ -102,6 +103,12 @@ def _json(raw: bytes | None, default: Any) -> Any:
     return default if raw is None else orjson.loads(raw)
 
 
+def _decode_limit(raw: bytes | None) -> dict[str, Any]:
+    st = _json(raw, None) or {"times": [], "tripped_at": None, "held": 0, "seq": 0}
+    st["times"].sort()
+    return st
+
+
 class ApplyStage(Processor):
     """Action requests (and resume commands) → what was done, once each."""
 
@@ -143,6 +150,7 @@ class ApplyStage(Processor):
                 self._watermark[tp] = max(mark, msg["requested_at"])
         for tp, view in views.items():
             self.seen.expire(view, self._watermark.get(tp, 0) - self.policy.remember_ms)
+        state.batch_done()
         return out
 
     # -- requests ---------------------------------------------------------------
@@ -162,10 +170,12 @@ class ApplyStage(Processor):
             scope = lim.scope(req)
             st = self._limit(view, scope)
             if st["tripped_at"] is None:
-                st["times"] = [x for x in st["times"] if x > t - lim.window_ms]
-                if len(st["times"]) < lim.max:
-                    counters.append((scope, st))
+                # times are kept sorted: those within the window are the tail
+                old = bisect.bisect_right(st["times"], t - lim.window_ms)
+                if len(st["times"]) - old < lim.max:
+                    counters.append((st, old))
                     continue
+                del st["times"][:old]
                 st["tripped_at"] = t
                 out.append(self._ops_alert(
                     f"{scope}@{t}", t, "RATE_LIMIT_TRIPPED", scope,
@@ -174,9 +184,9 @@ class ApplyStage(Processor):
                     f"and later {req['action']} actions are held until `tripwire actions "
                     f"resume {lim.id}`", {"limit": lim.id, "action_id": req["action_id"]}))
             return self._hold(view, req, lim, scope, st, out)
-        for scope, st in counters:
-            st["times"].append(t)
-            view.put(APPLIER_STORE, b"l:" + scope.encode(), orjson.dumps(st))
+        for st, old in counters:
+            del st["times"][:old]
+            bisect.insort(st["times"], t)
         return self._carry_out(view, req, "", out)
 
     def _hold(self, view: StateView, req: dict[str, Any], lim: Limit, scope: str,
@@ -185,13 +195,17 @@ class ApplyStage(Processor):
         st["held"] += 1
         view.put(APPLIER_STORE, b"h:" + scope.encode() + b"\0" + _SEQ.pack(st["seq"]),
                  orjson.dumps(req))
-        view.put(APPLIER_STORE, b"l:" + scope.encode(), orjson.dumps(st))
         return self._ended(view, req, "RATE_LIMITED",
                            f"held by limit {lim.id} (tripped at {st['tripped_at']})", out)
 
-    def _limit(self, view: StateView, scope: str) -> dict[str, Any]:
-        return _json(view.get(APPLIER_STORE, b"l:" + scope.encode()),
-                     {"times": [], "tripped_at": None, "held": 0, "seq": 0})
+    @staticmethod
+    def _limit(view: StateView, scope: str) -> dict[str, Any]:
+        """A limit's counter, decoded once and written back once per batch or commit
+        (a system-wide limit is one hot key: every action of its type reads it).
+        Changed in place."""
+        m = view.manager
+        return m.decoded(APPLIER_STORE, _decode_limit, orjson.dumps).get(
+            m, view.tp, b"l:" + scope.encode())
 
     def _in_effect(self, view: StateView, req: dict[str, Any]) -> str:
         """Why the request's effect is already in place ("" when it is not)."""
@@ -300,6 +314,7 @@ class ApplyStage(Processor):
         subject is a limit's id (every scope of it) or one scope."""
         wanted = cmd["subject"]
         out: list[OutRecord] = []
+        view.manager.checkpoint()  # every counter in the store, to be listed
         scopes = sorted({k[2:].decode() for k, _ in view.items(APPLIER_STORE, b"l:")})
         released = 0
         for scope in scopes:
@@ -315,8 +330,7 @@ class ApplyStage(Processor):
                 view.delete(APPLIER_STORE, key)
                 self._carry_out(view, orjson.loads(raw), detail, out)
             released += len(held)
-            view.put(APPLIER_STORE, b"l:" + scope.encode(), orjson.dumps(
-                {"times": [], "tripped_at": None, "held": 0, "seq": st["seq"]}))
+            st.update(times=[], tripped_at=None, held=0)
         out.append(self._ops_alert(
             f"resume:{cmd['audit_id']}", cmd["at"], "RATE_LIMIT_RESUMED", wanted,
             f"{released} held action(s) applied on resume by {cmd['actor']}: {cmd['reason']}",
