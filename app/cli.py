@@ -15,6 +15,7 @@ from tripwire.broker import LocalBroker
 from tripwire.cases import cases_app
 from tripwire.config import Settings
 from tripwire.errors import TripwireError
+from tripwire.monitoring import monitor_app
 from tripwire.outcomes import actions_app, alerts_app, audit_app, override, sink_app
 
 __all__ = ["app", "main"]
@@ -31,6 +32,7 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(sink_app, name="sink")
 app.add_typer(cases_app, name="cases")
 app.add_typer(audit_app, name="audit")
+app.add_typer(monitor_app, name="monitor")
 app.command("override")(override)
 
 # Wide enough for the decision tables when output is a file or a CI log.

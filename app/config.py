@@ -126,6 +126,18 @@ class Settings(BaseSettings):
     alert_give_up_minutes: float = Field(
         default=60.0, gt=0, description="Failed delivery attempts of one alert for this "
         "long send it to the dead letters.")
+    monitor_window_minutes: int = Field(
+        default=10, ge=1, le=24 * 60, description="The system-wide monitor's sliding window.")
+    monitor_ratio: float = Field(
+        default=5.0, gt=1, description="A window this many times its baseline is a spike.")
+    monitor_minimum: int = Field(
+        default=200, ge=1, description="... with at least this many customer alerts in it.")
+    monitor_floor: float = Field(
+        default=20.0, gt=0, description="The baseline is never below this (a quiet night "
+        "does not trip on a handful).")
+    monitor_warmup_minutes: int = Field(
+        default=24 * 60, ge=0, description="Nothing is raised before the monitor has seen "
+        "this much history (a new installation reads the decisions topic from its start).")
 
     @field_validator("nodes_apart")
     @classmethod

@@ -1,4 +1,5 @@
-"""The demo: a broker, the decision path, everyday traffic, an attack, decisions.
+"""The demo: a broker, the decision path, everyday traffic, an attack, decisions,
+actions carried out, and the system-wide monitor pausing customer alerts.
 
 Runs on its own topic namespace, so repeated runs never see each other's data.
 """
@@ -31,8 +32,11 @@ from tripwire.connectors.simulator import (
 from tripwire.connectors.standin_gateway import Gateway
 from tripwire.controls.actions import requests_of
 from tripwire.controls.engine import ControlSet
+from tripwire.controls.monitor import MonitorPolicy, SystemMonitor, default_tripwires
+from tripwire.errors import TripwireError
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.monitor import MonitorLoop
 from tripwire.streams.runner import Pipeline
 from tripwire.streams.topics import create_topics, topic
 
@@ -46,6 +50,7 @@ class DemoResult:
     outcomes: Counter[str]
     bootstrap: str
     actions: Counter[str] = field(default_factory=Counter)  # (action status) -> count
+    quarantined: int = 0
 
 
 def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: int = 10,
@@ -69,34 +74,164 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
                                       isolate_mb=settings.controls_memory_mb
                                       if settings.controls_isolated else None, applier=True)
             sender = AlertSender(cluster.bootstrap, lambda k: topic(k, ns), codec,
-                                 SenderConfig(gateway.url), f"{ns}alert-sender")
+                                 SenderConfig(gateway.url, control_poll_s=0.2),
+                                 f"{ns}alert-sender")
+            # a bank-sized monitor waits for 200 alerts and a day of history; the demo's
+            # bank is small and new
+            monitor = MonitorLoop(cluster.bootstrap, lambda k: topic(k, ns), codec,
+                                  SystemMonitor(default_tripwires(DEMO_POLICY)),
+                                  group=f"{ns}tripwire.monitor", lateness_ms=2_000,
+                                  idle_s=1.0, commit_s=0.5)
             stop = threading.Event()
-            sending = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-            sending.start()
+            workers = [threading.Thread(target=w.run, args=(stop,), daemon=True)
+                       for w in (sender, monitor)]
+            for w in workers:
+                w.start()
             try:
                 pipeline.wait_assigned()
                 console.print("Pipeline running, every stage in one loop: intake → feature nodes "
-                              f"({', '.join(library.entities())}) → decide; the applier and "
-                              f"the customer-alert sender (SMS gateway stand-in: {gateway.url})")
-                result = _traffic(console, cluster.bootstrap, ns, codec, normal, attack)
-                result.actions = _carried_out(console, cluster.bootstrap, ns, codec, gateway)
-                return result
+                              f"({', '.join(library.entities())}) → decide; the applier, "
+                              f"the customer-alert sender (SMS gateway stand-in: {gateway.url}) "
+                              "and the system-wide monitor")
+                story = _Story(console, cluster.bootstrap, ns, codec, gateway, monitor)
+                return story.run(normal, attack)
             finally:
                 stop.set()
-                sending.join(30)
+                for w in workers:
+                    w.join(30)
                 pipeline.stop()
                 gateway.close()
     finally:
         cluster.close()
 
 
+DEMO_POLICY = MonitorPolicy(minimum=8, floor=1.0, warmup_minutes=30)
+MINUTE = 60_000
+
+
+class _Story:
+    """An hour and a half of a small bank, told in event time: an everyday stretch, the
+    attack, the pause, the attack going on while alerts are held, the calm after."""
+
+    def __init__(self, console: Console, bootstrap: str, ns: str, codec: AvroCodec,
+                 gateway: Gateway, monitor: MonitorLoop) -> None:
+        self.console, self.bootstrap, self.ns, self.codec = console, bootstrap, ns, codec
+        self.gateway, self.monitor = gateway, monitor
+        self.prod = EventProducer(bootstrap, codec)
+
+    def run(self, normal: int, attack: int) -> DemoResult:
+        now = int(time.time() * 1000)
+        c = self.console
+        c.rule("[bold]1. An everyday stretch, then the attack starts[/bold]")
+        result = _traffic(c, self.bootstrap, self.ns, self.codec, normal, attack, now)
+        soc = self._wait_soc("RAISED")
+        c.rule("[bold]2. The system-wide monitor: a systemic attack[/bold]")
+        if soc is None:
+            raise TripwireError("the monitor raised nothing on the attack")
+        c.print(f"[red]SOC alert ({topic('soc_alerts', self.ns)}):[/red] {soc['summary']}")
+        c.print(f"customer alerts paused: [bold]{soc['customer_alerts_paused']}[/bold]; the "
+                "pattern as an emergency control to release: `tripwire monitor explain "
+                "--write emergency.star`")
+        time.sleep(1.0)  # every sender sees the pause within its poll
+        c.rule("[bold]3. The attack goes on: its alerts are held, none is lost[/bold]")
+        before = self._wait_alerts(0)
+        more = list(magstripe_contactless_attack(13, now - 38 * MINUTE, attack, gap_ms=4_000))
+        self._send_cards(more)
+        alerts = self._wait_alerts(len(before) + 1)
+        sent = {d["alert_id"] for d in self._read("alert_deliveries")}
+        held = len(alerts - sent)
+        c.print(f"{len(more)} more magstripe-contactless payments abroad declined; "
+                f"[yellow]{held} customer alerts held[/yellow] in "
+                f"{topic('customer_alerts', self.ns)} while paused (`tripwire alerts status`)")
+        c.rule("[bold]4. Calm again: the monitor resumes the alerts[/bold]")
+        calm = list(normal_card_payments(17, now - 36 * MINUTE, 36, gap_ms=MINUTE))
+        self._send_cards(calm)
+        cleared = self._wait_soc("CLEARED")
+        if cleared is not None:
+            c.print(f"[green]SOC alert:[/green] {cleared['summary']}; customer alerts resumed")
+        alerts = self._wait_alerts(0)
+        deliveries = self._wait_delivered(alerts)
+        wanted = {e["event_id"] for e in more + calm}
+        deadline = time.monotonic() + 60
+        decided: set[str] = set()
+        while decided != wanted and time.monotonic() < deadline:
+            decided = {d["event_id"] for d in self._read("decisions")} & wanted
+        result.events += len(wanted)
+        result.decisions += len(decided)
+        result.actions = _carried_out(c, self.bootstrap, self.ns, self.codec, self.gateway)
+        self._tally(result, alerts, deliveries, held)
+        return result
+
+    def _send_cards(self, cards: list[dict]) -> None:
+        for e in cards:
+            self.prod.send(topic("card_payments", self.ns), CARD_SCHEMA, e, e["card_token"])
+        self.prod.flush()
+
+    def _read(self, key: str) -> list[dict]:
+        return [self.codec.decode(m.value())[1]
+                for m in read_to_end(self.bootstrap, topic(key, self.ns))]
+
+    def _wait_soc(self, state: str, timeout: float = 90.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [a for a in self._read("soc_alerts") if a["state"] == state]
+            if found:
+                return found[-1]
+            time.sleep(0.3)
+        return None
+
+    def _wait_alerts(self, at_least: int, timeout: float = 60.0) -> set[str]:
+        """The customer alerts written so far, once the applier has caught up (no new
+        one for a second)."""
+        deadline = time.monotonic() + timeout
+        last: set[str] = set()
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = {a["alert_id"] for a in self._read("customer_alerts")}
+            if now == last and len(now) >= at_least:
+                return now
+            last = now
+        return last
+
+    def _wait_delivered(self, alerts: set[str], timeout: float = 60.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._read("alert_deliveries")
+            if {d["alert_id"] for d in got} >= alerts or time.monotonic() > deadline:
+                return got
+            time.sleep(0.3)
+
+    def _tally(self, result: DemoResult, alerts: set[str], deliveries: list[dict],
+               held: int) -> None:
+        ended = Counter(d["status"] for d in deliveries)
+        table = Table(title="Tally")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        table.add_row("messages in", str(result.events))
+        for outcome, n in sorted(result.outcomes.items()):
+            table.add_row(f"  decided {outcome} (first stretch)", str(n))
+        table.add_row("  quarantined", str(result.quarantined))
+        table.add_row("customer alerts", str(len(alerts)))
+        for status in ("SENT", "SUMMARISED", "EXPIRED", "DEAD"):
+            table.add_row(f"  {status.lower()}", str(ended.get(status, 0)))
+        table.add_row("  of them held during the pause, then sent", str(held))
+        lost = len(alerts - {d["alert_id"] for d in deliveries})
+        table.add_row("  lost", f"[{'green' if not lost else 'red'}]{lost}[/]")
+        self.console.print(table)
+        m = self.monitor.stats
+        self.console.print(f"monitor: {m.counted} decisions counted in event time; signals "
+                           f"{dict(sorted(m.signals.items()))}")
+        if lost:
+            raise TripwireError(f"{lost} customer alert(s) never ended: lost")
+
+
 def _traffic(console: Console, bootstrap: str, ns: str, codec: AvroCodec, normal: int,
-             attack: int) -> DemoResult:
-    """Everyday traffic, an attack, resends and bad messages; prints what came out."""
-    now = int(time.time() * 1000)
-    cards = list(normal_card_payments(7, now - 60_000, normal))
-    cards += list(magstripe_contactless_attack(11, now - 5_000, attack))
-    fps, corrupted = corrupt_dates(list(fps_messages(5, now - 120_000, 10)), 0.2, seed=2)
+             attack: int, now: int) -> DemoResult:
+    """Everyday traffic (from 80 minutes ago), the attack's start (40 minutes ago),
+    resends and bad messages; prints what came out."""
+    cards = list(normal_card_payments(7, now - 80 * MINUTE, normal, gap_ms=MINUTE))
+    cards += list(magstripe_contactless_attack(11, now - 40 * MINUTE, attack, gap_ms=4_000))
+    fps, corrupted = corrupt_dates(list(fps_messages(5, now - 75 * MINUTE, 10)), 0.2, seed=2)
     repeats = cards[:3]  # the card processor resends three authorisations
     prod = EventProducer(bootstrap, codec)
     for e in cards + repeats:
@@ -122,7 +257,8 @@ def _traffic(console: Console, bootstrap: str, ns: str, codec: AvroCodec, normal
                   f"({sum(d['repeat'] for d in decisions)} repeats answered with the "
                   f"original decision) and {len(refused)} quarantined: nothing dropped. "
                   + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-    return DemoResult(sent, len(decisions) + len(refused), outcomes, bootstrap)
+    return DemoResult(sent, len(decisions) + len(refused), outcomes, bootstrap,
+                      quarantined=len(refused))
 
 
 def _carried_out(console: Console, bootstrap: str, ns: str, codec: AvroCodec,

@@ -47,8 +47,10 @@ class ControlWatch:
         self.pause: dict[str, Any] | None = None
         self.paused_s = 0.0  # time spent waiting while paused
         self._at = 0.0
+        # the broker answers a fetch as soon as the switch flips, not after its usual wait
         self.consumer = consumer(bootstrap, f"tripwire-control-{uuid.uuid4().hex[:8]}",
-                                 **{"enable.auto.commit": False})
+                                 **{"enable.auto.commit": False,
+                                    "fetch.wait.max.ms": max(10, int(poll_s * 500))})
         # one key: its records on one partition, in order
         parts = self.consumer.list_topics(topic_name, timeout=30).topics[topic_name].partitions
         tps = [TopicPartition(topic_name, p, OFFSET_BEGINNING) for p in parts]

@@ -19,6 +19,7 @@ class Gateway:
         self.accepted: Counter[str] = Counter()  # idempotency key -> 2xx answers given
         self.refused = 0
         self.bodies: dict[str, dict[str, Any]] = {}
+        self.taken_at: list[tuple[float, str]] = []  # (monotonic time, key) of each 2xx
         self.down_until = 0.0  # monotonic: answer 503 until then
         self.lock = threading.Lock()
         gateway = self
@@ -35,6 +36,7 @@ class Gateway:
                         gateway.refused += 1
                     else:
                         gateway.accepted[key] += 1
+                        gateway.taken_at.append((time.monotonic(), key))
                         gateway.bodies[key] = json.loads(body)
                 self.send_response(503 if down else 200)
                 self.send_header("Content-Length", "0")

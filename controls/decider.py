@@ -209,6 +209,7 @@ class Decider:
             "latency_us": max(0, (now_ms - arrived_ms) * 1000),
             "repeat": False,
             "subjects": kind.subjects(event),
+            "attributes": kind.attributes(event),
             "typology": max(((r.score, r.signal) for r in hits
                              if r.stage == "DETECTOR" and r.signal), default=(0.0, ""))[1],
         }

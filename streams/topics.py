@@ -99,8 +99,12 @@ _PUBLIC: tuple[TopicSpec, ...] = (
               partitions=1, retention_ms=90 * DAY_MS, schema="tripwire.ops.OpsAlert",
               keyed_by="subject"),
     TopicSpec("soc_alerts", "tripwire.soc-alerts.v1",
-              "Systemic-attack alerts for the security operations centre", partitions=1,
-              retention_ms=None),
+              "Systemic-attack alerts for the security operations centre: raised, ongoing, "
+              "cleared, with the common pattern", partitions=1, retention_ms=None,
+              schema="tripwire.alerts.SystemicAttackAlert", keyed_by="tripwire"),
+    TopicSpec("monitor_state", "tripwire.monitor-state.v1",
+              "Internal: the system-wide monitor's counts, baselines and cursor (latest per "
+              "cell wins)", partitions=1, cleanup="compact", keyed_by="cell"),
     TopicSpec("audit", "tripwire.audit.v1",
               "Audit trail: control changes, reloads, pauses and resumes", partitions=1,
               retention_ms=None),

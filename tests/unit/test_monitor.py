@@ -51,15 +51,19 @@ def test_the_tesco_attack_is_raised_within_its_window_with_its_pattern() -> None
     assert first.observed >= 5 * first.baseline and first.baseline > 300  # ~400 normal
     assert first.pattern == {"domestic": "false", "entry_mode": "MAGSTRIPE_CONTACTLESS"}
     assert first.pattern_share > 0.5
-    # the attack stops: cleared once the window is back to normal
-    cleared = _normal(m, start + 10 * MINUTE_MS, 30, day_rate, rng)
-    assert [t.state for t in cleared] == ["CLEARED"]
-    assert cleared[0].at - (start + 10 * MINUTE_MS) <= 12 * MINUTE_MS
+    assert {k for k, *_ in first.lifts} == set(first.pattern)
+    assert all(share > 0.5 and lift >= 3 for _, _, share, lift in first.lifts)
+    # the attack stops: one update while the window still holds it, then cleared once
+    # the window has been back to normal for ten minutes in a row
+    after = _normal(m, start + 10 * MINUTE_MS, 40, day_rate, rng)
+    assert [t.state for t in after] == ["ONGOING", "CLEARED"]
+    assert 10 * MINUTE_MS <= after[0].at - first.at < 11 * MINUTE_MS
+    assert 10 * MINUTE_MS < after[1].at - (start + 10 * MINUTE_MS) <= 22 * MINUTE_MS
 
 
 def test_a_quiet_night_does_not_trip_on_a_handful() -> None:
     rng = random.Random(3)
-    m = SpikeMonitor(MonitorPolicy())
+    m = SpikeMonitor(MonitorPolicy(warmup_minutes=60))
     assert _normal(m, T0, 6 * 60, lambda t: 1, rng) == []  # ten alerts in ten minutes
     # forty in one minute: eight times the night's normal, but no attack on a bank
     assert [x for _ in range(40) for x in m.add(T0 + 6 * 3_600_000, {})] == []
@@ -76,50 +80,69 @@ def test_the_bank_s_own_rhythm_is_normal_once_there_is_history() -> None:
     out = _normal(seasoned, T0, 2 * 7 * 24 * 60 + 13 * 60, lunch, rng)
     third_week = [t for t in out if t.at >= T0 + 2 * WEEK_MS]
     assert third_week == []  # the peak at 12:00 of week 3 is what weeks 1 and 2 had
-    fresh = SpikeMonitor(MonitorPolicy())
+    fresh = SpikeMonitor(MonitorPolicy(warmup_minutes=60))
     raised = _normal(fresh, T0 + 9 * 3_600_000, 4 * 60, lunch, random.Random(5))
     assert [t.state for t in raised][:1] == ["RAISED"]
 
 
 # -- against a brute force -----------------------------------------------------------
 def _oracle(events: list[int], p: MonitorPolicy) -> list[tuple[str, int, int, float]]:
-    """The same rules, recomputed from the whole history at every event, minute by
-    minute (no shortcut over an idle gap, nothing forgotten)."""
+    """The same rules, recomputed from the whole history at every event and every
+    closed minute (no shortcut over an idle gap, nothing forgotten)."""
     n = p.window_ms // MINUTE_MS
-    week = WEEK_MS // MINUTE_MS
+    week, day = WEEK_MS // MINUTE_MS, DAY // MINUTE_MS
     out = []
     seen: list[int] = []  # minutes of the events so far
     newest: int | None = None
+    first = events[0] // MINUTE_MS
     ewma: float | None = None
-    spike = False
+    spike, calm, reported = False, 0, 0
 
     def window(end: int) -> int:
         return sum(1 for x in seen if end - n < x <= end)
 
+    ewma_at: dict[int, float] = {}  # minute -> the EWMA once that minute had closed
+
+    def base(end: int) -> float:
+        history = [window(end - k * week) for k in range(1, p.weeks + 1)
+                   if end - k * week - n + 1 >= first] or \
+            [window(end - k * day) for k in range(1, p.days + 1) if end - k * day - n + 1 >= first]
+        before = max((m for m in ewma_at if m <= end - n), default=None)
+        return max(p.floor, statistics.median(history) if history else
+                   ewma_at[before] if before is not None else 0.0)
+
+    def spiking(end: int) -> bool:
+        return window(end) >= p.minimum and end - first >= p.warmup_minutes and \
+            window(end) / base(end) >= p.ratio
+
     for t in events:
         minute = t // MINUTE_MS
-        first = min([*seen, minute])
-        if newest is None:
-            newest = minute
-        for m in range(newest, max(newest, minute)):
-            if not spike:
-                w = window(m)
-                ewma = float(w) if ewma is None else p.ewma_alpha * w + (1 - p.ewma_alpha) * ewma
+        newest = minute if newest is None else newest
+        for m in range(newest, minute):  # minutes closing, each judged, then learnt from
+            at = (m + 1) * MINUTE_MS
+            if not spike and spiking(m):
+                spike, calm, reported = True, 0, at
+                out.append(("RAISED", at, window(m), round(base(m), 6)))
+            elif spike:
+                calm = calm + 1 if window(m) / base(m) <= p.clear_ratio else 0
+                if calm >= p.clear_minutes:
+                    spike, calm = False, 0
+                    out.append(("CLEARED", at, window(m), round(base(m), 6)))
+                elif at - reported >= p.ongoing_minutes * MINUTE_MS:
+                    reported = at
+                    out.append(("ONGOING", at, window(m), round(base(m), 6)))
+            if not spike and m - first >= n - 1:  # learnt from full windows only
+                ewma = float(window(m)) if ewma is None else \
+                    p.ewma_alpha * window(m) + (1 - p.ewma_alpha) * ewma
+            if ewma is not None:
+                ewma_at[m] = ewma
         newest = max(newest, minute)
         seen.append(minute)
         if minute <= newest - n:
             continue
-        observed = window(newest)
-        history = [window(newest - k * week) for k in range(1, p.weeks + 1)
-                   if newest - k * week - n + 1 >= first]
-        base = max(p.floor, statistics.median(history) if history else (ewma or 0.0))
-        ratio = observed / base
-        if not spike and observed >= p.minimum and ratio >= p.ratio:
-            spike = True
-            out.append(("RAISED", t, observed, round(base, 6)))
-        elif spike and ratio <= p.clear_ratio:
-            spike = False
-            out.append(("CLEARED", t, observed, round(base, 6)))
+        if not spike and spiking(newest):
+            spike, calm, reported = True, 0, t
+            out.append(("RAISED", t, window(newest), round(base(newest), 6)))
     return out
 
 
@@ -132,7 +155,8 @@ _BURSTS = st.lists(st.tuples(st.integers(0, 3 * 7 * 24 * 60),  # a minute in thr
 @given(_BURSTS, st.integers(0, 3))
 def test_the_monitor_agrees_with_a_brute_force_replay(bursts: list[Any], late: int) -> None:
     p = MonitorPolicy(window_ms=5 * MINUTE_MS, minimum=6, floor=1.5, ratio=4.0,
-                      clear_ratio=1.5, ewma_alpha=0.2, weeks=2)
+                      clear_ratio=1.5, clear_minutes=3, ongoing_minutes=4, ewma_alpha=0.2,
+                      weeks=2, days=3, warmup_minutes=7)
     events = sorted(T0 + minute * MINUTE_MS + ms for minute, count, ms in bursts
                     for _ in range(count))
     events = events[late:] + events[:late]  # a few events arriving late
