@@ -49,6 +49,8 @@ def monitor_run(
                                     "counted in event-time order"),
     idle_s: float = typer.Option(30.0, help="a partition read to its end holds event time "
                                  "back for this long"),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus metrics here "
+                                            "(/metrics)"),
 ) -> None:
     """Run the monitor until SIGTERM/Ctrl-C. One worker counts the whole bank: a second
     one started takes over from the first (which stops)."""
@@ -62,6 +64,11 @@ def monitor_run(
                        SystemMonitor(default_tripwires(monitor_policy(ctx.settings))),
                        group=f"{ctx.ns}tripwire.monitor", lateness_ms=lateness_ms,
                        idle_s=idle_s)
+    if metrics_port is not None:
+        from tripwire.connectors.metrics import serve_metrics
+
+        port = serve_metrics(metrics_port, lambda: loop.gauges)
+        _print(f"metrics on :{port}/metrics")
     stats = _until_signalled(loop.run)
     _print(f"monitor: {stats.counted} counted ({stats.late} late), signals "
            f"{dict(stats.signals)}, event time {_when(stats.watermark)}")

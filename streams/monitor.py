@@ -216,6 +216,7 @@ class MonitorLoop:
         self._out: list[tuple[str, bytes | None, bytes]] = []
         self._paused_by_monitor = False
         self._advanced = 0  # the watermark the tripwires were last advanced to
+        self.gauges: dict[str, Any] = {}
         self._restore()
 
     # -- restore ---------------------------------------------------------------------
@@ -436,6 +437,24 @@ class MonitorLoop:
         self._written.update(changed)
         self._committed_starts: dict[tuple[str, int], int] | None = starts
         self.stats.commits += 1
+        self.gauges = self._gauges()
+
+    def _gauges(self) -> dict[str, Any]:
+        """What the monitor's metrics show, as of the last commit (read by another
+        thread: a new dict each time, never changed after)."""
+        m, st = self.monitor, self.stats
+        series = {}
+        for tw in m.tripwires:
+            for key, s in getattr(tw, "series", {}).items():
+                if s.minute is not None:
+                    series[(tw.name, key)] = (s.observed(), s.baseline())
+        return {"event_time_ms": st.watermark, "counted": st.counted, "late": st.late,
+                "skipped": st.skipped, "buffered": st.buffered,
+                "held_partitions": st.held_partitions, "held_alerts": m.held,
+                "paused": self._paused_by_monitor,
+                "raised": {(name, key) for name, spikes in m.active().items()
+                           for key in spikes},
+                "series": series, "signals": dict(st.signals)}
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):

@@ -10,13 +10,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 from confluent_kafka import TopicPartition
 
 from tests import monitor_scenarios as sc
@@ -24,7 +28,9 @@ from tripwire.broker import KafkaCluster
 from tripwire.connectors.alert_sender import AlertSender, SenderConfig
 from tripwire.connectors.events import EventProducer, read_to_end
 from tripwire.connectors.kafka import consumer
+from tripwire.connectors.metrics import serve_metrics
 from tripwire.connectors.standin_gateway import Gateway
+from tripwire.controls.engine import Control
 from tripwire.controls.monitor import MINUTE_MS, SystemMonitor, default_tripwires, observation_of
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
@@ -64,7 +70,7 @@ def _wait(until: Any, timeout: float = 120.0, what: str = "") -> None:
 
 
 def test_a_backlog_over_partitions_and_a_replaced_worker_give_the_replay_s_signals(
-        kafka: KafkaCluster, topics: str) -> None:
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
     rng = random.Random(22)
     t0 = (int(time.time() * 1000) - 2 * sc.DAY) // MINUTE_MS * MINUTE_MS
     days = sc.normal_days(t0, 1.25, SCALE, rng)
@@ -142,6 +148,34 @@ def test_a_backlog_over_partitions_and_a_replaced_worker_give_the_replay_s_signa
     assert [(c["action"], c["actor"]) for c in control] == [
         ("alerts.pause", "monitor"), ("alerts.resume", "monitor")]
 
+    # the operators' view of the same: replay, status, explain
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "COLUMNS": "400",
+           "TRIPWIRE_TOPIC_NAMESPACE": topics, "TRIPWIRE_MONITOR_MINIMUM": "20",
+           "TRIPWIRE_MONITOR_FLOOR": "2.0"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "tripwire", "monitor", *args], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    replayed_monitor, _ = replay(obs, SystemMonitor(default_tripwires(sc.policy(SCALE))))
+    out = cli("replay")
+    assert f"{len(obs)} decisions and overrides replayed" in out
+    assert "customer alerts paused 1 time(s)" in out
+    assert f"{replayed_monitor.held} alerts asked for while paused" in out
+    assert out.count("Z RAISED ") == sum(s.transition.state == "RAISED" for s in expected)
+    stricter = cli("replay", "--ratio", "50")  # tuning: a bar no spike here reaches
+    assert "customer alerts paused 0 time(s)" in stricter
+    status = cli("status")
+    assert "no tripwire raised" in status and f"{second.monitor.counted} decisions" in status
+    star = tmp_path / "emergency.star"
+    assert "written to" in cli("explain", "--write", str(star))
+    source = star.read_text()
+    assert 'event["entry_mode"] == "MAGSTRIPE_CONTACTLESS"' in source
+    Control.checked("emergency", source)  # compiles, and its own examples pass
+
 
 def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
@@ -174,6 +208,7 @@ def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
     applier = applier_loop(kafka.bootstrap, topics, codec=CODEC, state_dir=tmp_path)
     stops.append(_start(applier))
     monitor = _monitor(kafka, topics, lateness_ms=5_000, idle_s=5)
+    metrics = f"http://127.0.0.1:{serve_metrics(0, lambda: monitor.gauges, '127.0.0.1')}/metrics"
     stops.append(_start(monitor))
     senders = [AlertSender(kafka.bootstrap, lambda k: topic(k, topics), CODEC, SenderConfig(
         gw.url, backoff_s=(0.05, 0.5), control_poll_s=0.2, batch_size=20,
@@ -200,6 +235,9 @@ def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
         assert raised["raised_at"] - wave < 10 * MINUTE_MS
         assert raised["common_pattern"]["entry_mode"] == "MAGSTRIPE_CONTACTLESS"
         sent_before = len(gw.taken_at)
+        scraped = httpx.get(metrics).text  # the pause, as the operators' dashboards see it
+        assert "tripwire_monitor_customer_alerts_paused 1.0" in scraped
+        assert 'tripwire_monitor_raised{key="",tripwire="customer_alerts"} 1.0' in scraped
         send(live[i:])  # the rest of the wave, and the hour after it
         _wait(lambda: not monitor.monitor.paused, timeout=60,
               what=f"the spike cleared {monitor.stats} {monitor.monitor.active()} {wave}")
@@ -225,6 +263,8 @@ def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
         assert all(s.stats.outcomes["SENT"] > 0 for s in senders), "both senders worked"
         assert all(s.stats.paused_s > 0 for s in senders), "both senders were held"
         assert monitor.monitor.held > 0
+        _wait(lambda: "tripwire_monitor_customer_alerts_paused 0.0" in httpx.get(metrics).text,
+              what="the metrics show the resume")
         control = [(c["action"], c["actor"]) for c in _records(kafka, topics, "alert_control")]
         assert control == [("alerts.pause", "monitor"), ("alerts.resume", "monitor")]
     finally:
