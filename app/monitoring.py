@@ -76,21 +76,11 @@ def monitor_run(
 
 def restored(ctx: Any) -> tuple[Any, dict[str, Any]]:
     """The monitor as its worker last committed it, and its cursor."""
-    import zlib
-
-    import orjson
-
-    from tripwire.connectors.events import read_to_end
     from tripwire.controls.monitor import SystemMonitor, default_tripwires
-    from tripwire.streams.monitor import uncells
+    from tripwire.streams.monitor import stored_cells, uncells
 
-    found: dict[str, Any] = {}
-    for m in read_to_end(ctx.bootstrap, ctx.topic("monitor_state")):
-        key = (m.key() or b"").decode()
-        if m.value() is None:
-            found.pop(key, None)
-        else:
-            found[key] = orjson.loads(zlib.decompress(m.value() or b""))
+    found = {k: v for k, (_, v) in stored_cells(ctx.bootstrap,
+                                                ctx.topic("monitor_state")).items()}
     cursor = found.pop("cursor", None) or {}
     monitor = SystemMonitor(default_tripwires(monitor_policy(ctx.settings)))
     if found:

@@ -14,6 +14,7 @@ BENCHES = {
     "idle": "bench.idle",
     "hotkey": "bench.hotkey",
     "actions": "bench.actions",
+    "monitor": "bench.monitor",
 }
 
 

@@ -19,7 +19,6 @@ alert deliveries per second through the sender, next to baselines in the same ru
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import bench_cluster, calibrate
+from bench.common import Rounds, bench_cluster, calibrate
 from tripwire.connectors.alert_sender import AlertSender, SenderConfig
 from tripwire.connectors.events import EventProducer, read_to_end
 from tripwire.connectors.kafka import consume_available, consumer, producer
@@ -171,24 +170,21 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     decisions = _decisions(args.decisions)
     print(f"machine: {calibrate(CODEC):.1f} µs per Avro decode")
-    rows: dict[str, list[float]] = {}
+    rows = Rounds()
     with bench_cluster() as (cluster, broker_cpu), tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            rows.setdefault("apply in memory (actions/s)", []).append(apply_in_memory(decisions))
+            rows.add("apply in memory (actions/s)", apply_in_memory(decisions))
             rate, cpu, bcpu = through_kafka(cluster.bootstrap, decisions, broker_cpu,
                                             Path(tmp) / str(r))
-            rows.setdefault("applier through Kafka (actions/s)", []).append(rate)
-            rows.setdefault("  worker thread CPU µs/action", []).append(cpu)
+            rows.add("applier through Kafka (actions/s)", rate)
+            rows.add("  worker thread CPU µs/action", cpu)
             if bcpu is not None:
-                rows.setdefault("  broker CPU µs/action", []).append(bcpu)
-            rows.setdefault("raw hop, same count (records/s)", []).append(
-                raw_hop(cluster.bootstrap, 2 * args.decisions))
+                rows.add("  broker CPU µs/action", bcpu)
+            rows.add("raw hop, same count (records/s)",
+                     raw_hop(cluster.bootstrap, 2 * args.decisions))
             got, floor = sender(cluster.bootstrap, args.alerts)
-            rows.setdefault("alert sender (deliveries/s)", []).append(got)
-            rows.setdefault("plain client, same gateway (requests/s)", []).append(floor)
-            print(f"round {r + 1}: " + ", ".join(f"{k.strip()} {v[-1]:,.0f}"
-                                                 for k, v in rows.items()))
-    print(f"\nmedians of {args.repeats} rounds; command: python -m bench actions "
-          f"--decisions {args.decisions} --alerts {args.alerts} --repeats {args.repeats}")
-    for k, v in rows.items():
-        print(f"{k:45} {statistics.median(v):>12,.1f}")
+            rows.add("alert sender (deliveries/s)", got)
+            rows.add("plain client, same gateway (requests/s)", floor)
+            rows.round_done(r)
+    rows.medians(f"python -m bench actions --decisions {args.decisions} --alerts "
+                 f"{args.alerts} --repeats {args.repeats}", args.repeats)

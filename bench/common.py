@@ -77,3 +77,24 @@ def calibrate(codec: AvroCodec, n: int = 20_000) -> float:
             codec.decode(data)
         best = min(best, (time.perf_counter() - t) / n * 1e6)
     return best
+
+
+class Rounds:
+    """Figures by name, a value per round: printed as each round ends, medians at the end."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.rows.setdefault(name, []).append(value)
+
+    def round_done(self, r: int, fmt: str = ",.0f") -> None:
+        print(f"round {r + 1}: " + ", ".join(f"{k.strip()} {v[-1]:{fmt}}"
+                                             for k, v in self.rows.items()))
+
+    def medians(self, command: str, repeats: int) -> None:
+        import statistics
+
+        print(f"\nmedians of {repeats} rounds; command: {command}")
+        for k, v in self.rows.items():
+            print(f"{k:45} {statistics.median(v):>12,.1f}")

@@ -667,16 +667,20 @@ class ApprovalDrop(Tripwire):
             if n >= p.minimum and ratio <= 1 - self.drop:
                 tr = self.dropped[key] = Transition("RAISED", t, *tr_args, {"method": key})
                 self.calm[key] = 0
-                return [self._signal(key, tr, f"approval rate {now:.0%} against a normal "
-                                              f"{normal:.0%}")]
+                return [Signal(self.name, key, self.audience, False, tr,
+                               f"approval rate of {key}: {now:.0%} of {n} decisions in "
+                               f"{p.window_ms // MINUTE_MS} min, against a normal "
+                               f"{normal:.0%}")]
             return []
         if not closed:
             return []
         self.calm[key] = self.calm.get(key, 0) + 1 if ratio >= 1 - self.drop / 2 else 0
         if self.calm[key] >= p.clear_minutes:
             del self.dropped[key]
-            return [self._signal(key, Transition("CLEARED", t, *tr_args),
-                                 "approval rate")]
+            return [Signal(self.name, key, self.audience, False,
+                           Transition("CLEARED", t, *tr_args),
+                           f"approval rate of {key} back to normal: {now:.0%} of {n} "
+                           f"decisions, against a normal {normal:.0%}")]
         return []
 
     def active(self) -> dict[str, Transition]:

@@ -57,7 +57,7 @@ from tripwire.controls.plane import AUDIT_SCHEMA
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
 __all__ = ["MONITOR_ACTOR", "SOC_SCHEMA", "MonitorLoop", "MonitorStats", "cells", "replay",
-           "uncells"]
+           "stored_cells", "uncells"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,19 @@ def uncells(found: Mapping[str, Any]) -> dict[str, Any]:
         if "ewma" in node:
             node.setdefault("days", {})
     return root
+
+
+def stored_cells(bootstrap: str, name: str) -> dict[str, tuple[bytes, Any]]:
+    """The state cells a monitor worker last committed to ``name``: cell -> (as
+    written, decoded); the cursor among them."""
+    found: dict[str, tuple[bytes, Any]] = {}
+    for m in read_to_end(bootstrap, name):
+        key, packed = (m.key() or b"").decode(), m.value()
+        if packed is None:
+            found.pop(key, None)
+        else:
+            found[key] = (packed, orjson.loads(zlib.decompress(packed)))
+    return found
 
 
 # -- outputs -------------------------------------------------------------------------------
@@ -221,14 +234,9 @@ class MonitorLoop:
 
     # -- restore ---------------------------------------------------------------------
     def _restore(self) -> None:
-        found: dict[str, Any] = {}
-        for m in read_to_end(self.bootstrap, self.topic("monitor_state")):
-            key = (m.key() or b"").decode()
-            if m.value() is None:
-                found.pop(key, None)
-            else:
-                found[key] = orjson.loads(zlib.decompress(m.value() or b""))
-                self._written[key] = m.value() or b""
+        stored = stored_cells(self.bootstrap, self.topic("monitor_state"))
+        self._written = {k: packed for k, (packed, _) in stored.items()}
+        found = {k: value for k, (_, value) in stored.items()}
         cursor = found.pop(_CURSOR, None) or {}
         if found:
             self.monitor.restore(uncells(found))

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from confluent_kafka import TopicPartition
 
-from tests import monitor_scenarios as sc
+from bench import scenarios as sc
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.alert_sender import AlertSender, SenderConfig
 from tripwire.connectors.events import EventProducer, read_to_end

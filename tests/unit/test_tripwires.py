@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests import monitor_scenarios as sc
+from bench import scenarios as sc
 from tripwire.controls.monitor import (
     WEEK_MS,
     Observation,

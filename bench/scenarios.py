@@ -1,8 +1,8 @@
-"""Days of a bank's decisions for the system-wide monitor's tests: a daily rhythm
-with lunchtime and evening peaks, and the waves the tripwires are for (the
-Tesco Bank attack, an account-takeover wave, a run of overrides, an approval
-dip). ``scale`` 1.0 is a bank that sends 400 customer alerts in a normal
-daytime ten minutes; the broker tests run at a tenth of that."""
+"""Days of a bank's decisions for the system-wide monitor's tests and benchmark:
+a daily rhythm with lunchtime and evening peaks, and the waves the tripwires are
+for (the Tesco Bank attack, an account-takeover wave, a run of overrides, an
+approval dip). ``scale`` 1.0 is a bank that sends 400 customer alerts in a
+normal daytime ten minutes; the broker tests run at a tenth of that."""
 
 from __future__ import annotations
 
