@@ -219,6 +219,48 @@ def monitor_explain(
            f"controls publish {write} --reason \"...\"")
 
 
+@monitor_app.command("mode")
+def monitor_mode(
+    mode: str = typer.Argument(..., help="off, suggest (the default) or auto"),
+    reason: str = typer.Option(..., "--reason"),
+) -> None:
+    """What the monitor does with a spike's common pattern: nothing (off), show it as
+    an emergency control to release (suggest), or release that control itself, with
+    its expiry, and retire it when the spike clears (auto). Arming auto needs a second
+    person: the first run proposes it, another person's run arms it. Audited (role:
+    engineer or approver)."""
+    import orjson
+
+    from tripwire.controls.monitor import MODE_KEY, MODES
+    from tripwire.controls.plane import AUDIT_SCHEMA
+    from tripwire.outcomes import _Context
+
+    if mode not in MODES:
+        raise TripwireError(f"mode: one of {', '.join(MODES)}")
+    ctx = _Context()
+    ctx.authorise("monitor.mode", "monitor", reason)
+    if mode == "auto":
+        trail = ctx.read("audit")
+        armed_at = max((a["at"] for a in trail if a["action"] == "monitor.mode"), default=0)
+        proposals = [a for a in trail if a["action"] == "monitor.mode.propose"
+                     and a["at"] > armed_at]
+        if not proposals:
+            ctx.audit("monitor.mode.propose", "monitor", reason, mode=mode)
+            _print(f"auto mode proposed by {ctx.user} (audited); another person arms it "
+                   f"with: tripwire monitor mode auto --reason \"...\"")
+            return
+        if any(p["actor"] == ctx.user for p in proposals):
+            ctx.audit("monitor.mode.refused", "monitor", reason, mode=mode,
+                      why="the proposer cannot arm their own proposal")
+            raise TripwireError(f"refused: {ctx.user} proposed auto mode; another person "
+                                "arms it (the attempt is audited)")
+    rec = ctx.audit("monitor.mode", "monitor", reason, mode=mode)
+    ctx.producer.send(ctx.topic("alert_control"), AUDIT_SCHEMA, {
+        **rec, "details_json": orjson.dumps({"mode": mode}).decode()}, MODE_KEY)
+    ctx.producer.flush()
+    _print(f"monitor mode: {mode}, set by {ctx.user} (audited)")
+
+
 @monitor_app.command("pause")
 def monitor_pause(reason: str = typer.Option(..., "--reason")) -> None:
     """Pause customer alerts by hand (as `tripwire alerts pause`; role: engineer)."""

@@ -31,10 +31,11 @@ __all__ = ["PERMISSIONS", "Roles", "current_user"]
 # what each role may do (an action is an audit record's action)
 PERMISSIONS: dict[str, frozenset[str]] = {
     "analyst": frozenset({"override", "cases.assign", "cases.close"}),
-    "approver": frozenset({"override", "controls.approve", "actions.resume", "alerts.resume"}),
+    "approver": frozenset({"override", "controls.approve", "actions.resume", "alerts.resume",
+                           "monitor.mode"}),
     "engineer": frozenset({"actions.resume", "alerts.pause", "alerts.resume",
                            "alerts.replay-dead", "sink.pause", "sink.resume",
-                           "controls.activate"}),
+                           "controls.activate", "monitor.mode"}),
 }
 
 

@@ -862,6 +862,9 @@ class SystemMonitor:
 
 
 # -- the emergency control ------------------------------------------------------------------
+EMERGENCY_ID = "emergency_systemic_attack"  # the control the monitor releases in auto mode
+MODES = ("off", "suggest", "auto")  # what the monitor does with a spike's pattern
+MODE_KEY = b"monitor_mode"  # its switch on the alert-control topic (latest wins)
 # attribute -> the Starlark expression of it, for a card payment
 _CARD_FIELDS = {
     "entry_mode": 'event["entry_mode"]',

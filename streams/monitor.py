@@ -29,6 +29,12 @@ in event time; SOC alerts, ops alerts and the customer-alert pause out.
 * **Warm-up.** A new installation reads the decisions topic from its start (30
   days kept): the baseline is built from that history before the monitor
   reaches the present.
+* **The emergency control.** In ``auto`` mode (``tripwire monitor mode``, armed
+  by two people) a spike that pauses the alerts also releases its common pattern
+  as a control declining it (:func:`~tripwire.controls.monitor.emergency_control`)
+  on the controls topic, in the same transaction; the control is retired when
+  the spike clears or its expiry passes in event time. The decide workers apply
+  and audit both, as any release.
 """
 
 from __future__ import annotations
@@ -52,8 +58,16 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Messag
 from tripwire.connectors.events import read_to_end
 from tripwire.connectors.kafka import consume_available, consumer, producer
 from tripwire.controls.actions import OPS_ALERT_SCHEMA
-from tripwire.controls.monitor import Observation, Signal, SystemMonitor, observation_of
-from tripwire.controls.plane import AUDIT_SCHEMA
+from tripwire.controls.monitor import (
+    EMERGENCY_ID,
+    MODE_KEY,
+    Observation,
+    Signal,
+    SystemMonitor,
+    emergency_control,
+    observation_of,
+)
+from tripwire.controls.plane import AUDIT_SCHEMA, RELEASE_SCHEMA, release
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
 __all__ = ["MONITOR_ACTOR", "SOC_SCHEMA", "MonitorLoop", "MonitorStats", "cells", "replay",
@@ -204,12 +218,13 @@ class MonitorLoop:
     def __init__(self, bootstrap: str, topics: Callable[[str], str], codec: AvroCodec,
                  monitor: SystemMonitor | None = None, *, group: str = "tripwire-monitor",
                  lateness_ms: int = 60_000, max_skew_ms: int = 10 * 60_000,
-                 idle_s: float = 30.0, commit_s: float = 2.0,
+                 idle_s: float = 30.0, commit_s: float = 2.0, emergency_hours: float = 2.0,
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self.bootstrap, self.topic, self.codec = bootstrap, topics, codec
         self.monitor = monitor or SystemMonitor()
         self.lateness_ms, self.max_skew_ms, self.commit_s = lateness_ms, max_skew_ms, commit_s
-        self.idle_s = idle_s
+        self.idle_s, self.emergency_ms = idle_s, int(emergency_hours * 3_600_000)
+        self._emergency: int | None = None  # the emergency control released expires then
         self.now_ms = now_ms
         self.stats = MonitorStats()
         self.on_signal: Callable[[Signal], None] = lambda s: None
@@ -242,6 +257,7 @@ class MonitorLoop:
             self.monitor.restore(uncells(found))
         self.stats.watermark = cursor.get("watermark", 0)
         self._paused_by_monitor = cursor.get("paused", False)
+        self._emergency = cursor.get("emergency")
         self._restored_pos = {_tp(k): v for k, v in cursor.get("pos", {}).items()}
         starts = {_tp(k): v for k, v in cursor.get("start", {}).items()}
         tps = []
@@ -320,10 +336,9 @@ class MonitorLoop:
             logger.error("%s[%d]@%d unreadable (%s); not counted", tp[0], tp[1], offset, exc)
             return
         obs = observation_of(schema.name, rec)
-        t = obs.t if obs is not None else rec.get("at") or rec.get("event_time") or 0
-        self._newest[tp] = max(self._newest.get(tp, t), t)
         if obs is None:
-            return
+            return  # event time is the time of what is counted (not of other audit records)
+        self._newest[tp] = max(self._newest.get(tp, obs.t), obs.t)
         wm = self.stats.watermark
         if offset < self._restored_pos.get(tp, 0) and obs.t <= wm:
             self.stats.skipped += 1  # counted before the restart
@@ -372,6 +387,8 @@ class MonitorLoop:
         if wm and self.monitor.t and wm > self._advanced:
             self._advanced = wm
             self._signals(self.monitor.advance(wm))
+        if self._emergency is not None and wm >= self._emergency:
+            self._retire(self._emergency, "it has expired")
         # a partition far ahead in event time waits for the others
         ahead = {tp for tp, t in self._newest.items() if t - wm > self.max_skew_ms and wm}
         if ahead != self._held:
@@ -397,12 +414,56 @@ class MonitorLoop:
                              self._paused_by_monitor)):
                 self._emit("alert_control", b"customer_alerts", AUDIT_SCHEMA, pause_record(s))
                 self._paused_by_monitor = state == "RAISED"
+            if s.pauses and state == "RAISED" and self._emergency is None and \
+                    self.mode() == "auto":
+                self._activate(s)
+            elif s.pauses and state == "CLEARED" and self._emergency is not None:
+                self._retire(s.transition.at, "the spike has cleared")
             if s.audience == "soc":
                 self._emit("soc_alerts", s.tripwire.encode(), SOC_SCHEMA,
                            soc_record(s, paused))
             self._emit("ops_alerts", s.tripwire.encode(), OPS_ALERT_SCHEMA, ops_record(s))
             logger.warning("tripwire %s %s: %s", s.tripwire, s.transition.state, s.summary)
             self.on_signal(s)
+
+    # -- the emergency control (auto mode) ----------------------------------------------
+    def mode(self) -> str:
+        """off, suggest (the default) or auto: the latest switch an operator set
+        (``tripwire monitor mode``), read when a spike is raised."""
+        mode = "suggest"
+        for m in read_to_end(self.bootstrap, self.topic("alert_control")):
+            if m.key() == MODE_KEY and m.value() is not None:
+                _, rec = self.codec.decode(m.value() or b"")
+                mode = orjson.loads(rec["details_json"]).get("mode", mode)
+        return mode
+
+    def _activate(self, s: Signal) -> None:
+        """Release the spike's pattern as a control declining it, until it expires."""
+        t = s.transition
+        expires = t.at + self.emergency_ms
+        source = emergency_control(t.pattern, expires, f"[{s.tripwire}] {s.summary}")
+        if source is None:
+            return
+        self._emergency = expires
+        reason = f"auto mode: the common pattern {t.pattern} of a systemic attack"
+        self._emit("controls", EMERGENCY_ID.encode(), RELEASE_SCHEMA,
+                   release(EMERGENCY_ID, source, MONITOR_ACTOR, reason, t.at))
+        self._emit("ops_alerts", EMERGENCY_ID.encode(), OPS_ALERT_SCHEMA, {
+            "alert_id": f"emergency:{signal_id(s)}", "raised_at": t.at,
+            "kind": "EMERGENCY_CONTROL_ACTIVATED", "subject": EMERGENCY_ID,
+            "summary": f"{EMERGENCY_ID} released: it declines {t.pattern} until event time "
+                       f"{expires} (auto mode)",
+            "details_json": orjson.dumps({"pattern": t.pattern, "expires_at": expires,
+                                          "source": source}).decode()})
+
+    def _retire(self, at: int, why: str) -> None:
+        self._emit("controls", EMERGENCY_ID.encode(), RELEASE_SCHEMA,
+                   release(EMERGENCY_ID, None, MONITOR_ACTOR, why, at, "RETIRE"))
+        self._emit("ops_alerts", EMERGENCY_ID.encode(), OPS_ALERT_SCHEMA, {
+            "alert_id": f"emergency-retired:{at}", "raised_at": at,
+            "kind": "EMERGENCY_CONTROL_RETIRED", "subject": EMERGENCY_ID,
+            "summary": f"{EMERGENCY_ID} retired: {why}", "details_json": "{}"})
+        self._emergency = None
 
     def _emit(self, key: str, k: bytes, schema: str, record: dict[str, Any]) -> None:
         self._out.append((self.topic(key), k, self.codec.encode(schema, record)))
@@ -422,6 +483,7 @@ class MonitorLoop:
                 starts == getattr(self, "_committed_starts", None):
             return
         cursor = {"watermark": self.stats.watermark, "paused": self._paused_by_monitor,
+                  "emergency": self._emergency,
                   "pos": {_key(tp): p for tp, p in self._pos.items()},
                   "start": {_key(tp): o for tp, o in starts.items()}}
         changed[_CURSOR] = zlib.compress(orjson.dumps(cursor), 3)

@@ -31,7 +31,13 @@ from tripwire.connectors.kafka import consumer
 from tripwire.connectors.metrics import serve_metrics
 from tripwire.connectors.standin_gateway import Gateway
 from tripwire.controls.engine import Control
-from tripwire.controls.monitor import MINUTE_MS, SystemMonitor, default_tripwires, observation_of
+from tripwire.controls.monitor import (
+    EMERGENCY_ID,
+    MINUTE_MS,
+    SystemMonitor,
+    default_tripwires,
+    observation_of,
+)
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 from tripwire.streams.monitor import MonitorLoop, replay, signal_id
@@ -195,6 +201,22 @@ def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
         prod.flush()
 
     send(history.decisions)
+    # auto mode: the monitor releases the pattern as an emergency control; arming it
+    # takes two people
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": topics}
+
+    def mode(user: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tripwire", "monitor", "mode", "auto",
+                               "--reason", "attack season"], env={**env, "TRIPWIRE_USER": user},
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    assert "proposed" in mode("alice").stdout
+    refused = mode("alice")
+    assert refused.returncode == 2 and "another person" in refused.stderr
+    armed = mode("bob")
+    assert armed.returncode == 0 and "monitor mode: auto" in armed.stdout, armed.stderr
     # yesterday's alerts went yesterday: the applier starts from the end of the history
     c = consumer(kafka.bootstrap, stage_group("applier", topics))
     name = topic("decisions", topics)
@@ -266,7 +288,19 @@ def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
         _wait(lambda: "tripwire_monitor_customer_alerts_paused 0.0" in httpx.get(metrics).text,
               what="the metrics show the resume")
         control = [(c["action"], c["actor"]) for c in _records(kafka, topics, "alert_control")]
-        assert control == [("alerts.pause", "monitor"), ("alerts.resume", "monitor")]
+        assert control == [("monitor.mode", "bob"), ("alerts.pause", "monitor"),
+                           ("alerts.resume", "monitor")]
+        releases = _records(kafka, topics, "controls")
+        assert [(r["control_id"], r["kind"]) for r in releases] == [
+            (EMERGENCY_ID, "RELEASE"), (EMERGENCY_ID, "RETIRE")]
+        assert 'event["entry_mode"] == "MAGSTRIPE_CONTACTLESS"' in releases[0]["source"]
+        Control.checked(EMERGENCY_ID, releases[0]["source"])
+        kinds = [a["kind"] for a in _records(kafka, topics, "ops_alerts")]
+        assert kinds.count("EMERGENCY_CONTROL_ACTIVATED") == 1
+        assert kinds.count("EMERGENCY_CONTROL_RETIRED") == 1
+        trail = [(a["action"], a["actor"]) for a in _records(kafka, topics, "audit")]
+        assert trail == [("monitor.mode.propose", "alice"), ("monitor.mode.refused", "alice"),
+                         ("monitor.mode", "bob")]
     finally:
         for stop, _ in stops:
             stop.set()
