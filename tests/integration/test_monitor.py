@@ -3,10 +3,13 @@
 * Through a backlog spread over three partitions in different orders, and a
   worker replaced mid-way (fenced by its successor, which restores the last
   commit), it gives the signals a replay of the same decisions gives, each once.
-* End to end: decisions carried out by the applier, customer alerts sent by two
-  sender workers to a real local HTTP gateway; an attack wave pauses both
-  senders within the wave's first window, every alert raised during the pause is
-  held and then sent once the spike clears, and none is lost."""
+* End to end, after two simulated days: decisions carried out by the applier,
+  customer alerts sent by two sender workers to a real local HTTP gateway; an
+  attack wave pauses both senders within the wave's first window (and nothing
+  before it: the days' peaks pause nothing), the SOC alert names the pattern,
+  every alert raised during the pause is held and then sent once the spike
+  clears, and none is lost. In auto mode, armed by two people, the pattern is
+  released as an emergency control and retired with the spike."""
 
 from __future__ import annotations
 
@@ -188,7 +191,9 @@ def test_an_attack_pauses_both_alert_senders_and_every_held_alert_is_sent_after(
     rng = random.Random(2016)
     now = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
     wave = now - 65 * MINUTE_MS  # the hour from the wave on ends about now
-    history = sc.normal_days(wave - sc.DAY - 3 * sc.HOUR, 1.0 + 3 / 24, SCALE, rng)
+    # two days: the first a baseline, the second with its own lunchtime and evening
+    # peaks (at twice the hours around them), then the wave
+    history = sc.normal_days(wave - 2 * sc.DAY, 2.0, SCALE, rng)
     attack = sc.Days()
     sc.card_wave(attack, wave, 20, 25.0, rng)
     after = sc.normal_days(wave, 1.0 / 24, SCALE, rng)  # the hour from the wave on
