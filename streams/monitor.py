@@ -78,6 +78,9 @@ logger = logging.getLogger(__name__)
 SOC_SCHEMA = "tripwire.alerts.SystemicAttackAlert"
 MONITOR_ACTOR = "monitor"  # the actor of the pauses and resumes the monitor writes
 _SEP = "\x1f"
+# an idle worker still commits this often: a worker that a successor has fenced learns
+# it only from a transaction, and an idle one would otherwise never stop
+_HEARTBEAT_S = 5.0
 _CURSOR = "cursor"
 
 
@@ -244,6 +247,7 @@ class MonitorLoop:
         self._out: list[tuple[str, bytes | None, bytes]] = []
         self._paused_by_monitor = False
         self._advanced = 0  # the watermark the tripwires were last advanced to
+        self._last_txn = time.monotonic()
         self.gauges: dict[str, Any] = {}
         self._restore()
 
@@ -480,8 +484,10 @@ class MonitorLoop:
         changed = {k: v for k, v in state.items() if self._written.get(k) != v}
         gone = [k for k in self._written if k not in state and k != _CURSOR]
         if not (self._out or changed or gone) and \
-                starts == getattr(self, "_committed_starts", None):
-            return
+                starts == getattr(self, "_committed_starts", None) and \
+                time.monotonic() - self._last_txn < _HEARTBEAT_S:
+            return  # nothing new (a transaction now and then all the same: see _HEARTBEAT_S)
+        self._last_txn = time.monotonic()
         cursor = {"watermark": self.stats.watermark, "paused": self._paused_by_monitor,
                   "emergency": self._emergency,
                   "pos": {_key(tp): p for tp, p in self._pos.items()},
