@@ -140,6 +140,9 @@ class SpikeMonitor:
         self._bg: dict[int, Counter[tuple[str, str]]] = {}  # minute -> values noted
         self._bg_n: dict[int, int] = {}  # minute -> events noted
         self.buckets: dict[int, int] = {}  # minute -> events
+        # each day's counts as last packed for a snapshot, and the days changed since
+        self._packed: dict[int, str] = {}
+        self._touched: set[int] = set()
         # minute -> events by their attribute values (a signature: sorted pairs)
         self.values: dict[int, Counter[_Sig]] = {}
         self.minute: int | None = None  # the newest minute seen
@@ -171,6 +174,7 @@ class SpikeMonitor:
         if self._kept_from is not None and minute < self._kept_from:
             return out  # older than any window a baseline reads
         self.buckets[minute] = self.buckets.get(minute, 0) + 1
+        self._touched.add(minute // _DAY_MINUTES)
         if minute <= (self.minute or minute) - self._n:
             self._baseline = None  # history changed (an event in the window changes none)
         w = self._window
@@ -293,9 +297,11 @@ class SpikeMonitor:
         if keep_from - old > len(self.buckets):  # a long gap: fewer buckets than minutes
             for m in [m for m in self.buckets if m < keep_from]:
                 del self.buckets[m]
+                self._touched.add(m // _DAY_MINUTES)
         else:  # minute by minute, not a scan of weeks of buckets per minute
             for m in range(old, keep_from):
-                self.buckets.pop(m, None)
+                if self.buckets.pop(m, None) is not None:
+                    self._touched.add(m // _DAY_MINUTES)
         self._kept_from = max(old, keep_from)
         for m in [m for m in self.values if m <= now - self._n]:
             del self.values[m]  # attribute values matter within the window only
@@ -399,12 +405,17 @@ class SpikeMonitor:
         """Everything it knows, as JSON-able values (a snapshot to restore from). The
         counts are in day chunks under ``"days"`` (a day's minutes, dense, zlib and
         base64): a snapshot writer need only write again the days that changed."""
-        days: dict[int, list[int]] = {}
-        for m, n in self.buckets.items():
-            days.setdefault(m // _DAY_MINUTES, [0] * _DAY_MINUTES)[m % _DAY_MINUTES] = n
+        for d in self._touched:  # only the days counted in or forgotten since: packed again
+            start = d * _DAY_MINUTES
+            counts = [self.buckets.get(m, 0) for m in range(start, start + _DAY_MINUTES)]
+            if any(counts):
+                self._packed[d] = base64.b64encode(zlib.compress(
+                    array.array("Q", counts).tobytes(), 6)).decode()
+            else:
+                self._packed.pop(d, None)
+        self._touched.clear()
         return {
-            "days": {str(d): base64.b64encode(zlib.compress(
-                array.array("Q", counts).tobytes(), 6)).decode() for d, counts in days.items()},
+            "days": {str(d): packed for d, packed in self._packed.items()},
             "values": [[m, [[list(map(list, sig)), n] for sig, n in c.items()]]
                        for m, c in sorted(self.values.items())],
             "minute": self.minute, "first": self.first, "ewma": self.ewma,
@@ -417,7 +428,8 @@ class SpikeMonitor:
             "ewmas": [list(x) for x in self._ewmas]}
 
     def restore(self, st: Mapping[str, Any]) -> None:
-        self.buckets = {}
+        self.buckets, self._touched = {}, set()
+        self._packed = {int(d): packed for d, packed in st["days"].items()}
         for d, packed in st["days"].items():
             counts = array.array("Q")
             counts.frombytes(zlib.decompress(base64.b64decode(packed)))

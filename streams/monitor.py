@@ -236,6 +236,7 @@ class MonitorLoop:
         self.producer.init_transactions(30)  # fences a previous worker of this group
         self.consumer = consumer(bootstrap, group, **{"enable.partition.eof": True})
         self._written: dict[str, bytes] = {}  # cell -> what was last committed
+        self._sources: dict[str, Any] = {}  # cell -> the value it was last made from
         self._heap: list[tuple[int, str, int, tuple[str, int], int, Observation]] = []
         self._seq = 0
         self._buffered: dict[tuple[str, int], Counter[int]] = {}  # offsets in the buffer
@@ -479,8 +480,13 @@ class MonitorLoop:
         for tp, pos in self._pos.items():
             left = self._buffered.get(tp)
             starts[tp] = min(left) if left else pos
-        state = {k: zlib.compress(orjson.dumps(v), 3)
-                 for k, v in cells(self.monitor.state()).items()}
+        state = {}
+        for k, v in cells(self.monitor.state()).items():
+            # a day's counts unchanged since the last commit are the same packed string
+            same = isinstance(v, str) and v is self._sources.get(k)
+            state[k] = self._written[k] if same and k in self._written else \
+                zlib.compress(orjson.dumps(v), 3)
+            self._sources[k] = v
         changed = {k: v for k, v in state.items() if self._written.get(k) != v}
         gone = [k for k in self._written if k not in state and k != _CURSOR]
         if not (self._out or changed or gone) and \
