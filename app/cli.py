@@ -14,6 +14,7 @@ from rich.console import Console
 from tripwire.broker import LocalBroker
 from tripwire.cases import cases_app
 from tripwire.config import Settings
+from tripwire.decide import decide_app
 from tripwire.errors import TripwireError
 from tripwire.monitoring import monitor_app
 from tripwire.outcomes import actions_app, alerts_app, audit_app, override, sink_app
@@ -33,6 +34,7 @@ app.add_typer(sink_app, name="sink")
 app.add_typer(cases_app, name="cases")
 app.add_typer(audit_app, name="audit")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(decide_app, name="decide")
 app.command("override")(override)
 
 # Wide enough for the decision tables when output is a file or a CI log.
@@ -151,9 +153,10 @@ def _action_policy(settings: Settings) -> Any:
 @run_app.command("stage")
 def run_stage(
     stages: list[str] = typer.Argument(
-        ..., help="intake, features, decide, applier, or all (the decision path in one loop "
-        "unless --loop-per-stage, and the applier in another; several stages named run as "
-        "threads of one process)"),
+        ..., help="intake, features, decide, applier, reconcile (the inline decide API's late "
+        "decisions beside their stand-ins), or all (the decision path in one loop unless "
+        "--loop-per-stage, the applier and reconcile in others; several stages named run "
+        "as threads of one process)"),
     entities: str = typer.Option(
         "", help="features only: serve these nodes apart, from their own topics (comma "
         "list; each must be in TRIPWIRE_NODES_APART, which the intake routes by)"),
@@ -193,7 +196,7 @@ def run_stage(
     from tripwire.streams.runner import STAGES, Pipeline
 
     settings = Settings()
-    names = [*STAGES, "applier"]
+    names = [*STAGES, "applier", "reconcile"]
     wanted = names if stages == ["all"] else stages
     unknown = set(wanted) - set(names)
     if unknown:
@@ -217,6 +220,7 @@ def run_stage(
         bootstrap, ns, codec=codec, controls=controls, library=FeatureLibrary(),
         state_dir=settings.state_dir / "stores" / (ns or "default"),
         stages=[s for s in wanted if s in STAGES], applier="applier" in wanted,
+        reconcile="reconcile" in wanted,
         policy=_action_policy(settings),
         one_loop=one_loop, entities=nodes, sources=sources, batch_size=settings.batch_size,
         node_timeout_ms=NODE_TIMEOUT_MS if node_timeout_ms is None else node_timeout_ms,
@@ -233,8 +237,9 @@ def run_stage(
         pipeline.stop_event.set()
     deciding = [s for s in wanted if s in STAGES]
     what = ", ".join(deciding) + (" in one loop" if one_loop else "")
-    if "applier" in wanted:
-        what = f"{what} and the applier" if deciding else "the applier"
+    others = [s for s in ("applier", "reconcile") if s in wanted]
+    if others:
+        what = ", ".join(filter(None, [what, *(f"the {s}" for s in others)]))
     err_console.print(f"running {what} on {bootstrap} (namespace {ns!r})")
     while any(t.is_alive() for t in pipeline.threads):
         pipeline.stop_event.wait(5)

@@ -138,6 +138,22 @@ class Settings(BaseSettings):
     monitor_warmup_minutes: int = Field(
         default=24 * 60, ge=0, description="Nothing is raised before the monitor has seen "
         "this much history (a new installation reads the decisions topic from its start).")
+    decide_deadlines: str = Field(
+        default="", description="The inline decide API's deadlines, 'CardPayment=250,"
+        "FpsMessage=2000' (ms; types not named: CardPayment 250, LoginEvent 300, "
+        "FpsMessage 500).")
+    decide_stand_in: str | None = Field(
+        default=None, description="Its stand-in rules, 'CardPayment=ALLOW up to 25000 else "
+        "DENY; LoginEvent=ALLOW' (tripwire.controls.standin; none: that policy, FPS allowed "
+        "up to 100000 else MANUAL_REVIEW); the tier-0 controls run too.")
+    decide_controls_dir: Path | None = Field(
+        default=None, description="Where the decide API's tier-0 controls come from "
+        "(default: the shipped library).")
+    decide_margin_ms: int = Field(
+        default=20, ge=0, le=1000, description="Kept from each deadline to record the answer.")
+    decide_remember_s: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600, description="How long a reference's answer "
+        "is kept for its repeats (every API worker holds them in memory).")
 
     @field_validator("nodes_apart")
     @classmethod

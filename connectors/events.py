@@ -40,8 +40,10 @@ class EventProducer:
 
     def send_raw(self, topic: str, value: bytes | None, key: str | bytes | None,
                  on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
-                 partition: int | None = None) -> None:
-        """Publish bytes; ``on_delivery`` is called (after the counts) when Kafka answers."""
+                 partition: int | None = None, wait: bool = True) -> None:
+        """Publish bytes; ``on_delivery`` is called (after the counts) when Kafka answers.
+        ``wait`` False: raise ``BufferError`` at once when the local queue is full,
+        instead of waiting for room (a caller that must answer in time)."""
         kb = key.encode() if isinstance(key, str) else key
         callback: Callable[[KafkaError | None, Message], None] = self._on_delivery
         if on_delivery is not None:
@@ -49,8 +51,13 @@ class EventProducer:
                 self._on_delivery(err, msg)
                 on_delivery(err, msg)
             callback = both
-        produce_waiting(self._producer, topic, value, kb, partition=partition,
-                        on_delivery=callback)
+        if wait:
+            produce_waiting(self._producer, topic, value, kb, partition=partition,
+                            on_delivery=callback)
+        elif partition is None:
+            self._producer.produce(topic, value, kb, on_delivery=callback)
+        else:
+            self._producer.produce(topic, value, kb, partition=partition, on_delivery=callback)
         self._producer.poll(0)
 
     def poll(self, timeout: float = 0) -> None:

@@ -39,17 +39,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tripwire.connectors.sdk import InvalidEvent, TripwireProducer
+from tripwire.connectors.sdk import InvalidEvent, TripwireProducer, sign
 
-__all__ = ["IngestConfig", "create_app", "parse_keys", "sign"]
+__all__ = ["IngestConfig", "Signed", "create_app", "parse_keys", "sign"]
 
 logger = logging.getLogger(__name__)
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The signature header value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={mac}"
 
 
 def parse_keys(text: str) -> dict[str, bytes]:
@@ -120,31 +114,42 @@ def _problem(status: int, error: str, reasons: list[tuple[str, str | None, str]]
         {"code": c, "field": f, "detail": d} for c, f, d in reasons]})
 
 
-def create_app(producer: TripwireProducer, config: IngestConfig,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    cache = _IdempotencyCache(config.idempotency_ttl_s, config.idempotency_max, clock)
-    stop = threading.Event()
+class Signed:
+    """Requests signed with a shared key: the headers and the size are checked
+    before the body is read, the signature once it is (see the module's doc)."""
 
-    def pump() -> None:  # serves delivery reports while the app runs
-        while not stop.is_set():
-            producer.poll(0.05)
+    def __init__(self, keys: Mapping[str, bytes], tolerance_s: int, max_body_bytes: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.keys, self.tolerance_s, self.max_body_bytes = keys, tolerance_s, max_body_bytes
+        self.clock = clock
 
-    def admit(request: Request) -> tuple[int, bytes] | None:
+    async def read(self, request: Request) -> bytes | tuple[int, bytes]:
+        """The body of a request whose headers and signature check out, or the
+        problem answer (status, JSON) to give."""
+        denied = self.admit(request)
+        if denied is not None:
+            return denied
+        got = await self.read_body(request)
+        if isinstance(got, tuple):
+            return got
+        return self.authenticate(request, got) or got
+
+    def admit(self, request: Request) -> tuple[int, bytes] | None:
         """What can be checked before the body is read: the headers and the size."""
         kid = request.headers.get("x-tripwire-key-id", "")
         ts = request.headers.get("x-tripwire-timestamp", "")
         sig = request.headers.get("x-tripwire-signature", "")
-        if kid not in config.keys:
+        if kid not in self.keys:
             return _problem(401, "unauthenticated", [("UNKNOWN_KEY", "X-Tripwire-Key-Id",
                                                       f"no active key {kid[:64]!r}")])
         if not _SECONDS.fullmatch(ts):
             return _problem(401, "unauthenticated", [("BAD_TIMESTAMP", "X-Tripwire-Timestamp",
                                                       "Unix seconds expected")])
-        skew = clock() - int(ts)
-        if abs(skew) > config.tolerance_s:
+        skew = self.clock() - int(ts)
+        if abs(skew) > self.tolerance_s:
             return _problem(401, "unauthenticated", [(
                 "STALE_TIMESTAMP", "X-Tripwire-Timestamp",
-                f"{abs(skew):.0f}s from the server's clock (tolerance {config.tolerance_s}s)")])
+                f"{abs(skew):.0f}s from the server's clock (tolerance {self.tolerance_s}s)")])
         if not _SIGNATURE.fullmatch(sig):
             return _problem(401, "unauthenticated", [("BAD_SIGNATURE", "X-Tripwire-Signature",
                                                       "v1= and 64 hex digits expected")])
@@ -157,46 +162,49 @@ def create_app(producer: TripwireProducer, config: IngestConfig,
         if length is not None and not _LENGTH.fullmatch(length):
             return _problem(422, "invalid_header", [("BAD_CONTENT_LENGTH", "Content-Length",
                                                      "a number of bytes expected")])
-        if length is not None and int(length) > config.max_body_bytes:
-            return _too_large(int(length))
+        if length is not None and int(length) > self.max_body_bytes:
+            return self._too_large(int(length))
         return None
 
-    def _too_large(size: int) -> tuple[int, bytes]:
+    def _too_large(self, size: int) -> tuple[int, bytes]:
         return _problem(413, "too_large", [("BODY_TOO_LARGE", None,
                                             f"{size} bytes or more; at most "
-                                            f"{config.max_body_bytes} accepted")])
+                                            f"{self.max_body_bytes} accepted")])
 
-    async def read_body(request: Request) -> bytes | tuple[int, bytes]:
+    async def read_body(self, request: Request) -> bytes | tuple[int, bytes]:
         """The body, or a 413 as soon as it passes the limit (chunked bodies too)."""
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > config.max_body_bytes:
-                return _too_large(size)
+            if size > self.max_body_bytes:
+                return self._too_large(size)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def authenticate(request: Request, body: bytes) -> tuple[int, bytes] | None:
+    def authenticate(self, request: Request, body: bytes) -> tuple[int, bytes] | None:
         kid = request.headers["x-tripwire-key-id"]
         ts = request.headers["x-tripwire-timestamp"]
         sig = request.headers["x-tripwire-signature"]
-        if not hmac.compare_digest(sign(config.keys[kid], ts, body).encode(), sig.encode()):
+        if not hmac.compare_digest(sign(self.keys[kid], ts, body).encode(), sig.encode()):
             return _problem(401, "unauthenticated", [("BAD_SIGNATURE", "X-Tripwire-Signature",
                                                       "HMAC-SHA256 does not match the body")])
         return None
 
+
+def create_app(producer: TripwireProducer, config: IngestConfig,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    cache = _IdempotencyCache(config.idempotency_ttl_s, config.idempotency_max, clock)
+    signed = Signed(config.keys, config.tolerance_s, config.max_body_bytes, clock)
+    stop = threading.Event()
+
+    def pump() -> None:  # serves delivery reports while the app runs
+        while not stop.is_set():
+            producer.poll(0.05)
+
     async def ingest(request: Request) -> Response:
-        denied = admit(request)
-        body = b""
-        if denied is None:
-            got = await read_body(request)
-            if isinstance(got, tuple):
-                denied = got
-            else:
-                body = got
-                denied = authenticate(request, body)
-        if denied is not None:
-            return Response(denied[1], denied[0], media_type="application/json")
+        body = await signed.read(request)
+        if isinstance(body, tuple):
+            return Response(body[1], body[0], media_type="application/json")
         body_hash = hashlib.sha256(body).digest()
         key = request.headers.get("idempotency-key")
         if not key:

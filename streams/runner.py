@@ -28,11 +28,12 @@ from tripwire.streams.gather import DecisionStage
 from tripwire.streams.hops import NODE_TIMEOUT_MS
 from tripwire.streams.loop import BatchLoop, LoopStats, tune_gc
 from tripwire.streams.processor import Processor
+from tripwire.streams.reconcile import DEFAULT_HOLD_MS, ReconcileStage
 from tripwire.streams.stages import OUTCOMES, STAGES, Parts, Stage
 from tripwire.streams.topics import topic
 
 __all__ = ["STAGES", "Combined", "Pipeline", "applier_loop", "attach_deferred", "combined_loop",
-           "processors_of", "stage_group", "stage_loop", "stage_topics"]
+           "processors_of", "reconcile_loop", "stage_group", "stage_loop", "stage_topics"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,28 @@ def applier_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                      commit_interval_ms=commit_interval_ms, eager=False)
 
 
+def reconcile_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
+                   state_dir: Path | None, batch_size: int = 500, poll_timeout: float = 0.1,
+                   commit_interval_ms: int = 100, hold_ms: int = DEFAULT_HOLD_MS) -> BatchLoop:
+    """The inline decide API's late decisions set beside their stand-ins
+    (:mod:`tripwire.streams.reconcile`), in a loop whose outputs go inside its
+    transactions. The two topics must have as many partitions each: a stand-in
+    and the decision of its event are matched on the same partition number."""
+    from tripwire.connectors.kafka import admin
+
+    names = [topic("decisions", namespace), topic("decide_answers", namespace)]
+    md = admin(bootstrap).list_topics(timeout=30).topics
+    counts = {n: len(md[n].partitions) for n in names if n in md}
+    if len(counts) == 2 and len(set(counts.values())) != 1:
+        raise ValueError(f"reconcile: {names[0]} has {counts[names[0]]} partitions and "
+                         f"{names[1]} {counts[names[1]]}; give both the same count")
+    processor = ReconcileStage(codec, namespace, hold_ms)
+    return BatchLoop(bootstrap, stage_group("reconcile", namespace), names, processor,
+                     namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
+                     state_dir=None if state_dir is None else state_dir / "reconcile",
+                     commit_interval_ms=commit_interval_ms, eager=False)
+
+
 def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: AvroCodec,
                     memory_mb: int = DEFAULT_MEMORY_MB) -> DeferredRunner:
     """Run the decider's tier-2 controls off the decision path, writing their
@@ -298,7 +321,8 @@ class Pipeline:
               commit_interval_ms: int | None = None, eager: bool = True,
               eager_hops: bool = True, apart: Collection[str] = (),
               isolate_mb: int | None = DEFAULT_MEMORY_MB, tune: bool = False,
-              applier: bool = False, policy: ActionPolicy | None = None) -> Pipeline:
+              applier: bool = False, policy: ActionPolicy | None = None,
+              reconcile: bool = False) -> Pipeline:
         """``stages`` (None: every one) running in threads of this process, as
         `tripwire run stage` runs them: every stage in one loop (when all run and
         ``one_loop``) or a loop each (``entities``: the feature nodes a features loop
@@ -306,7 +330,9 @@ class Pipeline:
         tiers 0 and 1 in a supervised child with ``isolate_mb`` of memory (None: in
         this process). ``tune``: :func:`~tripwire.streams.loop.tune_gc` once built.
         ``applier``: the decisions carried out too, in a loop of their own
-        (:func:`applier_loop`, by ``policy``). The other arguments are
+        (:func:`applier_loop`, by ``policy``); ``reconcile``: the inline API's late
+        decisions set beside their stand-ins (:func:`reconcile_loop`). The other
+        arguments are
         :func:`stage_loop`'s."""
         stages = tuple(STAGES) if stages is None else tuple(stages)
         common: dict[str, Any] = dict(
@@ -325,6 +351,9 @@ class Pipeline:
                 bootstrap, namespace, codec=codec, policy=policy, state_dir=state_dir,
                 batch_size=batch_size, commit_interval_ms=100 if commit_interval_ms is None
                 else commit_interval_ms)
+        if reconcile:
+            loops["reconcile"] = reconcile_loop(bootstrap, namespace, codec=codec,
+                                                state_dir=state_dir, batch_size=batch_size)
         deciders = [p.decider for loop in loops.values() for p in processors_of(loop.processor)
                     if isinstance(p, DecisionStage)]
         deferred = [attach_deferred(d, bootstrap, namespace, codec) for d in deciders]

@@ -63,6 +63,11 @@ _PUBLIC: tuple[TopicSpec, ...] = (
               "One decision per event: outcome, actions, rule hits, features, versions",
               schema="tripwire.decisions.Decision", retention_ms=30 * DAY_MS,
               keyed_by="entity_key"),
+    TopicSpec("decide_answers", "tripwire.decide-answers.v1",
+              "The inline decide API's answers (the first per reference stands) and, next "
+              "to each stand-in, the pipeline's late decision; as many partitions as the "
+              "decisions topic", schema="tripwire.decide.InlineAnswer",
+              retention_ms=30 * DAY_MS, keyed_by="entity_key"),
     TopicSpec("control_executions", "tripwire.control-executions.v1",
               "Every control execution: inputs read, outputs, version, latency, error",
               retention_ms=30 * DAY_MS, keyed_by="event_id"),
