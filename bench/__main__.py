@@ -15,6 +15,7 @@ BENCHES = {
     "hotkey": "bench.hotkey",
     "actions": "bench.actions",
     "monitor": "bench.monitor",
+    "decide": "bench.decide",
 }
 
 

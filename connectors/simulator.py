@@ -22,6 +22,7 @@ __all__ = [
     "CARD_SCHEMA",
     "FPS_SCHEMA",
     "LOGIN_SCHEMA",
+    "as_json",
     "corrupt_dates",
     "envelope",
     "fps_messages",
@@ -268,4 +269,19 @@ def envelope(event_type: str, rec: dict[str, Any]) -> dict[str, Any]:
     if "settlement_date" in rec:
         out["settlement_date"] = (dt.date(1970, 1, 1) + dt.timedelta(rec["settlement_date"])
                                   ).isoformat()
+    return out
+
+
+def as_json(event_type: str, record: dict[str, Any]) -> dict[str, Any]:
+    """An event as an HTTP caller sends it (``event_type``, ISO times and dates)
+    from its Avro form (what the generators here give)."""
+    import datetime as dt
+
+    out: dict[str, Any] = {"event_type": event_type}
+    for k, v in record.items():
+        if k == "event_time":
+            v = dt.datetime.fromtimestamp(v / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
+        elif k == "settlement_date":
+            v = (dt.date(1970, 1, 1) + dt.timedelta(days=v)).isoformat()
+        out[k] = v
     return out

@@ -3,7 +3,10 @@ decision path and the reconcile stage in threads of this process."""
 
 from __future__ import annotations
 
-import datetime as dt
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +23,7 @@ from tripwire.connectors.decide_api import DecideConfig, create_app
 from tripwire.connectors.events import read_to_end
 from tripwire.connectors.http_ingest import parse_keys
 from tripwire.connectors.sdk import DecideClient, DecideError, TripwireProducer
-from tripwire.connectors.simulator import mixed_traffic
+from tripwire.connectors.simulator import as_json, mixed_traffic
 from tripwire.controls.engine import ControlSet
 from tripwire.controls.standin import StandInPolicy, parse_deadlines
 from tripwire.features.engine import FeatureLibrary
@@ -68,6 +71,12 @@ class Api:
         self.thread.join(30)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _pipeline(kafka: KafkaCluster, ns: str, state: Path) -> Pipeline:
     p = Pipeline.start({
         "all": combined_loop(kafka.bootstrap, ns, codec=CODEC, controls=ControlSet.from_dir(),
@@ -78,21 +87,10 @@ def _pipeline(kafka: KafkaCluster, ns: str, state: Path) -> Pipeline:
     return p
 
 
-def _json(kind: str, ev: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"event_type": kind}
-    for k, v in ev.items():
-        if k == "event_time":
-            v = dt.datetime.fromtimestamp(v / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
-        elif k == "settlement_date":
-            v = (dt.date(1970, 1, 1) + dt.timedelta(days=v)).isoformat()
-        out[k] = v
-    return out
-
-
 def _events(seed: int, n: int) -> list[dict[str, Any]]:
     traffic = mixed_traffic(seed, int(time.time() * 1000) - 3_600_000, n)
     shift = int(time.time() * 1000) - 1_000 - max(ev["event_time"] for _, ev in traffic)
-    return [_json(k, {**ev, "event_time": ev["event_time"] + shift}) for k, ev in traffic]
+    return [as_json(k, {**ev, "event_time": ev["event_time"] + shift}) for k, ev in traffic]
 
 
 def _records(kafka: KafkaCluster, ns: str, key: str) -> list[dict[str, Any]]:
@@ -229,3 +227,43 @@ def test_with_the_pipeline_stopped_every_request_gets_a_stand_in_and_nothing_is_
             f"stand-in:{r['reference']}" for r in overturned)
     finally:
         api.stop()
+
+
+def test_the_served_api_runs_several_workers_and_counts_them_all(
+        kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "TRIPWIRE_TOPIC_NAMESPACE": topics, "TRIPWIRE_INGEST_KEYS": "k1:0123456789abcdef-decide",
+           "TRIPWIRE_DECIDE_DEADLINES": "CardPayment=200,LoginEvent=200,FpsMessage=200",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    api = subprocess.Popen([sys.executable, "-m", "tripwire", "decide", "serve", "--port",
+                            str(port), "--workers", "2"], env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    client = DecideClient(url, "k1", KEYS["k1"], timeout_s=30)
+    try:
+        def up() -> bool:
+            assert api.poll() is None, api.communicate()[1][-3000:]
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, what="the API up")
+        events = _events(41, 12)
+        with ThreadPoolExecutor(6) as pool:  # the pipeline is not running: stand-ins
+            answers = list(pool.map(client.decide, events))
+            repeats = list(pool.map(client.decide, events))
+        assert all(a["stand_in"] for a in answers)
+        assert [r["outcome"] for r in repeats] == [a["outcome"] for a in answers]
+        assert all(r["repeat"] for r in repeats)
+        scraped = httpx.get(f"{url}/metrics").text
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                      if line.startswith("tripwire_decide_answers_total{"))
+        # every worker's counts, whichever answers the scrape (which worker takes a
+        # connection is the kernel's choice: repeats across workers are the first test's)
+        assert counted == 2 * len(events), scraped
+    finally:
+        client.close()
+        api.terminate()
+        api.wait(30)
