@@ -1,5 +1,6 @@
 """The demo: a broker, the decision path, everyday traffic, an attack, decisions,
-actions carried out, and the system-wide monitor pausing customer alerts.
+actions carried out, the system-wide monitor pausing customer alerts, and the
+inline decide API.
 
 Runs on its own topic namespace, so repeated runs never see each other's data.
 """
@@ -20,10 +21,13 @@ from rich.table import Table
 from tripwire.broker import acquire_cluster
 from tripwire.config import Settings
 from tripwire.connectors.alert_sender import AlertSender, SenderConfig
+from tripwire.connectors.decide_api import DecideConfig, Served, create_app
 from tripwire.connectors.events import EventProducer, read_to_end, read_topic
+from tripwire.connectors.sdk import DecideClient, TripwireProducer
 from tripwire.connectors.simulator import (
     CARD_SCHEMA,
     FPS_SCHEMA,
+    as_json,
     corrupt_dates,
     fps_messages,
     magstripe_contactless_attack,
@@ -33,6 +37,7 @@ from tripwire.connectors.standin_gateway import Gateway
 from tripwire.controls.actions import requests_of
 from tripwire.controls.engine import ControlSet
 from tripwire.controls.monitor import MonitorPolicy, SystemMonitor, default_tripwires
+from tripwire.controls.standin import parse_deadlines
 from tripwire.errors import TripwireError
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
@@ -72,7 +77,8 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
                                       controls=ControlSet.from_dir(), library=library,
                                       state_dir=Path(state_dir),
                                       isolate_mb=settings.controls_memory_mb
-                                      if settings.controls_isolated else None, applier=True)
+                                      if settings.controls_isolated else None, applier=True,
+                                      reconcile=True)
             sender = AlertSender(cluster.bootstrap, lambda k: topic(k, ns), codec,
                                  SenderConfig(gateway.url, control_poll_s=0.2),
                                  f"{ns}alert-sender")
@@ -159,8 +165,62 @@ class _Story:
         result.events += len(wanted)
         result.decisions += len(decided)
         result.actions = _carried_out(c, self.bootstrap, self.ns, self.codec, self.gateway)
+        self._inline()
         self._tally(result, alerts, deliveries, held)
         return result
+
+    def _inline(self) -> None:
+        """Two API workers: one with the default deadlines, one whose deadline has
+        always passed (as when the pipeline is slow): the decision, the stand-in and
+        the late decision beside it, and a repeat answered the same by the other."""
+        c = self.console
+        c.rule("[bold]5. Inline: an answer while the customer waits[/bold]")
+        keys = {"demo": b"demo-secret-0123456789"}
+        workers = [Served(create_app(TripwireProducer(self.bootstrap, namespace=self.ns,
+                                                      codec=self.codec), self.bootstrap,
+                                     DecideConfig(keys, parse_deadlines(deadlines),
+                                                  margin_ms=margin, worker=name), self.ns))
+                   for name, deadlines, margin in (("api-1", "", 20),
+                                                   ("api-2", "CardPayment=1", 0))]
+        clients = [DecideClient(w.url, "demo", keys["demo"], timeout_s=30) for w in workers]
+        try:
+            now = int(time.time() * 1000)
+            card, big = (as_json("CardPayment", {**e, "event_time": now})
+                         for e in normal_card_payments(19, now, 2))
+            big["amount_minor"] = 60_000
+            first = clients[0].decide(card)
+            how = "the stand-in (the pipeline was late)" if first["stand_in"] else \
+                "the pipeline's decision"
+            c.print(f"POST /v1/decide, a £{card['amount_minor'] / 100:.2f} card payment: "
+                    f"[bold]{first['outcome']}[/bold] in {first['latency_ms']:.0f} ms "
+                    f"(deadline {first['deadline_ms']} ms): {how}")
+            stood = clients[1].decide(big)
+            c.print(f"a £{big['amount_minor'] / 100:.2f} one, at a worker whose deadline has "
+                    f"passed: [yellow]stand-in {stood['outcome']}[/yellow] in "
+                    f"{stood['latency_ms']:.0f} ms ({stood['reason']})")
+            late = self._wait_late(stood["reference"])
+            if late is not None:
+                c.print(f"the pipeline decided it all the same: [bold]{late['outcome']}[/bold],"
+                        f" recorded beside the stand-in on {topic('decide_answers', self.ns)}"
+                        f" ({'agreed' if late['agreed'] else 'overturned: an ops alert'})")
+            again = clients[0].decide(big)
+            c.print(f"the same payment asked again at the other worker: {again['outcome']}, "
+                    f"stand-in {again['stand_in']} (repeat: {again['repeat']}): one answer "
+                    "per reference, whichever worker is asked")
+        finally:
+            for cl in clients:
+                cl.close()
+            for w in workers:
+                w.close()
+
+    def _wait_late(self, reference: str, timeout: float = 60.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self._read("decide_answers"):
+                if r["kind"] == "LATE" and r["reference"] == reference:
+                    return r
+            time.sleep(0.3)
+        return None
 
     def _send_cards(self, cards: list[dict]) -> None:
         for e in cards:

@@ -80,7 +80,7 @@ from tripwire.controls.standin import (
 from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.streams.topics import topic
 
-__all__ = ["DecideConfig", "create_app", "from_environment"]
+__all__ = ["DecideConfig", "Served", "create_app", "from_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -521,6 +521,30 @@ def _body(answer: dict[str, Any], started: float, repeat: bool,
             "decision_id": answer["decision_id"], "deadline_ms": answer["deadline_ms"],
             "latency_ms": round((time.monotonic() - started) * 1000, 3), "repeat": repeat,
             "event_taken": taken}
+
+
+class Served:
+    """An app on uvicorn in a thread of this process, on a free port (the demo's and
+    the tests' API workers; `tripwire decide serve` runs worker processes)."""
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name="decide-api", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the decide API did not start (its log says why)")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
 def from_environment() -> Starlette:

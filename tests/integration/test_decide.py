@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.decide_api import DecideConfig, create_app
+from tripwire.connectors.decide_api import DecideConfig, Served, create_app
 from tripwire.connectors.events import read_to_end
 from tripwire.connectors.http_ingest import parse_keys
 from tripwire.connectors.sdk import DecideClient, DecideError, TripwireProducer
@@ -38,7 +36,8 @@ POLICY = "CardPayment=ALLOW up to 25000 else DENY; LoginEvent=ALLOW; FpsMessage=
 
 
 class Api:
-    """One API worker: the app on uvicorn in a thread, on a port of its own."""
+    """One API worker: the app on uvicorn in a thread, on a port of its own, and a
+    client of it."""
 
     def __init__(self, kafka: KafkaCluster, ns: str, deadlines: str, name: str) -> None:
         config = DecideConfig(KEYS, parse_deadlines(deadlines), StandInPolicy.parse(POLICY),
@@ -46,17 +45,8 @@ class Api:
         producer = TripwireProducer(kafka.bootstrap, namespace=ns, codec=CODEC,
                                     **{"linger.ms": 1})
         self.app = create_app(producer, kafka.bootstrap, config, ns)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), \
-                "the API did not start"
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.served = Served(self.app)
+        self.url = self.served.url
         self.client = DecideClient(self.url, "k1", KEYS["k1"], timeout_s=30)
 
     def decide(self, event: dict[str, Any], reference: str | None = None) -> dict[str, Any]:
@@ -67,8 +57,7 @@ class Api:
 
     def stop(self) -> None:
         self.client.close()
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.served.close()
 
 
 def _free_port() -> int:
