@@ -13,7 +13,8 @@ offers, at each rate, fresh card payments
 * **through the API:** signed requests sent at the same rate (open loop: each
   at its scheduled time, whatever the others are waiting for); latency from its
   scheduled time to the answer, and how many answers were stand-ins (the
-  deadline, ``--deadline-ms``, is set high to measure the round trip).
+  deadline, ``--deadline-ms``, is set high to measure the round trip); the CPU
+  the API's processes and the pipeline worker used per request.
 
 The API's own overhead is the ratio of the two. Both share the machine with the
 broker and the pipeline: compare ratios, not milliseconds.
@@ -35,7 +36,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import Rounds, bench_cluster, calibrate
+from bench.common import Rounds, bench_cluster, calibrate, proc_cpu
 from bench.path import COMBINED, Decisions, _offer, _start_workers
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.connectors.kafka import producer
@@ -106,6 +107,15 @@ async def _through_api(url: str, events: list[dict[str, Any]], rate: int) \
     return latencies, stand_ins
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (uvicorn's workers)."""
+    total = proc_cpu(pid)
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            total += _tree_cpu(int(child))
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,8 +175,14 @@ def main(argv: list[str] | None = None) -> None:
                 for rate in rates:
                     n = int(args.seconds * rate)
                     seed += 2
+                    w0 = sum(proc_cpu(x.pid) for x in workers.procs)
                     base = asynchronous(bootstrap, ns, reader, _cards(seed, n, rate), rate)
+                    w1, a1 = sum(proc_cpu(x.pid) for x in workers.procs), _tree_cpu(api.pid)
                     lat, stood = asyncio.run(_through_api(url, _cards(seed + 1, n, rate), rate))
+                    w2, a2 = sum(proc_cpu(x.pid) for x in workers.procs), _tree_cpu(api.pid)
+                    rounds.add(f"pipeline CPU µs/event {rate}/s, async", (w1 - w0) / n * 1e6)
+                    rounds.add(f"pipeline CPU µs/event {rate}/s, API", (w2 - w1) / n * 1e6)
+                    rounds.add(f"API workers CPU µs/request {rate}/s", (a2 - a1) / n * 1e6)
                     for name, v in ((f"async {rate}/s p50 ms", _pct(base, 0.5)),
                                     (f"async {rate}/s p99 ms", _pct(base, 0.99)),
                                     (f"API {rate}/s p50 ms", _pct(lat, 0.5)),
