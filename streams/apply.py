@@ -52,7 +52,7 @@ from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.records import InRecord, OutRecord
 from tripwire.state.expiring import Expiring
 from tripwire.state.manager import StateManager, StateView
-from tripwire.streams.processor import Processor
+from tripwire.streams.processor import Processor, decoded
 
 __all__ = ["APPLIER_STORE", "CLOSE_CASE", "OVERRIDE", "REQUESTS_PARTITION", "RESUME",
            "ActionStage", "ApplyStage"]
@@ -81,15 +81,7 @@ class ActionStage(Processor):
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out = []
-        for rec in batch:
-            if rec.value is None:
-                continue
-            try:
-                schema, decision = self.codec.decode(rec.value)
-            except DecodeError as exc:  # written by tripwire only: a bug, said loudly
-                logger.error("decisions[%d]@%d: not a decision (%s); skipped", rec.partition,
-                             rec.offset, exc)
-                continue
+        for _, schema, decision in decoded(self.codec, batch):
             if schema.name != DECISION_SCHEMA:
                 continue
             for req in requests_of(decision):

@@ -8,12 +8,34 @@ for none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.records import TP, InRecord, OutRecord
+from tripwire.schemas.registry import AvroSchema
 from tripwire.state.manager import StateManager
 
-__all__ = ["Processor"]
+__all__ = ["Processor", "decoded"]
+
+logger = logging.getLogger(__name__)
+
+
+def decoded(codec: AvroCodec, batch: Sequence[InRecord]) \
+        -> Iterator[tuple[InRecord, AvroSchema, dict[str, Any]]]:
+    """Each record of a topic tripwire writes, with its schema and value; tombstones
+    skipped, and a record no schema reads (a bug) logged and skipped."""
+    for rec in batch:
+        if rec.value is None:
+            continue
+        try:
+            schema, value = codec.decode(rec.value)
+        except DecodeError as exc:
+            logger.error("%s[%d]@%d unreadable (%s); skipped", rec.topic, rec.partition,
+                         rec.offset, exc)
+            continue
+        yield rec, schema, value
 
 
 class Processor:

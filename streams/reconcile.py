@@ -43,10 +43,10 @@ from tripwire.controls.standin import (
     late_record,
     stand_in_alert,
 )
-from tripwire.schemas.codec import AvroCodec, DecodeError
+from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.records import TP, InRecord, OutRecord
 from tripwire.state.manager import StateManager
-from tripwire.streams.processor import Processor
+from tripwire.streams.processor import Processor, decoded
 from tripwire.streams.topics import topic
 
 __all__ = ["DEFAULT_HOLD_MS", "STAND_IN_STORE", "ReconcileStage"]
@@ -90,15 +90,7 @@ class ReconcileStage(Processor):
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
         out: list[OutRecord] = []
-        for rec in batch:
-            if rec.value is None:
-                continue
-            try:
-                schema, msg = self.codec.decode(rec.value)
-            except DecodeError as exc:  # written by tripwire only: a bug, said loudly
-                logger.error("%s[%d]@%d unreadable (%s); skipped", rec.topic, rec.partition,
-                             rec.offset, exc)
-                continue
+        for rec, schema, msg in decoded(self.codec, batch):
             if rec.topic == self.decisions and schema.name == DECISION_SCHEMA:
                 out += self._decision(rec, msg, state)
             elif rec.topic == self.answers and schema.name == ANSWER_SCHEMA:
