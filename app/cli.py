@@ -237,9 +237,10 @@ def run_stage(
         pipeline.stop_event.set()
     deciding = [s for s in wanted if s in STAGES]
     what = ", ".join(deciding) + (" in one loop" if one_loop else "")
-    others = [s for s in ("applier", "reconcile") if s in wanted]
-    if others:
-        what = ", ".join(filter(None, [what, *(f"the {s}" for s in others)]))
+    items = ([what] if deciding else []) + [
+        name for s, name in (("applier", "the applier"), ("reconcile", "the reconcile stage"))
+        if s in wanted]
+    what = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
     err_console.print(f"running {what} on {bootstrap} (namespace {ns!r})")
     while any(t.is_alive() for t in pipeline.threads):
         pipeline.stop_event.wait(5)

@@ -55,11 +55,14 @@ def test_all_stages_decide_stop_cleanly_and_move_between_layouts(
     codec = AvroCodec.from_url(None)
     events = list(normal_card_payments(4, int(time.time() * 1000) - 5_000, 20, cards=3))
     first, err = _run_all(kafka, topics, tmp_path, codec, events[:10], 10, "--loop-per-stage")
-    assert "running intake, features, decide and the applier on" in err
+    said = " ".join(err.split())  # the console wraps long lines
+    assert "running intake, features, decide, the applier and the reconcile stage on" in said
     assert {d["event_id"] for d in first} == {e["event_id"] for e in events[:10]}
     resent = events[0]
     second, err = _run_all(kafka, topics, tmp_path, codec, [*events[10:], resent], 11)
-    assert "running intake, features, decide in one loop and the applier" in err
+    said = " ".join(err.split())
+    assert "running intake, features, decide in one loop, the applier and the reconcile " \
+        "stage on" in said
     assert sorted(d["event_id"] for d in second if not d["repeat"]) == \
         sorted(e["event_id"] for e in events[10:])  # none of the first ten again
     again = [d for d in second if d["repeat"]]
