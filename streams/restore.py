@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from confluent_kafka import (
     OFFSET_STORED,
@@ -30,6 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["Partitions", "RestoreStopped"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# errors of a cluster settling after a broker restart, retried for a while
+_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+             KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+             KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+             KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
 
 
 class RestoreStopped(Exception):
@@ -90,12 +100,12 @@ class Partitions:
         if not self.peer_groups or not partitions:
             return {}
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        own = {(t.topic, t.partition): t.offset for t in self.consumer.committed(asked, 30)}
+        own = {(t.topic, t.partition): t.offset for t in self._committed(self.consumer, asked)}
         starts: dict[TP, int] = {}
         for group in self.peer_groups:
             peer = make_consumer(self.bootstrap, group)  # reads offsets; never joins
             try:
-                for c in peer.committed(asked, 30):
+                for c in self._committed(peer, asked):
                     tp = (c.topic, c.partition)
                     if c.offset >= 0 and c.offset > max(own.get(tp, -1), starts.get(tp, -1)):
                         starts[tp] = c.offset
@@ -148,28 +158,39 @@ class Partitions:
     def _end_offset(self, c: Consumer, ctp: TopicPartition, timeout: float = 60.0) -> int:
         """The changelog's end offset, retrying while leadership settles (a broker
         just restarted) — but not past a stop."""
+        return int(self._settled(lambda: c.get_watermark_offsets(ctp, timeout=2)[1],
+                                 f"{ctp.topic}[{ctp.partition}]", timeout))
+
+    def _committed(self, c: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets of ``tps``, retrying while its coordinator
+        settles (a broker just restarted: NOT_COORDINATOR)."""
+        got: list[TopicPartition] = self._settled(
+            lambda: c.committed(tps, timeout=10), "the committed offsets")
+        return got
+
+    def _settled(self, ask: Callable[[], T], what: str, timeout: float = 60.0) -> T:
+        """``ask()``, again while the cluster settles after a broker restart (a leader or
+        coordinator moving, a connection refused) for up to ``timeout`` s — but not
+        past a stop."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return int(c.get_watermark_offsets(ctp, timeout=2)[1])
+                return ask()
             except KafkaException as exc:
                 err = exc.args[0]
-                if not (err.retriable() or err.code() in (
-                        KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
-                        KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-                        KafkaError._TIMED_OUT)) or time.monotonic() > deadline:
+                if not (err.retriable() or err.code() in _SETTLING) or \
+                        time.monotonic() > deadline:
                     raise
-                self._check_stop(ctp)
-                logger.info("waiting for %s[%d]: %s", ctp.topic, ctp.partition, err)
+                self._check_stop(what)
+                logger.info("waiting for %s: %s", what, err)
                 time.sleep(0.2)
 
-    def _check_stop(self, ctp: TopicPartition) -> None:
+    def _check_stop(self, what: str) -> None:
         """A loop told to stop gives up a restore: what was applied is recorded with
         its offsets, so the next owner (or this worker, started again) goes on
         from there."""
         if self._stopping_by() is not None:
-            raise RestoreStopped(f"stopped while restoring {ctp.topic}[{ctp.partition}]")
+            raise RestoreStopped(f"stopped while restoring {what}")
 
     def _restore_one(self, c: Consumer, store: str, tp: tuple[str, int], start: int) -> int:
         ctp = TopicPartition(self.state.changelog(store, tp[0]), tp[1], start)
@@ -194,7 +215,7 @@ class Partitions:
             pos = c.position([ctp])[0].offset
             if at_end or pos >= high:
                 break
-            self._check_stop(ctp)
+            self._check_stop(f"{ctp.topic}[{ctp.partition}]")
             if msgs:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > 10:
@@ -224,8 +245,7 @@ class Partitions:
     def _rewind(self, tps: list[tuple[str, int]]) -> None:
         if not tps:
             return
-        committed = self.consumer.committed(
-            [TopicPartition(t, p) for (t, p) in tps], timeout=30)
+        committed = self._committed(self.consumer, [TopicPartition(t, p) for (t, p) in tps])
         for tp in committed:  # nothing committed yet: where the partition started
             start = tp.offset if tp.offset >= 0 else self._seeded.get((tp.topic, tp.partition), 0)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
