@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -66,7 +66,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tripwire.connectors.http_ingest import Signed, _problem
-from tripwire.connectors.kafka import consume_available, consumer
+from tripwire.connectors.kafka import consume_available, consumer, settled
 from tripwire.connectors.sdk import InvalidEvent, TripwireProducer
 from tripwire.controls.decider import DECISION_SCHEMA
 from tripwire.controls.standin import (
@@ -114,7 +114,6 @@ class _Replies:
         self.keys: dict[bytes, int] = {}  # entity key -> waiters
         self.waiting: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self.lock = threading.Lock()
-        self.read = self.decoded = 0
 
     def assign(self) -> None:
         md = self.consumer.list_topics(self.name, timeout=30).topics[self.name]
@@ -123,8 +122,7 @@ class _Replies:
         # explicit offsets: a decision written before the first fetch is not missed
         tps = []
         for p in md.partitions:
-            high = _watermarks(self.consumer, self.name, p)
-            tps.append(TopicPartition(self.name, p, high[1] if high else OFFSET_END))
+            tps.append(TopicPartition(self.name, p, _watermarks(self.consumer, self.name, p)[1]))
         self.consumer.assign(tps)
 
     def watch(self, key: bytes, identity: str,
@@ -155,14 +153,12 @@ class _Replies:
                 for m in consume_available(self.consumer, 1000, 0.1):
                     if m.error() is not None:
                         continue
-                    self.read += 1
                     if m.key() not in self.keys:
                         continue
                     try:
                         schema, decision = self.codec.decode(m.value())
                     except DecodeError:
                         continue
-                    self.decoded += 1
                     if schema.name != DECISION_SCHEMA:
                         continue
                     with self.lock:
@@ -171,13 +167,6 @@ class _Replies:
                         wake(decision)
         finally:
             self.consumer.close()
-
-
-@dataclass
-class _Known:
-    answer: dict[str, Any]
-    partition: int
-    offset: int
 
 
 class _Book:
@@ -190,7 +179,7 @@ class _Book:
         self.consumer = consumer(bootstrap, f"tripwire-decide-answers-{uuid.uuid4().hex[:12]}",
                                  **{"fetch.wait.max.ms": 50,
                                     "isolation.level": "read_uncommitted"})
-        self.first: dict[str, _Known] = {}
+        self.first: dict[str, dict[str, Any]] = {}  # reference -> its first answer
         self._order: deque[tuple[int, str]] = deque()  # (answered_at, reference)
         self.position: dict[int, int] = {}  # partition -> next offset to read
         self._until: dict[int, int] = {}  # what was there at the start
@@ -203,7 +192,8 @@ class _Book:
         if md.error is not None:
             raise RuntimeError(f"{self.name}: {md.error}")
         since = [TopicPartition(self.name, p, now_ms - self.remember_ms) for p in md.partitions]
-        starts = _retrying(lambda: self.consumer.offsets_for_times(since, timeout=30))
+        starts = settled(lambda: self.consumer.offsets_for_times(since, timeout=30),
+                         f"{self.name}'s offsets by time", 30.0)
         tps = []
         for tp in starts:
             low, high = _watermarks(self.consumer, self.name, tp.partition)
@@ -249,7 +239,7 @@ class _Book:
             return
         ref = rec["reference"]
         if ref not in self.first:
-            self.first[ref] = _Known(rec, partition, offset)
+            self.first[ref] = rec
             self._order.append((rec["answered_at"], ref))
 
     def _progress(self) -> None:
@@ -327,7 +317,7 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
         while True:
             known = book.first.get(reference)
             if known is not None:
-                return _repeat(known.answer, digest, model.event_type, started)
+                return _repeat(known, digest, model.event_type, started)
             pending = inflight.get(reference)
             if pending is None:
                 break
@@ -370,8 +360,8 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
         def on_taken(err: Any, _msg: Any) -> None:
             loop.call_soon_threadsafe(_settle, taken, None if err is None else str(err))
 
-        forget = replies.watch(model.key.encode(), event_identity(model.schema_name, record),
-                               wake)
+        identity = event_identity(model.schema_name, record)
+        forget = replies.watch(model.key.encode(), identity, wake)
         unavailable = ""
         try:
             try:
@@ -400,7 +390,7 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
         answer = {
             "kind": "ANSWER", "reference": reference, "event_id": model.event_id,
             "event_type": model.schema_name, "entity_key": model.key,
-            "identity": event_identity(model.schema_name, record), "outcome": outcome,
+            "identity": identity, "outcome": outcome,
             "actions": actions, "stand_in": stand_in, "reason": reason,
             "decision_id": decision_id, "stand_in_outcome": None, "agreed": None,
             "request_hash": digest, "requested_at": requested_at,
@@ -439,7 +429,7 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
                          answer["reference"], exc)
             return answer
         known = book.first.get(answer["reference"])
-        return answer if known is None else known.answer
+        return answer if known is None else known
 
     async def metrics_page(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -480,21 +470,9 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
 
 def _watermarks(c: Any, name: str, partition: int) -> tuple[int, int]:
     tp = TopicPartition(name, partition)
-    marks: tuple[int, int] = _retrying(lambda: c.get_watermark_offsets(tp, timeout=30))
+    marks: tuple[int, int] = settled(lambda: c.get_watermark_offsets(tp, timeout=30),
+                                     f"{name}[{partition}]", 30.0)
     return marks
-
-
-def _retrying(ask: Callable[[], Any], within_s: float = 30.0) -> Any:
-    """``ask()``, asked again for ``within_s`` while Kafka refuses (a topic just
-    created has no leader for a moment)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            return ask()
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _settle_from_thread(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any],

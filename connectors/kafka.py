@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -275,3 +275,32 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -
             fut.result(timeout)
         except KafkaException as exc:
             logger.warning("could not delete topic: %s", exc)
+
+
+T = TypeVar("T")
+
+# errors of a cluster settling (a broker restarted, a topic just created: a leader or
+# coordinator moving, a connection refused), asked again for a while
+SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+            KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+            KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+
+
+def settled(ask: Callable[[], T], what: str, within_s: float = 60.0,
+            meanwhile: Callable[[], None] = lambda: None) -> T:
+    """``ask()``, asked again for up to ``within_s`` while the cluster settles (a
+    retriable error or one of :data:`SETTLING`); ``meanwhile`` runs between tries
+    (a stop check may raise)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in SETTLING) or time.monotonic() > deadline:
+                raise
+            meanwhile()
+            logger.info("waiting for %s: %s", what, err)
+            time.sleep(0.2)

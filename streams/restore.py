@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from confluent_kafka import (
     OFFSET_STORED,
@@ -19,6 +18,7 @@ from confluent_kafka import (
 )
 
 from tripwire.connectors.kafka import consumer as make_consumer
+from tripwire.connectors.kafka import settled
 from tripwire.schemas.records import TP
 from tripwire.state.manager import StateManager
 from tripwire.streams.processor import Processor
@@ -32,14 +32,6 @@ __all__ = ["Partitions", "RestoreStopped"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# errors of a cluster settling after a broker restart, retried for a while
-_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
-             KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-             KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
-             KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
 
 
 class RestoreStopped(Exception):
@@ -158,32 +150,17 @@ class Partitions:
     def _end_offset(self, c: Consumer, ctp: TopicPartition, timeout: float = 60.0) -> int:
         """The changelog's end offset, retrying while leadership settles (a broker
         just restarted) — but not past a stop."""
-        return int(self._settled(lambda: c.get_watermark_offsets(ctp, timeout=2)[1],
-                                 f"{ctp.topic}[{ctp.partition}]", timeout))
+        what = f"{ctp.topic}[{ctp.partition}]"
+        return int(settled(lambda: c.get_watermark_offsets(ctp, timeout=2)[1], what, timeout,
+                           lambda: self._check_stop(what)))
 
     def _committed(self, c: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
         """The group's committed offsets of ``tps``, retrying while its coordinator
-        settles (a broker just restarted: NOT_COORDINATOR)."""
-        got: list[TopicPartition] = self._settled(
-            lambda: c.committed(tps, timeout=10), "the committed offsets")
+        settles (a broker just restarted: NOT_COORDINATOR) — but not past a stop."""
+        what = "the committed offsets"
+        got: list[TopicPartition] = settled(lambda: c.committed(tps, timeout=10), what,
+                                            meanwhile=lambda: self._check_stop(what))
         return got
-
-    def _settled(self, ask: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-        """``ask()``, again while the cluster settles after a broker restart (a leader or
-        coordinator moving, a connection refused) for up to ``timeout`` s — but not
-        past a stop."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return ask()
-            except KafkaException as exc:
-                err = exc.args[0]
-                if not (err.retriable() or err.code() in _SETTLING) or \
-                        time.monotonic() > deadline:
-                    raise
-                self._check_stop(what)
-                logger.info("waiting for %s: %s", what, err)
-                time.sleep(0.2)
 
     def _check_stop(self, what: str) -> None:
         """A loop told to stop gives up a restore: what was applied is recorded with
