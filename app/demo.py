@@ -198,7 +198,8 @@ class _Story:
             c.print(f"a £{big['amount_minor'] / 100:.2f} one, at a worker whose deadline has "
                     f"passed: [yellow]stand-in {stood['outcome']}[/yellow] in "
                     f"{stood['latency_ms']:.0f} ms ({stood['reason']})")
-            late = self._wait_late(stood["reference"])
+            late = self._found("decide_answers", lambda r: r["kind"] == "LATE" and
+                               r["reference"] == stood["reference"], 60.0)
             if late is not None:
                 c.print(f"the pipeline decided it all the same: [bold]{late['outcome']}[/bold],"
                         f" recorded beside the stand-in on {topic('decide_answers', self.ns)}"
@@ -213,14 +214,6 @@ class _Story:
             for w in workers:
                 w.close()
 
-    def _wait_late(self, reference: str, timeout: float = 60.0) -> dict | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for r in self._read("decide_answers"):
-                if r["kind"] == "LATE" and r["reference"] == reference:
-                    return r
-            time.sleep(0.3)
-        return None
 
     def _send_cards(self, cards: list[dict]) -> None:
         for e in cards:
@@ -231,14 +224,19 @@ class _Story:
         return [self.codec.decode(m.value())[1]
                 for m in read_to_end(self.bootstrap, topic(key, self.ns))]
 
-    def _wait_soc(self, state: str, timeout: float = 90.0) -> dict | None:
+    def _found(self, key: str, match: Callable[[dict], bool], timeout: float = 90.0) \
+            -> dict | None:
+        """The newest record of topic ``key`` that matches, once there is one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = [a for a in self._read("soc_alerts") if a["state"] == state]
+            found = [r for r in self._read(key) if match(r)]
             if found:
                 return found[-1]
             time.sleep(0.3)
         return None
+
+    def _wait_soc(self, state: str) -> dict | None:
+        return self._found("soc_alerts", lambda a: a["state"] == state)
 
     def _wait_alerts(self, at_least: int, timeout: float = 60.0) -> set[str]:
         """The customer alerts written so far, once the applier has caught up (no new

@@ -39,9 +39,10 @@ class Api:
     """One API worker: the app on uvicorn in a thread, on a port of its own, and a
     client of it."""
 
-    def __init__(self, kafka: KafkaCluster, ns: str, deadlines: str, name: str) -> None:
+    def __init__(self, kafka: KafkaCluster, ns: str, deadlines: str, name: str,
+                 margin_ms: int = 20) -> None:
         config = DecideConfig(KEYS, parse_deadlines(deadlines), StandInPolicy.parse(POLICY),
-                              margin_ms=0 if "=1," in f"{deadlines}," else 20, worker=name)
+                              margin_ms=margin_ms, worker=name)
         producer = TripwireProducer(kafka.bootstrap, namespace=ns, codec=CODEC,
                                     **{"linger.ms": 1})
         self.app = create_app(producer, kafka.bootstrap, config, ns)
@@ -103,7 +104,7 @@ def test_answers_in_time_stand_ins_past_the_deadline_and_repeats_across_workers(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
     pipeline = _pipeline(kafka, topics, tmp_path / "w")
     patient = Api(kafka, topics, "CardPayment=10000,LoginEvent=10000,FpsMessage=10000", "a")
-    hasty = Api(kafka, topics, "CardPayment=1,LoginEvent=1,FpsMessage=1", "b")
+    hasty = Api(kafka, topics, "CardPayment=1,LoginEvent=1,FpsMessage=1", "b", margin_ms=0)
     try:
         cards = [e for e in _events(23, 60) if e["event_type"] == "CardPayment"]
         # a normal round trip: the pipeline's own decision, within the deadline
