@@ -158,7 +158,7 @@ class Partitions:
         """The group's committed offsets of ``tps``, retrying while its coordinator
         settles (a broker just restarted: NOT_COORDINATOR) — but not past a stop."""
         what = "the committed offsets"
-        got: list[TopicPartition] = settled(lambda: c.committed(tps, timeout=10), what,
+        got: list[TopicPartition] = settled(lambda: c.committed(tps, timeout=2), what,
                                             meanwhile=lambda: self._check_stop(what))
         return got
 
