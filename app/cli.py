@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tripwire.backtests import backtest, simulate
 from tripwire.broker import LocalBroker
 from tripwire.cases import cases_app
 from tripwire.config import Settings
@@ -36,6 +37,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(decide_app, name="decide")
 app.command("override")(override)
+app.command("backtest")(backtest)
+app.command("simulate")(simulate)
 
 # Wide enough for the decision tables when output is a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -302,114 +305,6 @@ def explain(event_id: str = typer.Argument(..., help="the event id to explain"))
                               f" (tier {e['tier']}, {e['mode'].lower()}): "
                               f"{e['output_json'] or e['error']} in {e['duration_us']} µs",
                               markup=False, highlight=False)
-
-
-def _backtest_records(events: str, codec: Any) -> tuple[list[Any], list[tuple[int, str]]]:
-    """Input records from a JSON Lines file or ``topic:NAME[,NAME...]`` (Kafka order:
-    offsets per partition; across partitions, by record timestamp)."""
-    from tripwire.streams.backtest import records_from_jsonl
-
-    if events.startswith("topic:"):
-        from tripwire.connectors.events import read_to_end
-        from tripwire.schemas.records import InRecord
-
-        bootstrap = _bootstrap(Settings())
-        recs = []
-        for name in events[len("topic:"):].split(","):
-            for m in read_to_end(bootstrap, name.strip()):
-                recs.append(InRecord(m.topic() or "", m.partition() or 0, m.offset() or 0,
-                                     m.key(), m.value(), m.timestamp()[1]))
-        if len({(r.topic, r.partition) for r in recs}) > 1:  # one log keeps its own order
-            from tripwire.streams.align import log_order
-
-            recs = log_order(recs)  # the live feature nodes' order
-        return recs, []
-    path = Path(events)
-    if not path.is_file():
-        raise TripwireError(f"{events}: no such events file (or use topic:NAME)")
-    with path.open("rb") as f:
-        return records_from_jsonl(f, codec)
-
-
-@app.command()
-def backtest(
-    controls_dir: Path | None = typer.Option(None, "--controls", help="candidate controls "
-                                             "folder (default: the shipped library)"),
-    events: str = typer.Option(..., "--events", help="JSON Lines file of events, or "
-                               "topic:NAME[,NAME] to replay Kafka topics"),
-    labels: Path | None = typer.Option(None, "--labels", exists=True, dir_okay=False,
-                                       help="CSV (event_id,label) or JSON Lines of fraud "
-                                       "labels, for precision and recall"),
-    baseline_dir: Path | None = typer.Option(None, "--baseline", help="the active controls "
-                                             "to compare with (default: the shipped library)"),
-    report: Path = typer.Option(Path("backtest-report.html"), "--report",
-                                help="HTML report with charts"),
-    out: Path | None = typer.Option(None, "--out", help="write the decisions as JSON Lines"),
-) -> None:
-    """Replay recorded events through the same decision path with candidate controls:
-    hits, precision/recall, alerts per day per control, and the outcomes that change
-    against the active controls."""
-    import orjson
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.table import Table
-
-    from tripwire.connectors.report import read_labels, write_html
-    from tripwire.controls.engine import LIBRARY, ControlSet
-    from tripwire.controls.results import ControlError
-    from tripwire.schemas.codec import AvroCodec
-    from tripwire.streams.backtest import backtest as run_backtest
-
-    codec = AvroCodec.from_url(Settings().schema_registry_url)
-    try:
-        candidate = ControlSet.from_dir(controls_dir or LIBRARY)
-        active = ControlSet.from_dir(baseline_dir or LIBRARY)
-    except ControlError as exc:
-        raise TripwireError(f"the controls do not load: {exc}") from None
-    try:
-        truth = read_labels(labels) if labels else {}
-    except (ValueError, KeyError) as exc:
-        raise TripwireError(f"labels: {exc}") from None
-    records, bad = _backtest_records(events, codec)
-    for n, why in bad[:20]:
-        err_console.print(f"[yellow]line {n} is not an event: {why}[/yellow]")
-    if not records:
-        raise TripwireError(f"{events}: no events to replay")
-    runs = {}
-    settings = Settings()
-    isolate_mb = settings.controls_memory_mb if settings.controls_isolated else None
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeRemainingColumn(), console=err_console) as bar:
-        for name, cs in (("candidate", candidate), ("active", active)):
-            task = bar.add_task(f"replaying with the {name} controls", total=len(records))
-
-            def advance(done: int, _total: int, task: Any = task) -> None:
-                bar.update(task, completed=done)
-
-            runs[name] = run_backtest(cs, records, codec=codec, labels=truth,
-                                      progress=advance, isolate_mb=isolate_mb)
-    run, base = runs["candidate"], runs["active"]
-    table = Table(title=f"backtest: {len(records)} events, {len(run.decisions)} decisions, "
-                        f"{sum(run.quarantined.values())} refused, {len(bad)} unreadable lines")
-    for col in ("control", "stage", "mode", "runs", "hits", "errors", "precision", "recall",
-                "hits/day"):
-        table.add_column(col)
-    for st in sorted(run.controls.values(), key=lambda x: (x.stage, x.control_id)):
-        table.add_row(st.control_id, st.stage.lower(), st.mode, str(st.runs), str(st.hits),
-                      str(st.errors), "-" if st.precision is None else f"{st.precision:.1%}",
-                      "-" if st.recall is None else f"{st.recall:.1%}",
-                      f"{st.alerts_per_day:.1f}")
-    console.print(table)
-    console.print("outcomes: " + ", ".join(f"{o} {n}" for o, n in run.outcomes.most_common()))
-    counts, changes = run.diff(base)
-    console.print(f"against the active controls: {len(changes)} outcomes change"
-                  + "".join(f"; {o} → {n}: {c}" for (o, n), c in counts.most_common()))
-    write_html(report, run, f"Backtest of {controls_dir or LIBRARY}", base, sys.argv)
-    console.print(f"report: {report}")
-    if out is not None:
-        with out.open("wb") as f:
-            for d in run.decisions:
-                f.write(orjson.dumps(d) + b"\n")
-        console.print(f"decisions: {out}")
 
 
 controls_app = typer.Typer(help="The Starlark controls.", no_args_is_help=True)

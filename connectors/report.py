@@ -6,37 +6,53 @@ from __future__ import annotations
 import csv
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from tripwire.streams.backtest import Backtest
+from tripwire.streams.backtest import CAUGHT_WITHIN, Backtest, Labels
 
-__all__ = ["read_labels", "write_html"]
+__all__ = ["read_label_table", "read_labels", "write_html"]
 
 _TRUE = {"1", "true", "yes", "fraud", "y", "t"}
 _FALSE = {"0", "false", "no", "genuine", "legit", "n", "f", ""}
 
 
 def read_labels(path: Path) -> dict[str, bool]:
-    """``event_id`` → fraud, from CSV (columns ``event_id`` and ``label`` or
-    ``fraud``) or JSON Lines (``{"event_id": ..., "fraud": true}``). An
-    unreadable label is an error naming its line, never a guess."""
-    out: dict[str, bool] = {}
+    """``event_id`` → fraud (:func:`read_label_table`'s ``fraud``)."""
+    return read_label_table(path).fraud
+
+
+def read_label_table(path: Path) -> Labels:
+    """Labels from CSV (columns ``event_id`` and ``label`` or ``fraud``; optional
+    ``typology``, ``attack_id`` and ``lookalike``, as ``tripwire simulate`` and
+    ``tripwire cases labels`` write) or JSON Lines (``{"event_id": ..., "fraud":
+    true, "typology": ...}``). An unreadable label is an error naming its line,
+    never a guess."""
+    out = Labels()
+
+    def row(eid: str, label: object, n: int, rec: Mapping[str, Any]) -> None:
+        out.fraud[eid] = _label(label, path, n)
+        for name, into in (("typology", out.typology), ("attack_id", out.attack),
+                           ("lookalike", out.lookalike)):
+            if rec.get(name):
+                into[eid] = str(rec[name])
+
     if path.suffix in (".jsonl", ".json"):
         for n, line in enumerate(path.read_bytes().splitlines(), start=1):
             if line.strip():
                 rec = orjson.loads(line)
-                out[str(rec["event_id"])] = _label(rec.get("fraud", rec.get("label")), path, n)
+                row(str(rec["event_id"]), rec.get("fraud", rec.get("label")), n, rec)
         return out
     with path.open(newline="") as f:
         rows = csv.DictReader(f)
         if rows.fieldnames is None or "event_id" not in rows.fieldnames:
             raise ValueError(f"{path}: a labels CSV needs a header with event_id and label")
         col = "label" if "label" in rows.fieldnames else "fraud"
-        for n, row in enumerate(rows, start=2):
-            out[row["event_id"]] = _label(row.get(col), path, n)
+        for n, r in enumerate(rows, start=2):
+            row(r["event_id"], r.get(col), n, r)
     return out
 
 
@@ -52,14 +68,43 @@ def _label(value: object, path: Path, line: int) -> bool:
                      "genuine (0/false)")
 
 
+def _typology_html(run: Backtest, within: int) -> list[str]:
+    if not run.labels:
+        return []
+    out = []
+    stats = [s for s in run.typologies(within).values() if s.events or s.flagged]
+    if stats:
+        rows = "".join(
+            f"<tr><td>{html.escape(s.typology)}</td><td>{s.attacks}</td>"
+            f"<td>{s.attacks_caught}</td><td>{s.events}</td><td>{s.flagged}</td>"
+            f"<td>{_pct(s.precision)}</td><td>{_pct(s.recall)}</td>"
+            f"<td>{_pct(s.event_recall)}</td></tr>" for s in stats)
+        out.append(f"<h2>Per typology</h2><p>An attack stopped within its first {within} "
+                   "events counts as stopped from its first.</p><table><tr><th>typology</th>"
+                   "<th>attacks</th><th>caught</th><th>events</th><th>flagged</th>"
+                   "<th>precision</th><th>recall</th><th>event recall</th></tr>"
+                   f"{rows}</table>")
+    looks = run.lookalikes()
+    if looks:
+        names = ("ALLOW", "STEP_UP", "MANUAL_REVIEW", "DENY")
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{sum(c.values())}</td>"
+                       + "".join(f"<td>{c[o]}</td>" for o in names) + "</tr>"
+                       for k, c in looks.items())
+        out.append("<h2>Look-alikes (genuine)</h2><table><tr><th>look-alike</th>"
+                   "<th>events</th>" + "".join(f"<th>{o}</th>" for o in names)
+                   + f"</tr>{rows}</table>")
+    return out
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
 def write_html(path: Path, run: Backtest, title: str, baseline: Backtest | None = None,
-               command: Sequence[str] = ()) -> None:
+               command: Sequence[str] = (), within: int = CAUGHT_WITHIN) -> None:
     """One self-contained page: summary, per-control table, outcome and alert
-    volumes per day, precision and recall per control, changes against the baseline."""
+    volumes per day, precision and recall per control and per typology, the
+    look-alikes' outcomes, changes against the baseline."""
     import plotly.graph_objects as go
 
     days = sorted(run.outcomes_per_day)
@@ -104,6 +149,7 @@ def write_html(path: Path, run: Backtest, title: str, baseline: Backtest | None 
     parts.append("<table><tr><th>control</th><th>stage</th><th>mode</th><th>version</th>"
                  "<th>runs</th><th>hits</th><th>errors</th><th>precision</th><th>recall</th>"
                  f"<th>hits/day</th></tr>{rows}</table>")
+    parts.extend(_typology_html(run, within))
     if baseline is not None:
         counts, changes = run.diff(baseline)
         listed = "".join(f"<tr><td>{html.escape(e)}</td><td>{o}</td><td>{n}</td></tr>"

@@ -25,7 +25,9 @@ the decision, stoppable with :meth:`ControlSet.emergency_stop`), ``ON_ERROR``
 (``"IGNORE"`` by default, or the outcome a failure proposes — fail safe) and
 ``WHEN`` (event field → value or list of values: the control runs only on
 events that match, e.g. ``{"kind": "TOPUP"}``; others cost nothing and leave no
-execution record) and ``EXAMPLES`` (inputs and the expected ``signal`` or
+execution record), ``TYPOLOGIES`` (detectors: signal → the typology it names,
+for backtests per typology; a signal left out, such as a "possible" one, names
+none) and ``EXAMPLES`` (inputs and the expected ``signal`` or
 ``outcome``, run by ``tripwire controls test`` and before a control is accepted).
 
 A control has Starlark's standard globals and ``json`` (``json.encode``,
@@ -144,6 +146,7 @@ class Control:
     tier: int = 1
     reads: frozenset[str] = frozenset()  # event fields and features it may read
     when: tuple[tuple[str, frozenset[Any]], ...] = ()  # runs only on matching events
+    typologies: tuple[tuple[str, str], ...] = ()  # signal → typology (detectors)
 
     @property
     def function(self) -> str:
@@ -196,6 +199,12 @@ class Control:
                                "list of values (not on the selection control)")
         conditions = tuple((k, frozenset(v if isinstance(v, list) else [v]))
                            for k, v in sorted(when.items()))
+        typologies = module["TYPOLOGIES"] or {}
+        if not isinstance(typologies, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v.isidentifier()
+                for k, v in typologies.items()) or (stage != "DETECTOR" and typologies):
+            raise ControlError(f"{control_id}: TYPOLOGIES must be a dict of signal to "
+                               "typology name (on detectors only)")
         given = ", ".join(f'given["{p}"]' for p in _PARAMETERS[stage])
         frozen = _evaluated(control_id, f"{source}\n\ndef {_ENTRY}(inputs):\n"
                             f"    given = json.decode(inputs)\n"
@@ -205,7 +214,7 @@ class Control:
                    None if on_error == "IGNORE" else on_error, tuple(examples),
                    _Budget(TIER0_BUDGET_MS if tier == 0 else budget_ms), mode,
                    percent if isinstance(percent, int) else 0, stage, tier, literals(source),
-                   conditions)
+                   conditions, tuple(sorted(typologies.items())))
 
     @classmethod
     def checked(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
@@ -241,6 +250,10 @@ class Control:
         bucket = int(hashlib.sha256(f"{self.control_id}|{entity_key}".encode())
                      .hexdigest()[:8], 16) % 100
         return bucket < self.canary_percent
+
+    def typology(self, signal: str | None) -> str | None:
+        """The typology ``signal`` names (``TYPOLOGIES``), if any."""
+        return dict(self.typologies).get(signal or "")
 
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to

@@ -15,6 +15,8 @@ _CARD = {"event_type": "CardPayment"}
 _FPS_IN = {"event_type": "FpsMessage", "message_type": "PAYMENT_REQUEST", "direction": "INBOUND"}
 _FPS_OUT = {"event_type": "FpsMessage", "message_type": "PAYMENT_REQUEST",
             "direction": "OUTBOUND"}
+_ATTEMPT = {"event_type": "LoginEvent", "type": ["LOGIN_SUCCEEDED", "LOGIN_FAILED"]}
+_FAILED = {"event_type": "LoginEvent", "type": "LOGIN_FAILED"}
 
 DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
     # cards: testing and velocity
@@ -35,6 +37,10 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
                 where=_CARD),
     FeatureSpec("ip_distinct_cards_1h", "ip", "distinct", "1h", field="card_token",
                 where=_CARD),
+    FeatureSpec("ip_card_declines_1h", "ip", "count", "1h",
+                where={**_CARD, "response": "DECLINED"}),
+    FeatureSpec("device_distinct_users_24h", "device", "distinct", "24h", field="user_id",
+                where={"event_type": "LoginEvent", "type": "LOGIN_SUCCEEDED"}),
     # accounts
     FeatureSpec("account_card_amount_24h", "account", "sum", "24h", field="amount_gbp_minor",
                 where=_CARD),
@@ -45,17 +51,23 @@ DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("account_fps_out_value_1h", "account", "sum", "1h", field="amount_minor",
                 where=_FPS_OUT),
     FeatureSpec("account_fps_out_count_1h", "account", "count", "1h", where=_FPS_OUT),
+    FeatureSpec("account_fps_out_distinct_payees_1h", "account", "distinct", "1h",
+                field="counterparty", where=_FPS_OUT),
     FeatureSpec("account_new_payees_24h", "account", "count", "24h",
                 where={"event_type": "LoginEvent", "type": "PAYEE_ADDED"}),
     FeatureSpec("account_since_password_change", "account", "since_last", "30d",
                 where={"event_type": "LoginEvent", "type": "PASSWORD_CHANGED"}),
     FeatureSpec("account_since_device_added", "account", "since_last", "30d",
                 where={"event_type": "LoginEvent", "type": "DEVICE_ADDED"}),
-    # logins
-    FeatureSpec("user_failed_logins_10m", "user", "count", "10m",
-                where={"event_type": "LoginEvent", "type": "LOGIN_FAILED"}),
-    FeatureSpec("ip_failed_logins_10m", "ip", "count", "10m",
-                where={"event_type": "LoginEvent", "type": "LOGIN_FAILED"}),
+    FeatureSpec("account_failed_logins_24h", "account", "count", "24h", where=_FAILED),
+    # logins: credential stuffing (one IP, many users, mostly failing) and brute force
+    # (one user, many failures)
+    FeatureSpec("user_failed_logins_10m", "user", "count", "10m", where=_FAILED),
+    FeatureSpec("user_failed_logins_1h", "user", "count", "1h", where=_FAILED),
+    FeatureSpec("ip_failed_logins_10m", "ip", "count", "10m", where=_FAILED),
+    FeatureSpec("ip_login_attempts_10m", "ip", "count", "10m", where=_ATTEMPT),
+    FeatureSpec("ip_distinct_users_10m", "ip", "distinct", "10m", field="user_id",
+                where=_ATTEMPT),
     # payees (FPS counterparties): money-mule fan-in
     FeatureSpec("payee_distinct_payers_24h", "payee", "distinct", "24h", field="account_id",
                 where=_FPS_OUT),

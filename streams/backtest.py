@@ -34,10 +34,56 @@ from tripwire.state.manager import OneLogState
 from tripwire.streams.decision_path import DecisionPath
 from tripwire.streams.stages import PATH, Parts
 
-__all__ = ["TIMING_FIELDS", "Backtest", "ControlStats", "backtest", "comparable",
-           "records_from_jsonl"]
+__all__ = ["CAUGHT_WITHIN", "TIMING_FIELDS", "Backtest", "ControlStats", "Labels",
+           "TypologyStats", "backtest", "comparable", "records_from_jsonl"]
 
 TIMING_FIELDS = ("decided_at", "latency_us")  # measure the run, not the decision
+# An attack stopped within its first this-many events counts as caught from its
+# first event: a velocity control must see a few events before it can know.
+CAUGHT_WITHIN = 10
+
+
+@dataclass
+class Labels:
+    """What is known about events: fraud or genuine, and for fraud its typology and
+    the attack it belongs to; for a genuine event, the look-alike it is (if any)."""
+
+    fraud: dict[str, bool] = field(default_factory=dict)
+    typology: dict[str, str] = field(default_factory=dict)
+    attack: dict[str, str] = field(default_factory=dict)
+    lookalike: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TypologyStats:
+    """One typology against the labels. ``flagged``: events on which a detector
+    raised a signal of this typology (its ``TYPOLOGIES``); precision is the share of
+    them labelled fraud. ``events``: events labelled with this typology; recall is
+    the share stopped (any outcome but ALLOW), where an attack stopped within its
+    first ``within`` events counts as stopped from its first; ``event_recall``
+    counts each event on its own."""
+
+    typology: str
+    within: int = CAUGHT_WITHIN
+    attacks: int = 0
+    attacks_caught: int = 0  # stopped within their first ``within`` events
+    events: int = 0
+    caught: int = 0
+    stopped: int = 0
+    flagged: int = 0
+    true_flags: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        return self.true_flags / self.flagged if self.flagged else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.caught / self.events if self.events else None
+
+    @property
+    def event_recall(self) -> float | None:
+        return self.stopped / self.events if self.events else None
 
 
 def comparable(decision: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,10 +103,11 @@ class ControlStats:
     true_hits: int = 0  # hits on events labelled fraud
     hits_per_day: Counter[str] = field(default_factory=Counter)
     labelled_fraud: int = 0  # set once labels are known
+    labelled: bool = False  # whether there were labels at all
 
     @property
     def precision(self) -> float | None:
-        return self.true_hits / self.hits if self.hits else None
+        return self.true_hits / self.hits if self.hits and self.labelled else None
 
     @property
     def recall(self) -> float | None:
@@ -80,6 +127,8 @@ class Backtest:
                                                       defaultdict(Counter))
     labels: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
+    known: Labels = field(default_factory=Labels)  # the labels' typologies and attacks
+    flags: dict[str, set[str]] = field(default_factory=dict)  # event id → typologies raised
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -91,6 +140,50 @@ class Backtest:
         fraud = sum(self.labels.values())
         tp = sum(self.labels.get(d["event_id"], False) for d in flagged)
         return (tp / len(flagged) if flagged else None, tp / fraud if fraud else None)
+
+    def typologies(self, within: int = CAUGHT_WITHIN) -> dict[str, TypologyStats]:
+        """Precision and recall per typology (:class:`TypologyStats`): every typology
+        the labels name or a detector raised."""
+        out: dict[str, TypologyStats] = {}
+
+        def stats(name: str) -> TypologyStats:
+            return out.setdefault(name, TypologyStats(name, within))
+
+        by_attack: dict[tuple[str, str], list[bool]] = defaultdict(list)
+        for d in self.decisions:
+            if d["repeat"]:
+                continue
+            eid = d["event_id"]
+            for name in self.flags.get(eid, ()):
+                st = stats(name)
+                st.flagged += 1
+                st.true_flags += self.labels.get(eid, False)
+            name = self.known.typology.get(eid, "")
+            if name and self.labels.get(eid, False):
+                st = stats(name)
+                st.events += 1
+                st.stopped += d["outcome"] != "ALLOW"
+                by_attack[(name, self.known.attack.get(eid) or eid)].append(
+                    d["outcome"] != "ALLOW")
+        for (name, _), stopped in by_attack.items():
+            st = stats(name)
+            st.attacks += 1
+            first = stopped.index(True) if True in stopped else within
+            if first < within:
+                st.attacks_caught += 1
+                st.caught += first + sum(stopped[first:])
+            else:
+                st.caught += sum(stopped)
+        return dict(sorted(out.items()))
+
+    def lookalikes(self) -> dict[str, Counter[str]]:
+        """Outcomes per look-alike (genuine events labelled as one)."""
+        out: dict[str, Counter[str]] = defaultdict(Counter)
+        for d in self.decisions:
+            kind = self.known.lookalike.get(d["event_id"])
+            if kind and not d["repeat"]:
+                out[kind][d["outcome"]] += 1
+        return dict(sorted(out.items()))
 
     def diff(self, baseline: Backtest) -> tuple[Counter[tuple[str, str]], list[tuple[str, str,
                                                                                        str]]]:
@@ -123,7 +216,7 @@ def records_from_jsonl(lines: Iterable[bytes], codec: AvroCodec) \
 
 
 def backtest(controls: ControlSet, records: list[InRecord], *,
-             codec: AvroCodec | None = None, labels: Mapping[str, bool] | None = None,
+             codec: AvroCodec | None = None, labels: Mapping[str, bool] | Labels | None = None,
              library: FeatureLibrary | None = None, batch_size: int = 500,
              progress: Callable[[int, int], None] = lambda done, total: None,
              isolate_mb: int | None = None) -> Backtest:
@@ -137,7 +230,8 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     if isolate_mb is not None:
         path.decider.isolate(isolate_mb)
     state = OneLogState(path.name, list(path.stores))
-    run = Backtest(labels=dict(labels or {}))
+    known = labels if isinstance(labels, Labels) else Labels(dict(labels or {}))
+    run = Backtest(labels=dict(known.fraud), known=known)
     versions = controls.by_id()
     started = time.monotonic()
     days: dict[str, str] = {}  # event id → its day (UTC), for volumes per day
@@ -162,6 +256,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     fraud = sum(run.labels.values())
     for stats in run.controls.values():
         stats.labelled_fraud = fraud
+        stats.labelled = bool(run.labels)
     run.seconds = time.monotonic() - started
     return run
 
@@ -182,6 +277,10 @@ def _count(run: Backtest, ex: dict[str, Any], versions: Mapping[str, Any],
     fired = out.get("signal") is not None if ex["stage"] == "DETECTOR" else \
         ex["stage"] == "ACTION" and out.get("outcome") is not None
     if fired:
+        c = versions.get(cid)
+        typology = c.typology(out.get("signal")) if c is not None else None
+        if typology:
+            run.flags.setdefault(ex["event_id"], set()).add(typology)
         stats.hits += 1
         stats.true_hits += run.labels.get(ex["event_id"], False)
         stats.hits_per_day[days.get(ex["event_id"], "unknown")] += 1

@@ -181,3 +181,13 @@ class Worker:
     def stderr(self) -> str:
         return "".join(p.read_text(errors="replace")[-6000:]
                        for p in sorted(self.home.glob("stderr-*.log")))
+
+    def stacks(self) -> str:
+        """The threads' stacks a stop that took too long dumped (SIGUSR1) in the
+        latest log, with the log lines just before them; "" if none."""
+        logs = sorted(self.home.glob("stderr-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+        if not logs:
+            return ""
+        text = logs[-1].read_text(errors="replace")
+        found = [i for i in (text.find("Thread 0x"), text.find("Current thread 0x")) if i >= 0]
+        return text[max(0, min(found) - 3000):] if found else ""

@@ -69,7 +69,8 @@ def test_detectors_feed_actions_and_selection_picks_the_outcome() -> None:
                                   '"reason": "declines"}\n    return None')
     quiet = _control("quiet", "return None")
     net = _network(testing, quiet)
-    verdict = net.evaluate("CardPayment", {"amount_minor": 5, "ignored": 1},
+    verdict = net.evaluate("CardPayment", {"amount_minor": 5, "card_token": "tok-1",
+                                           "ignored": 1},
                            {"card_declines_10m": 5, "card_auths_1h": 9})
     assert verdict.outcome == "DENY"
     assert verdict.actions == ("BLOCK_CARD", "CUSTOMER_ALERT", "OPEN_CASE")
