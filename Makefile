@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	@scripts/ensure-system-deps.sh
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	@# setuptools' notice that an install is editable is not news here
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q \
+		--disable-pip-version-check -e '.[test,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tripwire.analyst import export, tail
 from tripwire.backtests import backtest, simulate
 from tripwire.broker import LocalBroker
 from tripwire.cases import cases_app
@@ -39,6 +40,8 @@ app.add_typer(decide_app, name="decide")
 app.command("override")(override)
 app.command("backtest")(backtest)
 app.command("simulate")(simulate)
+app.command("tail")(tail)
+app.command("export")(export)
 
 # Wide enough for the decision tables when output is a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -153,6 +156,9 @@ def _action_policy(settings: Settings) -> Any:
         raise TripwireError(str(exc)) from exc
 
 
+STOP_REPORT_S = 20.0
+
+
 @run_app.command("stage")
 def run_stage(
     stages: list[str] = typer.Argument(
@@ -177,6 +183,9 @@ def run_stage(
         "docs/performance.md) or a loop per stage. Stop one layout before starting the "
         "other on a namespace: the other starts where it stopped, with its state",
         show_default=False),
+    metrics_port: int | None = typer.Option(
+        None, help="serve Prometheus metrics here (/metrics; 0: any free port) [default: "
+        "TRIPWIRE_METRICS_PORT]"),
 ) -> None:
     """Run stages of the live decision path until SIGTERM/Ctrl-C.
 
@@ -189,8 +198,17 @@ def run_stage(
     import threading
 
     stopping = threading.Event()  # a SIGTERM while starting up stops as soon as it can
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
+
+    def stop_requested(stop: threading.Event) -> None:
+        if not stop.is_set():
+            # a stop takes seconds (every wait is bounded by then): if this process is
+            # still here after STOP_REPORT_S, its threads' stacks go to stderr, once
+            faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+        signal.signal(sig, lambda *_: stop_requested(stopping))
 
     from tripwire.features.batch import BatchTable
     from tripwire.features.engine import FeatureLibrary
@@ -233,9 +251,8 @@ def run_stage(
         if settings.batch_table else None,
         isolate_mb=settings.controls_memory_mb if settings.controls_isolated else None,
         tune=True)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: pipeline.stop_event.set())
+        signal.signal(sig, lambda *_: stop_requested(pipeline.stop_event))
     if stopping.is_set():
         pipeline.stop_event.set()
     deciding = [s for s in wanted if s in STAGES]
@@ -245,6 +262,12 @@ def run_stage(
         if s in wanted]
     what = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
     err_console.print(f"running {what} on {bootstrap} (namespace {ns!r})")
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        from tripwire.connectors.metrics import PipelineCollector, serve
+
+        served = serve(port, PipelineCollector(lambda: pipeline.loops))
+        err_console.print(f"metrics on :{served}/metrics")
     while any(t.is_alive() for t in pipeline.threads):
         pipeline.stop_event.wait(5)
         for name, loop in pipeline.loops.items():

@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     decide_remember_s: int = Field(
         default=3600, ge=60, le=7 * 24 * 3600, description="How long a reference's answer "
         "is kept for its repeats (every API worker holds them in memory).")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Where a worker (run stage, alerts send) "
+        "serves Prometheus metrics at /metrics; unset: none (0: any free port).")
 
     @field_validator("nodes_apart")
     @classmethod

@@ -365,12 +365,24 @@ def _print_quarantine(console: Console, refused: list[dict]) -> None:
     console.print(table)
 
 
+_SHORT = {"BLOCK_CARD": "block", "CUSTOMER_ALERT": "alert", "OPEN_CASE": "case",
+          "HOLD_FUNDS": "hold"}
+_MODES = {"MAGSTRIPE_CONTACTLESS": "mag-cl", "CONTACTLESS": "cl", "ECOMMERCE": "web",
+          "CHIP": "chip", "MAGSTRIPE": "mag"}
+
+
 def _print_decisions(console: Console, decisions: list[dict]) -> None:
-    table = Table(title="Decisions (tripwire.decisions.v1)", show_lines=False)
-    for col in ("card", "amount", "where", "entry mode", "card auths 1h",
-                "magstripe abroad 10m (system)", "outcome", "actions", "repeat"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("why", overflow="fold")
+    """One line per decision, in 80 columns too: the reason is cut to what fits
+    (all of it: `tripwire explain EVENT_ID`)."""
+    from rich import box
+
+    table = Table(title="Decisions (tripwire.decisions.v1)", box=box.SIMPLE_HEAD,
+                  caption="* a repeat, answered with the first decision")
+    widths = (("card", 11), ("amount", 7), ("how", 13), ("outcome", 7), ("actions", 11))
+    for col, width in widths:
+        table.add_column(col, no_wrap=True, min_width=width)
+    room = console.width - sum(w + 3 for _, w in widths) - 4  # padding and rules
+    table.add_column("why", no_wrap=True, overflow="ellipsis", max_width=max(12, room))
     colour = {"ALLOW": "green", "STEP_UP": "yellow", "MANUAL_REVIEW": "yellow", "DENY": "red"}
     decisions = sorted(decisions, key=lambda d: d["event_time"])
     first = [d for d in decisions if not d["repeat"]]  # each repeat is shown once, last
@@ -379,11 +391,12 @@ def _print_decisions(console: Console, decisions: list[dict]) -> None:
             [d for d in decisions if d["repeat"]]
     for d in shown:
         f = d["features"]
-        why = "; ".join(f"{h['control_id']}: {h['reason']}" for h in d["rule_hits"]) or "-"
-        table.add_row(d["entity_key"], f"£{f.get('amount_gbp_minor', 0) / 100:,.2f}",
-                      "GB" if f.get("domestic") else "abroad", str(f.get("entry_mode")).lower(),
-                      str(f.get("card_auths_1h", "-")),
-                      str(f.get("system_magstripe_abroad_10m", "-")),
-                      f"[{colour[d['outcome']]}]{d['outcome']}[/]", ",".join(d["actions"]),
-                      "yes" if d["repeat"] else "", why)
+        mode = str(f.get("entry_mode"))
+        how = f"{_MODES.get(mode, mode.lower())} {'GB' if f.get('domestic') else 'abroad'}"
+        outcome = d["outcome"].replace("MANUAL_REVIEW", "REVIEW")
+        table.add_row(d["entity_key"] + ("*" if d["repeat"] else ""),
+                      f"£{f.get('amount_gbp_minor', 0) / 100:,.2f}", how,
+                      f"[{colour[d['outcome']]}]{outcome}[/]",
+                      ",".join(_SHORT.get(a, a.lower()) for a in d["actions"]) or "-",
+                      "; ".join(h["reason"] for h in d["rule_hits"]) or "-")
     console.print(table)

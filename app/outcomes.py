@@ -205,6 +205,8 @@ def alerts_status() -> None:
 def alerts_send(
     gateway: str = typer.Option("", help="the gateway URL [default: "
                                 "TRIPWIRE_ALERT_GATEWAY_URL]"),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus metrics here "
+                                            "(/metrics) [default: TRIPWIRE_METRICS_PORT]"),
 ) -> None:
     """Run a customer-alert sender until SIGTERM/Ctrl-C (several share the work)."""
 
@@ -220,6 +222,13 @@ def alerts_send(
         url, give_up_after_s=s.alert_give_up_minutes * 60,
         stale_after_ms=int(s.alert_stale_minutes * 60_000), on_stale=s.alert_on_stale),
         f"{ctx.ns}alert-sender")
+    port = metrics_port if metrics_port is not None else s.metrics_port
+    if port is not None:
+        from tripwire.connectors.metrics import SenderCollector, serve
+
+        served = serve(port, SenderCollector(lambda: sender.stats,
+                                             lambda: sender.control.pause is not None))
+        _print(f"metrics on :{served}/metrics")
     stats = _until_signalled(sender.run)
     _print(f"alerts: {dict(stats.outcomes)}, {stats.attempts} attempts, "
            f"{stats.failures} failed and tried again")

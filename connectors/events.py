@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, Message
 from tripwire.connectors.kafka import consume_available, consumer, produce_waiting, producer
 from tripwire.schemas.codec import AvroCodec
 
-__all__ = ["DeliveryError", "EventProducer", "read_to_end", "read_topic"]
+__all__ = ["DeliveryError", "EventProducer", "read_to_end", "read_topic", "scan"]
 
 
 class DeliveryError(RuntimeError):
@@ -127,6 +127,67 @@ def read_to_end(bootstrap: str, name: str, timeout: float = 60.0,
                     if tp.offset >= ends[tp.partition]:
                         ends.pop(tp.partition, None)
         return out
+    finally:
+        c.close()
+
+
+def scan(bootstrap: str, name: str, *, since_ms: int | None = None,
+         until_ms: int | None = None, from_offset: int | None = None,
+         to_offset: int | None = None, follow: bool = False,
+         stop: Callable[[], bool] = lambda: False, starts: dict[int, int] | None = None,
+         ends_out: dict[int, int] | None = None) -> Iterator[Message]:
+    """The committed messages of ``name``, per partition in offset order: from
+    ``since_ms`` (record time) or ``from_offset`` (each partition's; the start
+    otherwise) up to the end offsets as they are when called, or on and on with
+    ``follow`` (until ``stop()``); ``until_ms`` and ``to_offset`` (exclusive) end
+    a partition early. ``starts``: where given partitions start instead (a previous
+    scan's ``ends_out``: each partition's end offset it read up to). Raises
+    KeyError for a topic that does not exist."""
+    from confluent_kafka import TopicPartition
+
+    c = consumer(bootstrap, f"tripwire-scan-{uuid.uuid4().hex[:8]}")
+    try:
+        md = c.list_topics(name, timeout=10).topics.get(name)
+        if md is None or md.error is not None:
+            raise KeyError(name)
+        parts = sorted(md.partitions)
+        first = {p: max(0, from_offset or 0) for p in parts}
+        if since_ms is not None:
+            for tp in c.offsets_for_times([TopicPartition(name, p, since_ms) for p in parts],
+                                          timeout=10):
+                first[tp.partition] = tp.offset  # -1: nothing that recent
+        first.update(starts or {})
+        ends: dict[int, int] = {}
+        for p in parts:
+            low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            end = high if to_offset is None else min(high, to_offset)
+            if ends_out is not None:
+                ends_out[p] = end
+            if first[p] < 0:
+                first[p] = high
+            first[p] = max(first[p], low)
+            if follow or first[p] < end:
+                ends[p] = end
+        c.assign([TopicPartition(name, p, first[p]) for p in ends])
+        open_ = set(ends)
+        while open_ and not stop():
+            for m in consume_available(c, 1000, 0.2):
+                p = m.partition() or 0
+                if m.error() is not None or p not in open_:
+                    continue
+                late = until_ms is not None and m.timestamp()[1] > until_ms
+                past = to_offset is not None and (m.offset() or 0) >= to_offset
+                if late or past:
+                    if not follow or past:
+                        open_.discard(p)
+                    continue
+                yield m
+                if not follow and (m.offset() or 0) + 1 >= ends[p]:
+                    open_.discard(p)
+            if not follow and open_:  # transaction markers may end a partition
+                for tp in c.position([TopicPartition(name, p) for p in list(open_)]):
+                    if tp.offset >= ends[tp.partition]:
+                        open_.discard(tp.partition)
     finally:
         c.close()
 

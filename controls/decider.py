@@ -180,7 +180,9 @@ class Decider:
                     {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
                     "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
                                      "reason": r.reason}).decode(),
-                "error": r.error, "duration_us": r.duration_us} for r in results]}))]
+                "error": r.error, "duration_us": r.duration_us} for r in results]}),
+            meta=("executions", tuple((r.control_id, r.error is not None, r.duration_us)
+                                      for r in results)))]
 
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                   feature_errors: dict[str, str], verdict: Verdict, now_ms: int,
@@ -223,7 +225,10 @@ class Decider:
         if tag:  # a packed value never starts with "#" (tripwire.state.compact)
             packed = b"#" + tag.encode() + b"#" + packed
         self.memory.put(view, identity.encode(), packed, decision["event_time"] + self.ttl_ms)
-        return OutRecord("decisions", decision["entity_key"].encode(), encoded)
+        timeouts = sum("no answer" in e for e in decision["feature_errors"].values())
+        return OutRecord("decisions", decision["entity_key"].encode(), encoded,
+                         meta=("decision", decision["event_type"], decision["outcome"],
+                               decision["latency_us"], timeouts))
 
     def remembered(self, identity: str, view: StateView) -> str | None:
         """None if ``identity`` is not remembered as decided; else the tag of the
@@ -239,4 +244,5 @@ class Decider:
         _, previous = self.codec.decode(self.compactor.unpack(view, _untagged(stored)[1]))
         previous["repeat"] = True
         return OutRecord("decisions", previous["entity_key"].encode(),
-                         self.codec.encode(DECISION_SCHEMA, previous))
+                         self.codec.encode(DECISION_SCHEMA, previous),
+                         meta=("repeat", previous["event_type"]))

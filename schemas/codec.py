@@ -58,6 +58,9 @@ class RegistryUnavailable(RuntimeError):
     """The schema registry did not answer; the message is not at fault."""
 
 
+_CLIENTS: dict[str, Any] = {}
+
+
 class RegistryFraming:
     """Schema ids from a Confluent-compatible registry (confluent-kafka's client).
 
@@ -68,9 +71,14 @@ class RegistryFraming:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         if isinstance(url_or_client, str):
-            conf = {"url": url_or_client}
-            self.client = SchemaRegistryClient.new_client(conf) \
-                if hasattr(SchemaRegistryClient, "new_client") else SchemaRegistryClient(conf)
+            # one client per registry and process: its connections and caches are shared
+            # by every codec (and a mock:// registry is the same one throughout)
+            client = _CLIENTS.get(url_or_client)
+            if client is None:
+                conf = {"url": url_or_client}
+                client = _CLIENTS[url_or_client] = SchemaRegistryClient.new_client(conf) \
+                    if hasattr(SchemaRegistryClient, "new_client") else SchemaRegistryClient(conf)
+            self.client: Any = client
         else:
             self.client = url_or_client
         self.store = store

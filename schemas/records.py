@@ -7,7 +7,8 @@ the same code runs live, in backtests and in unit tests.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["TP", "InRecord", "OutRecord", "partition_for"]
 
@@ -30,6 +31,9 @@ class OutRecord:
     key: bytes | None
     value: bytes
     partition: int | None = None  # None: the producer's partitioner picks it from the key
+    # what the record says, for the worker's metrics (tripwire.streams.tally): set where
+    # it is made, never sent, not part of its identity
+    meta: Any = field(default=None, compare=False, repr=False)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

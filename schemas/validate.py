@@ -11,6 +11,7 @@ All checks are pure: the processing time is passed in.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -110,11 +111,11 @@ class _Checks:
             ahead = t - now_ms
             when = f"{ahead / DAY_MS:.1f} days" if ahead > DAY_MS else \
                 f"{ahead / 60_000:.1f} minutes"
-            self.fail("INVALID_DATE", "event_time", f"{t} is {when} in the future "
+            self.fail("INVALID_DATE", "event_time", f"{_instant(t)} is {when} in the future "
                       f"(clock skew allowed: {policy.max_clock_skew_ms // 1000}s)")
         elif policy.max_event_age_ms is not None and t < now_ms - policy.max_event_age_ms:
             self.fail("INVALID_DATE", "event_time",
-                      f"{t} is {(now_ms - t) / DAY_MS:.1f} days old "
+                      f"{_instant(t)} is {(now_ms - t) / DAY_MS:.1f} days old "
                       f"(limit {policy.max_event_age_ms / DAY_MS:g})")
 
     def requires(self, cond: bool, field: str, why: str) -> None:
@@ -124,6 +125,29 @@ class _Checks:
     def forbids(self, cond: bool, field: str, why: str) -> None:
         if cond and self.r.get(field) is not None:
             self.fail("INCONSISTENT", field, f"{field} must be empty {why}")
+
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def _day(days: object) -> str:
+    """A day number (days since 1970-01-01, Avro's ``date``) as the date the sender
+    wrote (``1900-03-09``); anything else as it came."""
+    if isinstance(days, int) and not isinstance(days, bool):
+        try:
+            return (_EPOCH + dt.timedelta(days=days)).isoformat()
+        except OverflowError:
+            pass
+    return repr(days)
+
+
+def _instant(ms: int) -> str:
+    """Milliseconds since the epoch as an ISO-8601 UTC time, as the sender wrote it."""
+    try:
+        return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+                ).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return str(ms)
 
 
 class Validator:
@@ -219,15 +243,15 @@ class Validator:
         if c.present("settlement_date"):
             sd, t = r["settlement_date"], r.get("event_time")
             if not isinstance(sd, int) or isinstance(sd, bool) or not 0 < sd < 47_482:
-                c.fail("INVALID_DATE", "settlement_date", f"{sd!r} is not a date "
+                c.fail("INVALID_DATE", "settlement_date", f"{_day(sd)} is not a date "
                        "between 1970 and 2099")
             elif isinstance(t, int):
                 day = t // DAY_MS
                 if not day - p.fps_settlement_days_before <= sd <= \
                         day + p.fps_settlement_days_after:
                     c.fail("INVALID_DATE", "settlement_date",
-                           f"settlement day {sd} is {sd - day:+d} days from the message's "
-                           f"day {day}")
+                           f"settlement date {_day(sd)} is {sd - day:+d} days from the "
+                           f"message's date {_day(day)}")
         kind = r.get("message_type")
         follows = kind in ("PAYMENT_RESPONSE", "REVERSAL")
         c.requires(follows, "original_reference", f"for {kind}")

@@ -264,7 +264,8 @@ class ApplyStage(Processor):
                       req["requested_at"] + self.policy.remember_ms)
         record = {**req, "status": status, "detail": detail or None}
         out.append(OutRecord("actions", req["target"].encode(),
-                             self.codec.encode(ACTION_SCHEMA, record)))
+                             self.codec.encode(ACTION_SCHEMA, record),
+                             meta=("action", req["action"], status)))
         return out
 
     # -- overrides ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from tripwire.connectors.kafka import producer as make_producer
 from tripwire.schemas.records import TP, OutRecord
 from tripwire.state.manager import StateManager
 from tripwire.streams.processor import Processor
+from tripwire.streams.tally import Tally
 from tripwire.streams.txn import (
     COMMIT_STUCK_S,
     TXN_CALL_S,
@@ -66,6 +67,7 @@ class Commits:
     _changelog_keys: dict[tuple[str | None, int | None], tuple[str, TP]]
     _stop_by: float | None
     _stop_event: threading.Event | None
+    tally: Tally
 
     if TYPE_CHECKING:  # the loop's and its partitions' parts
         def _topic(self, key: str) -> str: ...
@@ -92,6 +94,8 @@ class Commits:
     def _take(self, outputs: list[OutRecord], offsets: dict[TP, int], events: int) -> None:
         """Send the eager outputs now; the rest, the state changes and the offsets go
         into the current transaction's chunk."""
+        if outputs:
+            self.tally.observe(outputs)
         later = outputs
         if self.eager_keys and outputs:
             by_key = self._eager_by_key

@@ -51,6 +51,7 @@ from tripwire.state.manager import StateManager
 from tripwire.streams.commits import Commits
 from tripwire.streams.processor import Processor
 from tripwire.streams.restore import Partitions, RestoreStopped
+from tripwire.streams.tally import Tally
 from tripwire.streams.topics import ANSWERS, topic
 from tripwire.streams.txn import HOPS, TXN_RETRY, TXN_TIMEOUT_MS, _Chunk, _Committer
 
@@ -134,6 +135,9 @@ class BatchLoop(Partitions, Commits):
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.stats = LoopStats()
+        self.tally = Tally()  # what its outputs say, for the metrics endpoint
+        self.lag: dict[TP, int] = {}  # per assigned input partition, every LAG_EVERY_S
+        self._lag_at = 0.0
         self.commit_interval = commit_interval_ms / 1000
         self.eager_keys = frozenset(processor.eager) if eager else frozenset()
         # the committer holds back no more than this before the loop waits for it
@@ -324,8 +328,26 @@ class BatchLoop(Partitions, Commits):
     # between batches a processor's tick runs at least this often
     TICK_S = 0.1
 
+    # how often the loop measures its consumer lag (from cached watermarks: no request)
+    LAG_EVERY_S = 5.0
+
+    def _measure_lag(self) -> None:
+        self._lag_at = time.monotonic()
+        try:
+            assigned = self.consumer.assignment()
+            lag = {}
+            for tp in self.consumer.position(assigned) if assigned else ():
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+                if tp.offset >= 0 and high >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+            self.lag = lag
+        except KafkaException as exc:  # a metric, never a reason to stop
+            logger.debug("lag not measured: %s", exc)
+
     def _tick(self) -> None:
         self._ticked = time.monotonic()
+        if self._ticked - self._lag_at > self.LAG_EVERY_S:
+            self._measure_lag()
         self._take(self.processor.tick(int(time.time() * 1000), self.state), {}, 0)
 
     def _run_batch(self, msgs: list[Message]) -> None:

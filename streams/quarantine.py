@@ -32,4 +32,5 @@ def quarantine(codec: AvroCodec, rec: InRecord, stage: str, reasons: Iterable[Re
         "schema_name": schema_name,
         "reasons": [{"code": c, "field": f, "detail": d} for c, f, d in reasons],
     })
-    return OutRecord("quarantine", qid.encode(), value)
+    return OutRecord("quarantine", qid.encode(), value,
+                     meta=("quarantine", stage, tuple(c for c, _, _ in reasons)))

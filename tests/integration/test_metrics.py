@@ -1,0 +1,108 @@
+"""A worker's Prometheus endpoint, scraped while it runs: its numbers are the
+topics' (decisions by outcome, latency counts, quarantine reasons, control runs,
+actions), and lag goes to zero once it has caught up."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import Worker, send_event
+from tripwire.broker import KafkaCluster
+from tripwire.connectors.events import EventProducer, read_topic
+from tripwire.connectors.simulator import magstripe_contactless_attack, normal_card_payments
+from tripwire.schemas.codec import AvroCodec
+from tripwire.streams.topics import topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+CODEC = AvroCodec.from_url(None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, list[Any]]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def _total(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, ())
+               if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_a_running_worker_serves_its_numbers(kafka: KafkaCluster, topics: str,
+                                             tmp_path: Path) -> None:
+    port = _free_port()
+    worker = Worker(kafka, topics, tmp_path / "w", TRIPWIRE_METRICS_PORT=str(port))
+    worker.start()
+    try:
+        now = int(time.time() * 1000)
+        events = list(normal_card_payments(5, now - 60_000, 40, cards=10)) + \
+            list(magstripe_contactless_attack(6, now - 30_000, 8, cards=8))
+        prod = EventProducer(kafka.bootstrap, CODEC)
+        for e in events:
+            send_event(prod, topics, "CardPayment", e)
+        send_event(prod, topics, "CardPayment", {**events[0], "event_id": "not-a-uuid"})
+        prod.flush()
+        msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events),
+                          timeout=120)
+        decisions = [CODEC.decode(m.value())[1] for m in msgs]
+        outcomes = Counter(d["outcome"] for d in decisions)
+        assert outcomes["DENY"] >= 8
+
+        def caught_up() -> dict[str, list[Any]] | None:
+            try:
+                got = _scrape(port)
+            except httpx.HTTPError:
+                return None
+            done = _total(got, "tripwire_decisions_total") >= len(events) and \
+                _total(got, "tripwire_quarantined_total") >= 1 and \
+                _total(got, "tripwire_actions_total") >= 1 and \
+                got.get("tripwire_consumer_lag") and \
+                _total(got, "tripwire_consumer_lag") == 0
+            return got if done else None
+
+        deadline = time.monotonic() + 60
+        got = caught_up()
+        while got is None and time.monotonic() < deadline:
+            time.sleep(1)
+            got = caught_up()
+        assert got is not None, _scrape(port).keys()
+        card = "tripwire.events.CardPayment"
+        for outcome, n in outcomes.items():
+            assert _total(got, "tripwire_decisions_total", event_type=card,
+                          outcome=outcome) == n
+        assert _total(got, "tripwire_decision_latency_seconds_count",
+                      event_type=card) == len(events)
+        assert _total(got, "tripwire_decision_latency_seconds_bucket", event_type=card,
+                      le="+Inf") == len(events)
+        assert _total(got, "tripwire_quarantined_total", reason="INVALID_ID") == 1
+        assert _total(got, "tripwire_control_runs_total", control="card_outliers") == \
+            len(events)
+        assert _total(got, "tripwire_control_errors_total") == 0
+        assert _total(got, "tripwire_control_seconds_total", control="card_outliers") > 0
+        assert _total(got, "tripwire_stage_events_in_total") >= len(events) + 1
+        assert _total(got, "tripwire_stage_events_out_total", topic="decisions") >= len(events)
+        actions = [CODEC.decode(m.value())[1] for m in
+                   read_topic(kafka.bootstrap, [topic("actions", topics)], 1, timeout=30)]
+        assert actions and _total(got, "tripwire_actions_total", action="BLOCK_CARD",
+                                  status="DONE") >= 1
+        assert _total(got, "tripwire_node_timeouts_total") == 0
+    finally:
+        code, _ = worker.stop(within_s=30)
+    assert code == 0, worker.stderr()
