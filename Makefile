@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/tripwire demo
 
 test: $(STAMP)
+	@scripts/ensure-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

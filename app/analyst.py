@@ -21,7 +21,7 @@ from rich.console import Console
 from tripwire.config import Settings
 from tripwire.errors import TripwireError
 
-__all__ = ["export", "matches", "parse_where", "tail"]
+__all__ = ["dashboard", "export", "matches", "parse_where", "tail"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -331,3 +331,40 @@ def export(
     if done.files:
         first = next(iter(done.rows))
         console.print(f"try: duckdb -c \"SELECT count(*) FROM '{out}/{first}/**/*.parquet'\"")
+
+
+def dashboard(
+    host: str = typer.Option("127.0.0.1", help="where to listen"),
+    port: int = typer.Option(8090, help="the port (0: any free one)"),
+    metrics: str = typer.Option("", "--metrics", help="the workers' metrics URLs, "
+                                "comma-separated (http://host:9464/metrics): lag and "
+                                "events per second"),
+    lookback: str = typer.Option("6h", "--lookback", help="read the topics from this long "
+                                 "ago (10m, 6h, 1d)"),
+) -> None:
+    """A live page: throughput and lag, the decision mix, customer alerts per 10 minutes
+    against the baseline with the pause marked, SOC alerts, top rule hits, quarantine
+    reasons."""
+    import uvicorn
+
+    from tripwire.cli import _bootstrap
+    from tripwire.connectors.dashboard import Feed, create_app
+    from tripwire.schemas.codec import AvroCodec
+    from tripwire.streams.topics import topic
+
+    settings = Settings()
+    bootstrap, ns = _bootstrap(settings), settings.topic_namespace
+    now = int(time.time() * 1000)
+    since = _since(lookback, now)
+    assert since is not None
+    feed = Feed(bootstrap, lambda k: topic(k, ns), AvroCodec.from_url(
+        settings.schema_registry_url), [u.strip() for u in metrics.split(",") if u.strip()],
+        lookback_ms=now - since).start()
+    config = uvicorn.Config(create_app(feed), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    err_console.print(f"dashboard on http://{host}:{port}/ (reading {bootstrap}, namespace "
+                      f"{ns!r}); Ctrl-C stops it")
+    try:
+        server.run()
+    finally:
+        feed.close()

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from tripwire.analyst import export, tail
+from tripwire.analyst import dashboard, export, tail
 from tripwire.backtests import backtest, simulate
 from tripwire.broker import LocalBroker
 from tripwire.cases import cases_app
@@ -42,6 +42,7 @@ app.command("backtest")(backtest)
 app.command("simulate")(simulate)
 app.command("tail")(tail)
 app.command("export")(export)
+app.command("dashboard")(dashboard)
 
 # Wide enough for the decision tables when output is a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 170)
