@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from helpers import Worker, send_event
+
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_topic
 from tripwire.connectors.simulator import magstripe_contactless_attack, normal_card_payments
