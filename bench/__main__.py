@@ -16,6 +16,7 @@ BENCHES = {
     "actions": "bench.actions",
     "monitor": "bench.monitor",
     "decide": "bench.decide",
+    "backtest": "bench.backtest",
 }
 
 

@@ -170,9 +170,8 @@ class Decider:
         if not results:
             return []
         tiers = self._tiers
-        return [OutRecord("control_executions", event_id.encode(), self.codec.encode(
-            EXECUTION_SCHEMA, {"event_id": event_id, "decision_id": decision_id,
-                               "executed_at": now_ms, "executions": [{
+        record = {"event_id": event_id, "decision_id": decision_id,
+                  "executed_at": now_ms, "executions": [{
                 "control_id": r.control_id, "control_version": r.version, "stage": r.stage,
                 "mode": r.mode, "tier": tiers.get(r.control_id, 1),
                 "inputs_json": r.inputs_json or orjson.dumps(r.inputs, default=repr).decode(),
@@ -180,9 +179,10 @@ class Decider:
                     {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
                     "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
                                      "reason": r.reason}).decode(),
-                "error": r.error, "duration_us": r.duration_us} for r in results]}),
-            meta=("executions", tuple((r.control_id, r.error is not None, r.duration_us)
-                                      for r in results)))]
+                "error": r.error, "duration_us": r.duration_us} for r in results]}
+        return [OutRecord("control_executions", event_id.encode(), self.codec.encode(
+            EXECUTION_SCHEMA, record), meta=("executions", tuple(
+                (r.control_id, r.error is not None, r.duration_us) for r in results), record))]
 
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                   feature_errors: dict[str, str], verdict: Verdict, now_ms: int,
@@ -228,7 +228,7 @@ class Decider:
         timeouts = sum("no answer" in e for e in decision["feature_errors"].values())
         return OutRecord("decisions", decision["entity_key"].encode(), encoded,
                          meta=("decision", decision["event_type"], decision["outcome"],
-                               decision["latency_us"], timeouts))
+                               decision["latency_us"], timeouts, decision))
 
     def remembered(self, identity: str, view: StateView) -> str | None:
         """None if ``identity`` is not remembered as decided; else the tag of the

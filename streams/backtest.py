@@ -239,7 +239,16 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
         chunk = records[i:i + batch_size]
         executions = []
         for o in path.process(chunk, int(time.time() * 1000), state):
-            rec = codec.decode(o.value)[1]
+            # what the path made, as it made it (OutRecord.meta); decoded otherwise
+            meta = o.meta
+            rec = meta[5] if o.topic_key == "decisions" and meta and len(meta) > 5 else \
+                meta[2] if o.topic_key == "control_executions" and meta and len(meta) > 2 \
+                else None
+            if rec is None and o.topic_key == "quarantine" and meta:
+                run.quarantined.update(meta[2])
+                continue
+            if rec is None:
+                rec = codec.decode(o.value)[1]
             if o.topic_key == "decisions":
                 run.decisions.append(rec)
                 day = days[rec["event_id"]] = time.strftime(

@@ -52,7 +52,7 @@ class Tally:
                 continue
             kind = meta[0]
             if kind == "decision":
-                _, event_type, outcome, latency_us, timeouts = meta
+                event_type, outcome, latency_us, timeouts = meta[1:5]
                 self.decisions[(event_type, outcome)] += 1
                 buckets = self.latency.get(event_type)
                 if buckets is None:

@@ -39,6 +39,36 @@ def publish(kafka: KafkaCluster, ns: str, codec: AvroCodec,
     prod.flush()
 
 
+def free_port() -> int:
+    """A TCP port free on localhost just now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cards_with_an_attack(kafka: KafkaCluster, ns: str, seed: int, normal: int,
+                         attack: int) -> list[dict[str, Any]]:
+    """``normal`` everyday card payments of the last minute and a magstripe-contactless
+    ``attack`` (each DENY) sent to the card topic, and one event with an invalid id
+    (quarantined); the events sent that are valid."""
+    from tripwire.connectors.simulator import (
+        magstripe_contactless_attack,
+        normal_card_payments,
+    )
+
+    now = int(time.time() * 1000)
+    events = list(normal_card_payments(seed, now - 90_000, normal, cards=10)) + \
+        list(magstripe_contactless_attack(seed + 1, now - 60_000, attack, cards=attack))
+    prod = EventProducer(kafka.bootstrap, AvroCodec.from_url(None))
+    for e in events:
+        send_event(prod, ns, "CardPayment", e)
+    send_event(prod, ns, "CardPayment", {**events[0], "event_id": "not-a-uuid"})
+    prod.flush()
+    return events
+
+
 def committed_inputs(kafka: KafkaCluster, group: str, ns: str, key: str = "card_payments",
                      partitions: int = 3) -> int:
     """How many messages of input topic ``key`` the group has committed (all partitions)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,23 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Worker, send_event
+from helpers import Worker, cards_with_an_attack, free_port
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.simulator import magstripe_contactless_attack, normal_card_payments
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.topics import topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 CODEC = AvroCodec.from_url(None)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _chromium(tmp: Path, url: str, *what: str) -> subprocess.CompletedProcess[str]:
@@ -57,7 +49,7 @@ def _summary(url: str) -> dict[str, Any] | None:
 def test_the_dashboard_shows_a_running_pipeline_in_chromium(kafka: KafkaCluster, topics: str,
                                                             tmp_path: Path) -> None:
     assert os.path.exists(CHROMIUM), "make setup installs Debian's chromium for this test"
-    metrics_port, port = _free_port(), _free_port()
+    metrics_port, port = free_port(), free_port()
     worker = Worker(kafka, topics, tmp_path / "w", TRIPWIRE_METRICS_PORT=str(metrics_port))
     worker.start()
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
@@ -68,13 +60,9 @@ def test_the_dashboard_shows_a_running_pipeline_in_chromium(kafka: KafkaCluster,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
+        events = cards_with_an_attack(kafka, topics, 7, 30, 6)
         now = int(time.time() * 1000)
-        events = list(normal_card_payments(7, now - 90_000, 30, cards=10)) + \
-            list(magstripe_contactless_attack(8, now - 60_000, 6, cards=6))
         prod = EventProducer(kafka.bootstrap, CODEC)
-        for e in events:
-            send_event(prod, topics, "CardPayment", e)
-        send_event(prod, topics, "CardPayment", {**events[0], "event_id": "not-a-uuid"})
         prod.send(topic("alert_control", topics), "tripwire.ops.AuditRecord", {
             "audit_id": "pause-1", "at": now - 30_000, "actor": "monitor",
             "action": "alerts.pause", "subject": "customer_alerts", "reason": "a spike",

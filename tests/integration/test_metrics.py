@@ -4,7 +4,6 @@ actions), and lag goes to zero once it has caught up."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,23 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Worker, send_event
+from helpers import Worker, cards_with_an_attack, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.simulator import magstripe_contactless_attack, normal_card_payments
+from tripwire.connectors.events import read_topic
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.topics import topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 CODEC = AvroCodec.from_url(None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _scrape(port: int) -> dict[str, list[Any]]:
@@ -47,18 +39,11 @@ def _total(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
 
 def test_a_running_worker_serves_its_numbers(kafka: KafkaCluster, topics: str,
                                              tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     worker = Worker(kafka, topics, tmp_path / "w", TRIPWIRE_METRICS_PORT=str(port))
     worker.start()
     try:
-        now = int(time.time() * 1000)
-        events = list(normal_card_payments(5, now - 60_000, 40, cards=10)) + \
-            list(magstripe_contactless_attack(6, now - 30_000, 8, cards=8))
-        prod = EventProducer(kafka.bootstrap, CODEC)
-        for e in events:
-            send_event(prod, topics, "CardPayment", e)
-        send_event(prod, topics, "CardPayment", {**events[0], "event_id": "not-a-uuid"})
-        prod.flush()
+        events = cards_with_an_attack(kafka, topics, 5, 40, 8)
         msgs = read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events),
                           timeout=120)
         decisions = [CODEC.decode(m.value())[1] for m in msgs]
