@@ -20,8 +20,11 @@ cleared), so a replay of the same events gives the same transitions.
 * **Warm-up.** Nothing is raised in the first ``warmup_minutes`` (a day) after
   the first event: a new installation, or a new series such as a new payment
   method, learns a day of its rhythm first (a morning's rise is five times the
-  night, and an EWMA alone cannot know that). The EWMA starts from the first
-  full window.
+  night, and an EWMA alone cannot know that). A warm-up of a day or more lasts
+  a window less a minute longer, until the window a day before the judged one
+  is all history: before that the judged window would have only the EWMA to go
+  on, and a morning's rise just after the warm-up would be a spike. The EWMA
+  starts from the first full window.
 * **A spike** is ``observed >= ratio x baseline`` and ``observed >= minimum``,
   checked at every event (an attack is seen within the minute it crosses the
   line) and as each minute closes. It is **cleared** with hysteresis: the closed
@@ -252,6 +255,12 @@ class SpikeMonitor:
         self._baseline = (end, base)
         return base
 
+    @property
+    def _warmup(self) -> int:
+        """Minutes from the first event before anything is raised (see the module)."""
+        p = self.policy
+        return p.warmup_minutes + (self._n - 1 if p.warmup_minutes >= _DAY_MINUTES else 0)
+
     def _history(self, end: int, period: int, count: int) -> list[int]:
         """The windows ending at ``end`` less 1 .. ``count`` periods that are all history."""
         first = self.first if self.first is not None else end
@@ -330,7 +339,7 @@ class SpikeMonitor:
     def _raise(self, at: int, end: int) -> list[Transition]:
         p = self.policy
         observed = self.observed(end)
-        if observed < p.minimum or end - (self.first or end) < p.warmup_minutes:
+        if observed < p.minimum or end - (self.first or end) < self._warmup:
             return []
         base = self.baseline(end)
         if observed / base < p.ratio:

@@ -9,9 +9,9 @@ again is counted again: these are rates to watch, not a ledger (the topics are).
 >>> from tripwire.schemas.records import OutRecord
 >>> t = Tally()
 >>> t.observe([OutRecord("decisions", b"k", b"", meta=("decision", "CardPayment", "DENY",
-...                                                        3_000, 0))])
->>> t.decisions[("CardPayment", "DENY")], t.latency["CardPayment"][1]
-(1, 1)
+...                                                        2_000, 0))])
+>>> t.decisions[("CardPayment", "DENY")], t.latency["CardPayment"][:3]  # 2 ms: le=0.0025
+(1, [0, 1, 0])
 """
 
 from __future__ import annotations

@@ -85,6 +85,19 @@ def test_the_bank_s_own_rhythm_is_normal_once_there_is_history() -> None:
     assert [t.state for t in raised][:1] == ["RAISED"]
 
 
+def test_a_rise_just_after_a_day_of_warm_up_is_judged_against_that_time_yesterday() -> None:
+    """The first day starts with a busy half hour; so does the second. The second's
+    first windows are judged against the first's, not against the EWMA of the quiet
+    day between (which would make them five times normal)."""
+    def busy_start(t: int) -> int:
+        return 30 if (t - T0) % DAY < 30 * MINUTE_MS else 2
+
+    m = SpikeMonitor(MonitorPolicy(minimum=20, floor=2.0, days=1))
+    out = _normal(m, T0, 24 * 60 + 40, busy_start, random.Random(9))
+    assert out == [], [(t.state, (t.at - T0) // MINUTE_MS, t.observed, t.baseline)
+                       for t in out]
+
+
 # -- against a brute force -----------------------------------------------------------
 def _oracle(events: list[int], p: MonitorPolicy) -> list[tuple[str, int, int, float]]:
     """The same rules, recomputed from the whole history at every event and every
@@ -112,7 +125,8 @@ def _oracle(events: list[int], p: MonitorPolicy) -> list[tuple[str, int, int, fl
                    ewma_at[before] if before is not None else 0.0)
 
     def spiking(end: int) -> bool:
-        return window(end) >= p.minimum and end - first >= p.warmup_minutes and \
+        warmup = p.warmup_minutes + (n - 1 if p.warmup_minutes >= day else 0)
+        return window(end) >= p.minimum and end - first >= warmup and \
             window(end) / base(end) >= p.ratio
 
     for t in events:
