@@ -35,20 +35,23 @@ DAY = 86_400_000
 
 def _run(records: list[InRecord], codec: AvroCodec, isolate: int | None,
          decode_again: bool) -> tuple[float, list[dict[str, Any]]]:
+    import contextlib
+    from unittest import mock
+
     from tripwire.streams import backtest as bt
 
     controls = ControlSet.from_dir()
-    if decode_again:
-        original = bt.DecisionPath.process
-        bt.DecisionPath.process = lambda self, *a: [
-            OutRecord(o.topic_key, o.key, o.value, o.partition) for o in original(self, *a)]
-    try:
+    original = bt.DecisionPath.process
+
+    def plain(self: Any, *args: Any) -> list[OutRecord]:
+        return [OutRecord(o.topic_key, o.key, o.value, o.partition)
+                for o in original(self, *args)]
+
+    with mock.patch.object(bt.DecisionPath, "process", plain) if decode_again \
+            else contextlib.nullcontext():
         started = time.perf_counter()
         run = backtest(controls, records, codec=codec, isolate_mb=isolate)
         took = time.perf_counter() - started
-    finally:
-        if decode_again:
-            bt.DecisionPath.process = original
     return len(records) / took, [comparable(d) for d in run.decisions]
 
 
