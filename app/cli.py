@@ -199,10 +199,16 @@ def run_stage(
     import threading
 
     stopping = threading.Event()  # a SIGTERM while starting up stops as soon as it can
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
+    try:
+        sys.stderr.fileno()
+        stacks = True  # faulthandler writes to the stderr file
+    except (OSError, ValueError):  # io.UnsupportedOperation: stderr is no file (in tests)
+        stacks = False
+    if stacks:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where it is
 
     def stop_requested(stop: threading.Event) -> None:
-        if not stop.is_set():
+        if not stop.is_set() and stacks:
             # a stop takes seconds (every wait is bounded by then): if this process is
             # still here after STOP_REPORT_S, its threads' stacks go to stderr, once
             faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)

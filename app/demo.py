@@ -398,5 +398,5 @@ def _print_decisions(console: Console, decisions: list[dict]) -> None:
                       f"£{f.get('amount_gbp_minor', 0) / 100:,.2f}", how,
                       f"[{colour[d['outcome']]}]{outcome}[/]",
                       ",".join(_SHORT.get(a, a.lower()) for a in d["actions"]) or "-",
-                      "; ".join(h["reason"] for h in d["rule_hits"]) or "-")
+                      "; ".join(dict.fromkeys(h["reason"] for h in d["rule_hits"])) or "-")
     console.print(table)

@@ -178,10 +178,25 @@ class Commits:
             if started < stuck_at:
                 return True
             return self._unstick(leaving or set())
-        try:  # a fatal error raises here, in the loop's thread
-            ok = f.result(self._wait(max(0.0, stuck_at - started)))
-        except FutureTimeout:
-            return self._unstick(leaving or set())
+        try:
+            # in slices, so that a stop that comes meanwhile (a rebalance callback waits
+            # here too) gives up at its deadline, not at COMMIT_STUCK_S: a commit stuck
+            # in librdkafka after a broker restart held a stopping worker 30 s
+            while True:
+                if f.done():
+                    ok = f.result()  # a fatal error raises here, in the loop's thread
+                    break
+                now = time.monotonic()
+                stop_by = self._stopping_by()
+                limit = stuck_at if stop_by is None else \
+                    min(stuck_at, max(stop_by, started + 0.1))  # past the stop: a glance
+                if now >= limit:
+                    return self._unstick(leaving or set())
+                try:
+                    ok = f.result(min(0.25, limit - now))
+                    break
+                except FutureTimeout:
+                    continue
         finally:
             self.stats.wait_seconds += time.monotonic() - started
         self._inflight = None

@@ -47,3 +47,33 @@ def test_patience_runs_out() -> None:
     with pytest.raises(KafkaException):
         _resuming(call, "committing", patience=0.0)
     assert len(calls) == 1
+
+
+def test_a_stop_gives_up_a_commit_stuck_in_the_client_at_its_deadline() -> None:
+    """A commit that never returns (librdkafka after a broker restart) while the loop
+    waits for it in a rebalance callback: a stop that comes meanwhile gives it up at
+    the stop's deadline, not after COMMIT_STUCK_S (a worker took 30 s to stop)."""
+    import threading
+    import time
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from tripwire.streams.commits import Commits
+    from tripwire.streams.loop import LoopStats
+    from tripwire.streams.txn import COMMIT_STUCK_S, _Chunk
+
+    class Loop(Commits):
+        STOP_S = 0.5
+
+    loop = Loop.__new__(Loop)
+    loop._inflight = Future()  # never done
+    loop._inflight_since = time.monotonic()
+    loop._stop_event, loop._stop_by = threading.Event(), None
+    loop.stats, loop._chunk = LoopStats(), _Chunk()
+    loop.processor = SimpleNamespace(name="t")  # type: ignore[assignment]
+    threading.Timer(0.3, loop._stop_event.set).start()
+    started = time.monotonic()
+    assert loop._commit_all() is False  # nothing known to be committed
+    took = time.monotonic() - started
+    assert 0.7 < took < 2.0 < COMMIT_STUCK_S, took
+    assert loop.stats.aborted == 1 and loop._inflight is None
