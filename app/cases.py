@@ -117,15 +117,26 @@ def cases_close(case_id: str,
 
 
 @cases_app.command("labels")
-def cases_labels(out: Path = typer.Option(..., "--out", help="a CSV for "
-                                          "`tripwire backtest --labels`")) -> None:
-    """Write the closed cases' labels (event_id, label) for backtests."""
+def cases_labels(
+    out: Path = typer.Option(..., "--out", help="a CSV for `tripwire backtest --labels`"),
+    controls_dir: Path | None = typer.Option(None, "--controls", help="the controls whose "
+                                             "TYPOLOGIES name each signal's typology "
+                                             "(default: the shipped library)"),
+) -> None:
+    """Write the closed cases' labels for backtests: event_id, label, case_id, the
+    typology (the case's signal as the detectors' TYPOLOGIES name it) and the signal."""
+    from tripwire.controls.engine import LIBRARY, ControlSet
+
     ctx = _Context()
+    named = {signal: typology for c in ControlSet.from_dir(controls_dir or LIBRARY).controls
+             for signal, typology in c.typologies}
     closed = [c for c in latest_cases(ctx).values() if c["status"] == "CLOSED" and c["label"]]
     with out.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["event_id", "label", "case_id", "typology"])
+        w.writerow(["event_id", "label", "case_id", "typology", "signal"])
         for c in sorted(closed, key=lambda c: c["opened_at"]):
-            w.writerow([c["event_id"], "fraud" if c["label"] == "CONFIRMED_FRAUD" else "legit",
-                        c["case_id"], c["typology"]])
+            fraud = c["label"] == "CONFIRMED_FRAUD"
+            w.writerow([c["event_id"], "fraud" if fraud else "legit", c["case_id"],
+                        named.get(c["typology"], c["typology"]) if fraud else "",
+                        c["typology"]])
     _print(f"{len(closed)} label(s) written to {out}")

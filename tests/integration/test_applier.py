@@ -175,12 +175,13 @@ def _cli(env: dict[str, str], user: str, *args: str) -> subprocess.CompletedProc
 
 def test_one_case_per_entity_and_typology_closed_with_a_label_and_an_intact_audit_trail(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
-    from tripwire.connectors.report import read_labels
+    from tripwire.connectors.report import read_label_table, read_labels
 
     roles = tmp_path / "roles.toml"
     roles.write_text('[users]\ncarol = ["analyst"]\ndave = ["engineer"]\n')
     t0 = int(time.time() * 1000) - 3_600_000
-    base = _decisions(8, t0)[1]  # an OPEN_CASE decision
+    # an OPEN_CASE decision, about a signal the library names a typology for
+    base = {**_decisions(8, t0)[1], "typology": "magstripe_contactless_abroad"}
     same = [{**base, "decision_id": f"case-dec-{i}", "event_id": f"case-ev-{i}",
              "event_time": t0 + i * 1000} for i in range(3)]
     app = Applier(kafka, topics, tmp_path / "a", TRIPWIRE_ROLES=str(roles))
@@ -211,6 +212,8 @@ def test_one_case_per_entity_and_typology_closed_with_a_label_and_an_intact_audi
         labels = tmp_path / "labels.csv"
         assert _cli(app.env, "carol", "cases", "labels", "--out", str(labels)).returncode == 0
         assert read_labels(labels) == {"case-ev-0": True}
+        table = read_label_table(labels)  # the typology as the detectors' TYPOLOGIES name it
+        assert table.typology == {"case-ev-0": "magstripe_abroad"}
         # overturned: the case it opened is undone, once, and only with the role
         refused = _cli(app.env, "dave", "override", "case-ev-9", "--to", "ALLOW",
                        "--reason", "known customer")
