@@ -37,7 +37,6 @@ _COLUMNS = {
     "tripwire.alerts.SystemicAttackAlert": ("at", "state", "summary"),
 }
 _WHERE = re.compile(r"^([A-Za-z_][\w.]*)(!=|=)(.*)$")
-_DURATION = re.compile(r"^(\d+)([smhd])$")
 
 
 def parse_where(terms: list[str]) -> list[tuple[str, bool, str]]:
@@ -90,10 +89,12 @@ def matches(rec: dict[str, Any], where: list[tuple[str, bool, str]]) -> bool:
 def _since(text: str, now_ms: int) -> int | None:
     if not text:
         return None
-    m = _DURATION.match(text.strip())
-    if m:
-        return now_ms - int(m[1]) * {"s": 1000, "m": 60_000, "h": 3_600_000,
-                                     "d": 86_400_000}[m[2]]
+    from tripwire.features.spec import parse_duration
+
+    try:
+        return now_ms - parse_duration(text)
+    except ValueError:
+        pass
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -135,16 +136,16 @@ class _Decoded:
     """Messages of one topic decoded, with their logical types (per writer schema)."""
 
     def __init__(self, codec: Any) -> None:
-        self.codec = codec
+        from tripwire.connectors.export import logical_types
+
+        self.codec, self.logical_types = codec, logical_types
         self.kinds: dict[str, dict[str, str]] = {}
 
     def __call__(self, value: bytes | None) -> tuple[str, dict[str, Any], dict[str, str]]:
-        from tripwire.connectors.export import logical_types
-
         schema, rec = self.codec.decode(value)
         kinds = self.kinds.get(schema.name)
         if kinds is None:
-            kinds = self.kinds[schema.name] = logical_types(schema.source)
+            kinds = self.kinds[schema.name] = self.logical_types(schema.source)
         return schema.name, rec, kinds
 
 

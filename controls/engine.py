@@ -44,6 +44,7 @@ address-space limit where that matters).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import time
@@ -251,9 +252,13 @@ class Control:
                      .hexdigest()[:8], 16) % 100
         return bucket < self.canary_percent
 
+    @functools.cached_property
+    def _typology_of(self) -> dict[str, str]:
+        return dict(self.typologies)
+
     def typology(self, signal: str | None) -> str | None:
         """The typology ``signal`` names (``TYPOLOGIES``), if any."""
-        return dict(self.typologies).get(signal or "")
+        return self._typology_of.get(signal or "")
 
     def applies(self, event_type: str) -> bool:
         return not self.applies_to or event_type in self.applies_to

@@ -9,9 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import TopicPartition
 
@@ -21,6 +21,8 @@ from tripwire.connectors.kafka import consumer
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import EVENT_MODELS
 from tripwire.streams.topics import topic
+
+T = TypeVar("T")
 
 
 def send_event(prod: EventProducer, ns: str, kind: str, ev: dict[str, Any]) -> None:
@@ -37,6 +39,17 @@ def publish(kafka: KafkaCluster, ns: str, codec: AvroCodec,
     for kind, ev in events:
         send_event(prod, ns, kind, ev)
     prod.flush()
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T | None:
+    """``probe()`` until it gives something other than None (that), or None after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    got = probe()
+    while got is None and time.monotonic() < deadline:
+        time.sleep(every)
+        got = probe()
+    return got
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Worker, cards_with_an_attack, free_port
+from helpers import Worker, cards_with_an_attack, eventually, free_port
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.events import EventProducer, read_topic
@@ -87,11 +87,7 @@ def test_the_dashboard_shows_a_running_pipeline_in_chromium(kafka: KafkaCluster,
                     w["alerts"] for w in s["alerts"]) >= 1
             return s if ok else None
 
-        deadline = time.monotonic() + 90
-        summary = ready()
-        while summary is None and time.monotonic() < deadline:
-            time.sleep(1)
-            summary = ready()
+        summary = eventually(ready, 90)
         assert summary is not None, _summary(url)
         assert summary["mix"] == dict(mix)
         assert ["card_outliers", 6] in summary["top_hits"]

@@ -4,7 +4,6 @@ decision path and the reconcile stage in threads of this process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import free_port
 
 from tripwire.broker import KafkaCluster
 from tripwire.connectors.decide_api import DecideConfig, Served, create_app
@@ -59,12 +59,6 @@ class Api:
     def stop(self) -> None:
         self.client.close()
         self.served.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pipeline(kafka: KafkaCluster, ns: str, state: Path) -> Pipeline:
@@ -221,7 +215,7 @@ def test_with_the_pipeline_stopped_every_request_gets_a_stand_in_and_nothing_is_
 
 def test_the_served_api_runs_several_workers_and_counts_them_all(
         kafka: KafkaCluster, topics: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
            "TRIPWIRE_TOPIC_NAMESPACE": topics, "TRIPWIRE_INGEST_KEYS": "k1:0123456789abcdef-decide",
            "TRIPWIRE_DECIDE_DEADLINES": "CardPayment=200,LoginEvent=200,FpsMessage=200",

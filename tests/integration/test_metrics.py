@@ -4,14 +4,13 @@ actions), and lag goes to zero once it has caught up."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import Worker, cards_with_an_attack, free_port
+from helpers import Worker, cards_with_an_attack, eventually, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tripwire.broker import KafkaCluster
@@ -62,11 +61,7 @@ def test_a_running_worker_serves_its_numbers(kafka: KafkaCluster, topics: str,
                 _total(got, "tripwire_consumer_lag") == 0
             return got if done else None
 
-        deadline = time.monotonic() + 60
-        got = caught_up()
-        while got is None and time.monotonic() < deadline:
-            time.sleep(1)
-            got = caught_up()
+        got = eventually(caught_up, 60)
         assert got is not None, _scrape(port).keys()
         card = "tripwire.events.CardPayment"
         for outcome, n in outcomes.items():
