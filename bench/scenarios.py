@@ -89,13 +89,15 @@ class Days:
 
 
 def normal_days(start: int, days: float, scale: float, rng: random.Random,
-                out: Days | None = None) -> Days:
+                out: Days | None = None, shift: int = 0) -> Days:
     """Everyday traffic: alerting card declines, approved payments (twice as many),
-    FPS payments (a few high-value), new-device logins, an override now and then."""
+    FPS payments (a few high-value), new-device logins, an override now and then.
+    The day's shape is read ``shift`` ms later than each minute's time, so a test can
+    put its hour of day where it needs it whatever the clock says."""
     out = out or Days()
     for i in range(int(days * 24 * 60)):
         t0 = start + i * MINUTE_MS
-        rate = alerts_per_minute(t0) * scale
+        rate = alerts_per_minute(t0 + shift) * scale
         for _ in range(_count(rate, rng)):
             out.decisions.append(decision(t0 + rng.randrange(MINUTE_MS), rng,
                                           outcome=rng.choice(["DENY", "STEP_UP"]),
