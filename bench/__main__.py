@@ -17,6 +17,7 @@ BENCHES = {
     "monitor": "bench.monitor",
     "decide": "bench.decide",
     "backtest": "bench.backtest",
+    "peer": "bench.peer",
 }
 
 

@@ -84,12 +84,16 @@ MODES = {  # how answers leave the loop: (eager, commit interval ms, internal me
 }
 
 
+# how long a worker's loop waits for input before it ticks: `tripwire run stage`'s
+# (--poll-timeout; answers do not wait for it: consume_available)
+POLL_S = 0.1
+
 ONE = ("path",)  # a worker of the one-process path
 COMBINED = ("combined",)  # a worker running every stage in one loop
 
 
 def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
-            stages: tuple[str, ...], ready: Any, stop: Any) -> None:
+            stages: tuple[str, ...], ready: Any, stop: Any, poll_s: float) -> None:
     from tripwire.controls.engine import ControlSet
     from tripwire.features.engine import FeatureLibrary
     from tripwire.streams.loop import BatchLoop, tune_gc
@@ -101,13 +105,13 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
         path = PATH.build(Parts(AvroCodec(SchemaStore.default()), ControlSet.from_dir()))
         loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in PATH.inputs(())],
                                    path, namespace=ns, batch_size=batch,
-                                   poll_timeout=0.005, state_dir=Path(state_dir),
+                                   poll_timeout=poll_s, state_dir=Path(state_dir),
                                    commit_interval_ms=interval, eager=eager)}
     else:  # the live pipeline's stages, as `tripwire run stage ...` runs them
         common: dict[str, Any] = dict(
             codec=AvroCodec(SchemaStore.default()), controls=ControlSet.from_dir(),
             library=FeatureLibrary(), state_dir=Path(state_dir), batch_size=batch,
-            commit_interval_ms=interval, eager=eager, eager_hops=hops, poll_timeout=0.005)
+            commit_interval_ms=interval, eager=eager, eager_hops=hops, poll_timeout=poll_s)
         loops = {"all": combined_loop(bootstrap, ns, **common)} if stages == COMBINED else \
             {s: stage_loop(s, bootstrap, ns, **common) for s in stages}
     tune_gc()  # as `tripwire run stage` does
@@ -347,7 +351,7 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
                                                  stop), daemon=True)
         else:
             p = ctx.Process(target=_worker, args=(bootstrap, ns, str(homes[i]), batch, mode,
-                                                  stages, ready, stop), daemon=True)
+                                                  stages, ready, stop, POLL_S), daemon=True)
         p.start()
         procs.append((p, ready))
     workers = _Workers([p for p, _ in procs], stop, homes)
@@ -513,6 +517,7 @@ def _raw_round(bootstrap: str, events: list[tuple[str, bytes, bytes, str]], part
 
 
 def main(argv: list[str] | None = None) -> None:
+    global POLL_S
     ap = argparse.ArgumentParser(prog="python -m bench path")
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--workers", type=int, default=1)
@@ -538,7 +543,11 @@ def main(argv: list[str] | None = None) -> None:
                     "next to saturation's")
     ap.add_argument("--warm-up", type=float, default=30.0,
                     help="open loop: seconds of the same offer before measuring")
+    ap.add_argument("--poll-timeout", type=float, default=POLL_S,
+                    help="seconds a worker's loop waits for input before it ticks "
+                         "(default: tripwire run stage's)")
     args = ap.parse_args(argv)
+    POLL_S = args.poll_timeout
     try:
         layout = layout_of(args.layout, args.pipeline, args.workers)
     except ValueError as exc:
