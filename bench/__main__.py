@@ -18,6 +18,7 @@ BENCHES = {
     "decide": "bench.decide",
     "backtest": "bench.backtest",
     "peer": "bench.peer",
+    "rates": "bench.rates",
 }
 
 

@@ -17,11 +17,46 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from bench.common import bench_cluster, proc_cpu
 from tripwire.streams.topics import create_topics
 
-__all__ = ["main"]
+__all__ = ["idle_round", "main"]
+
+
+def idle_round(bootstrap: str, broker_cpu: Any, workers: int, partitions: int,
+               settle: float, seconds: float) -> dict[str, Any]:
+    """CPU shares (of one core) over a quiet span: the broker with no client
+    (``alone``), then ``workers`` idle workers (``workers``, each) and the broker
+    beside them (``broker``); None for the broker when it is not a local process."""
+    with tempfile.TemporaryDirectory(prefix="bench-idle-") as state:
+        ns = f"bench-idle-{uuid.uuid4().hex[:6]}."
+        create_topics(bootstrap, ns, partitions=partitions)
+        time.sleep(settle)
+        base0, t0 = broker_cpu(), time.monotonic()
+        time.sleep(seconds)
+        base1, base_dt = broker_cpu(), time.monotonic() - t0
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "TRIPWIRE_TOPIC_NAMESPACE": ns}
+        procs = [subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
+                                  env={**env, "TRIPWIRE_STATE_DIR": str(Path(state) / str(i))},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i in range(workers)]
+        try:
+            time.sleep(settle)
+            cpu0, b0, t0 = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic()
+            time.sleep(seconds)
+            cpu1, b1, dt = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic() - t0
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(60)
+    local = None not in (b0, b1, base0, base1)
+    return {"workers": [(c1 - c0) / dt for c0, c1 in zip(cpu0, cpu1, strict=True)],
+            "broker": (b1 - b0) / dt if local else None,
+            "alone": (base1 - base0) / base_dt if local else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,40 +66,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settle", type=float, default=15.0, help="start-up left out (s)")
     ap.add_argument("--seconds", type=float, default=30.0, help="the quiet span measured")
     args = ap.parse_args(argv)
-    with bench_cluster() as (cluster, broker_cpu), \
-            tempfile.TemporaryDirectory(prefix="bench-idle-") as state:
-        ns = f"bench-idle-{uuid.uuid4().hex[:6]}."
-        create_topics(cluster.bootstrap, ns, partitions=args.partitions)
-        time.sleep(args.settle)
-        base0, t0 = broker_cpu(), time.monotonic()
-        time.sleep(args.seconds)
-        base1, base_dt = broker_cpu(), time.monotonic() - t0
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap,
-               "TRIPWIRE_TOPIC_NAMESPACE": ns}
-        procs = [subprocess.Popen([sys.executable, "-m", "tripwire", "run", "stage", "all"],
-                                  env={**env, "TRIPWIRE_STATE_DIR": str(Path(state) / str(i))},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i in range(args.workers)]
-        try:
-            time.sleep(args.settle)
-            cpu0, b0, t0 = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic()
-            time.sleep(args.seconds)
-            cpu1, b1, dt = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic() - t0
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                p.wait(60)
-        shares = ", ".join(f"{(c1 - c0) / dt * 100:.1f} %" for c0, c1 in zip(cpu0, cpu1,
-                                                                              strict=True))
-        if None in (b0, b1, base0, base1):
-            broker = "n/a (not a local broker)"
-        else:
-            alone = (base1 - base0) / base_dt * 100  # type: ignore[operator]
-            used = (b1 - b0) / dt * 100  # type: ignore[operator]
-            broker = f"{used:.1f} % (with no client: {alone:.1f} %; x{used / max(alone, 0.01):.2f})"
-        print(f"no traffic, {args.workers} workers, {args.partitions} partitions, "
-              f"{args.seconds:.0f} s: workers {shares} of a core each; broker {broker}")
+    with bench_cluster() as (cluster, broker_cpu):
+        got = idle_round(cluster.bootstrap, broker_cpu, args.workers, args.partitions,
+                         args.settle, args.seconds)
+    shares = ", ".join(f"{w * 100:.1f} %" for w in got["workers"])
+    if got["broker"] is None:
+        broker = "n/a (not a local broker)"
+    else:
+        used, alone = got["broker"] * 100, got["alone"] * 100
+        broker = f"{used:.1f} % (with no client: {alone:.1f} %; x{used / max(alone, 0.01):.2f})"
+    print(f"no traffic, {args.workers} workers, {args.partitions} partitions, "
+          f"{args.seconds:.0f} s: workers {shares} of a core each; broker {broker}")
 
 
 if __name__ == "__main__":

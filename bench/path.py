@@ -446,7 +446,8 @@ def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> tuple[set[str], set[
 
 def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
               layout: Layout, partitions: int, batch: int, rate: int, mode: str,
-              broker_cpu: Any, warm_s: float) -> list[float]:
+              broker_cpu: Any, warm_s: float, figures: dict[str, float] | None = None) \
+        -> list[float]:
     """Latency (ms) of every event offered at ``rate`` per second, after ``warm_s``
     seconds of the same offer, unmeasured: the group settles, the stores open and
     the broker's JIT compiles the paths this traffic takes (raw traffic does not
@@ -475,6 +476,10 @@ def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, b
     b1 = broker_cpu()
     broker = "" if b0 is None or b1 is None else \
         f", the broker {(b1 - b0) / max(len(sent), 1) * 1e6:.0f}"
+    if figures is not None:  # CPU per event over the measured offer
+        figures["cpu_us"] = cpu / max(len(sent), 1) * 1e6
+        figures["broker_us"] = float("nan") if b0 is None or b1 is None else \
+            (b1 - b0) / max(len(sent), 1) * 1e6
     ws.close()
     reader.close()
     if mode == RELAY:  # stand-in decisions: nothing to read again

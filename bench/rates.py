@@ -1,0 +1,122 @@
+"""The decision path at the rates banks run, each figure next to a baseline
+measured in the same run, on one broker (issue 26):
+
+* **saturation:** the path's events/s and CPU per event, workers and broker,
+  beside a raw confluent-kafka hop of the same messages;
+* **at each offered rate** (50, 1,000, 2,000 and 3,000 events/s by default): a
+  bare relay chain of the path's shape (the baseline: the hops and nothing else)
+  and the path, open loop: p50 and p99 from an event's publishing to its
+  readable answer, CPU per event of the workers and of the broker, and the
+  share of the cores they take. Ratios: p99 to the relays'; CPU per event to
+  saturation's; at the lowest rate, the workers' and the broker's CPU to the
+  relays';
+* **no traffic:** the workers' and the broker's shares of a core, against the
+  broker with no client at all.
+
+A rate the machine cannot carry is reported as such (the answers fell behind),
+and the run goes on. About 10 minutes on 2 cores with the defaults.
+
+    .venv/bin/python -m bench rates
+    .venv/bin/python -m bench rates --rates 50,1000 --seconds 15 --warm-up 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from bench.common import bench_cluster, calibrate
+from bench.idle import idle_round
+from bench.path import RELAY, _events, _raw_round, layout_of, open_loop, saturation
+from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.registry import SchemaStore
+
+__all__ = ["main"]
+
+MODE = "eager"  # the live default: answers and hops at once, state every second
+
+
+def _quantiles(lat: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(lat, n=100)
+    return q[49], q[98]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench rates")
+    ap.add_argument("--rates", default="50,1000,2000,3000", help="events/s offered")
+    ap.add_argument("--seconds", type=float, default=20.0, help="each rate: measured span")
+    ap.add_argument("--warm-up", type=float, default=20.0, help="each rate: unmeasured first")
+    ap.add_argument("--events", type=int, default=20_000, help="saturation: events")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    args = ap.parse_args(argv)
+    rates = [int(r) for r in args.rates.split(",") if r]
+    codec = AvroCodec(SchemaStore.default())
+    layout = layout_of("", "split", args.workers)
+    print(f"{args.workers} workers (every stage in one loop each), {args.partitions} "
+          f"partitions; {os.cpu_count()} cores; machine: {calibrate(codec):.1f} µs per Avro "
+          "decode", flush=True)
+    sat_events = _events(codec, args.events, int(time.time() * 1000) - 3_600_000, 31)
+    runs: dict[tuple[int, str], dict[str, Any]] = {}
+    with bench_cluster() as (cluster, broker_cpu):
+        idle = idle_round(cluster.bootstrap, broker_cpu, args.workers, args.partitions,
+                          10.0, args.idle_seconds)
+        raw = _raw_round(cluster.bootstrap, sat_events, args.partitions, broker_cpu)
+        sat = saturation(cluster.bootstrap, codec, sat_events, layout, args.partitions, 500,
+                         MODE, broker_cpu)
+        print(f"saturation: {sat['rate']:,.0f} events/s", flush=True)
+        for rate in rates:
+            # event times end 5 min ago: within the allowed clock skew however long the offer
+            offered = _events(codec, int(rate * (args.seconds + args.warm_up)),
+                              int(time.time() * 1000) - 25 * 60_000, 47)
+            for mode in (RELAY, MODE):
+                figures: dict[str, Any] = {}
+                try:
+                    figures["lat"] = open_loop(cluster.bootstrap, codec, offered, layout,
+                                               args.partitions, 500, rate, mode, broker_cpu,
+                                               args.warm_up, figures)
+                except RuntimeError as exc:  # answers fell behind: more than it can carry
+                    figures["failed"] = str(exc).split(";")[0]
+                runs[(rate, mode)] = figures
+
+    given = argv if argv is not None else sys.argv[2:]
+    print(f"\ncommand: python -m bench rates {' '.join(given)}")
+    sat_cpu = sat["cpu_us"] + sat["broker_us"]
+    print(f"saturation: {sat['rate']:,.0f} events/s; {sat['cpu_us']:.0f} µs of worker CPU and "
+          f"{sat['broker_us']:.0f} µs of broker CPU per event (a raw hop of the same messages: "
+          f"{raw['rate']:,.0f}/s, {raw['cpu_us']:.1f} + {raw['broker_us']:.1f} µs)")
+    print(f"{'offered/s':>9} {'relays p50/p99 ms':>18} {'path p50/p99 ms':>16} "
+          f"{'p99 x relays':>12} {'workers µs/ev':>13} {'broker µs/ev':>12} "
+          f"{'x saturation CPU':>16} {'cores':>6}")
+    for rate in rates:
+        relay, path = runs[(rate, RELAY)], runs[(rate, MODE)]
+        if "failed" in relay or "failed" in path:
+            print(f"{rate:>9,} not carried: {(path.get('failed') or relay['failed'])[:90]}")
+            continue
+        (r50, r99), (p50, p99) = _quantiles(relay["lat"]), _quantiles(path["lat"])
+        per_event = path["cpu_us"] + path["broker_us"]
+        cores = per_event * rate / 1e6
+        behind = "  (fell behind: more CPU than the cores have)" \
+            if cores > (os.cpu_count() or 1) else ""
+        print(f"{rate:>9,} {f'{r50:.1f} / {r99:.1f}':>18} {f'{p50:.1f} / {p99:.1f}':>16} "
+              f"{p99 / r99:>12.2f} {path['cpu_us']:>13.0f} {path['broker_us']:>12.0f} "
+              f"{per_event / sat_cpu:>16.2f} {cores:>6.2f}{behind}")
+    low = min(rates)
+    relay, path = runs[(low, RELAY)], runs[(low, MODE)]
+    if "failed" not in relay and "failed" not in path:
+        print(f"at {low}/s against the bare relays: workers x{path['cpu_us'] / relay['cpu_us']:.2f}"
+              f" the relays' CPU per event, broker x{path['broker_us'] / relay['broker_us']:.2f}")
+    shares = " + ".join(f"{w * 100:.1f}" for w in idle["workers"])
+    broker = "n/a (not a local broker)" if idle["broker"] is None else \
+        f"{idle['broker'] * 100:.1f} % (x{idle['broker'] / max(idle['alone'], 1e-4):.2f} its " \
+        f"{idle['alone'] * 100:.1f} % with no client)"
+    print(f"no traffic: workers {shares} % of a core; broker {broker}")
+
+
+if __name__ == "__main__":
+    main()
