@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -179,12 +181,14 @@ def tail(
     undecodable = 0
 
     ends: dict[int, int] = {}  # where the pass up to now ended: --follow goes on there
+    stopped = threading.Event()  # --follow: until Ctrl-C or TERM
 
     def rows(follow_: bool) -> Iterator[tuple[Any, str, dict[str, Any], dict[str, str]]]:
         nonlocal undecodable
         start = _since(since, int(time.time() * 1000))
         try:
-            found = scan(bootstrap, full, since_ms=start, follow=True, starts=dict(ends)) \
+            found = scan(bootstrap, full, since_ms=start, follow=True, starts=dict(ends),
+                         stop=stopped.is_set) \
                 if follow_ else scan(bootstrap, full, since_ms=start, ends_out=ends)
             for m in found:
                 try:
@@ -228,11 +232,13 @@ def tail(
     if follow:
         for item in _newest(rows(False), last):
             line(*item)
-        try:
-            for item in rows(True):
-                line(*item)
-        except KeyboardInterrupt:
-            pass
+        # Ctrl-C or a TERM ends the scan between two polls (0.2 s), which closes its
+        # consumer: no KeyboardInterrupt unwinding through the client's calls (a
+        # follower so interrupted once took over 20 s to exit)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopped.set())
+        for item in rows(True):
+            line(*item)
         return
     found = _newest(rows(False), last)
     if as_json:

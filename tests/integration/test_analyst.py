@@ -123,8 +123,11 @@ def test_tail_and_export_decode_filter_follow_and_count(kafka: KafkaCluster, top
             seen.add(orjson.loads(follower.stdout.readline())["event_id"])
         assert wanted <= seen and not {s["event_id"] for s in shown} & wanted
     finally:
+        interrupted = time.monotonic()
         follower.send_signal(signal.SIGINT)
         follower.wait(20)
+    # Ctrl-C ends the follow between two polls, and the consumer closes
+    assert follower.returncode == 0 and time.monotonic() - interrupted < 5
 
     # Parquet that DuckDB reads back, with the same counts
     export = tmp_path / "export"
