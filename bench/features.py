@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +49,55 @@ __all__ = ["main"]
 
 class TimedStage(FeatureStage):
     """The feature stage, noting when its first batch started and counting the
-    entity requests it applied (the run ends when every one was)."""
+    entity requests it applied (a run ends when every one was).
 
-    def __init__(self, codec: AvroCodec, lib: FeatureLibrary) -> None:
+    ``made_beforehand``: its requests were made here, from no input a loop watches.
+    Were it told to order them by those inputs, it would hold every one for ever
+    (and a bench that waited only for their reading, as this one did from issue 18
+    to 26, would measure no feature at all)."""
+
+    def __init__(self, codec: AvroCodec, lib: FeatureLibrary,
+                 made_beforehand: bool = True) -> None:
         super().__init__(codec, lib)
+        if made_beforehand:
+            self.watches = ()
         self.marks: dict[str, float] = {}
         self.done = 0
+
+    def start_clock(self) -> None:
+        """Wall and this process's CPU time, at the first batch."""
+        if "wall" not in self.marks:
+            self.marks["wall"], self.marks["cpu"] = time.monotonic(), time.process_time()
 
     def _apply(self, *args: Any, **kwargs: Any) -> None:
         self.done += 1
         super()._apply(*args, **kwargs)
 
     def process(self, batch: Any, now_ms: int, state: Any) -> Any:
-        if "wall" not in self.marks:
-            self.marks["wall"], self.marks["cpu"] = time.monotonic(), time.process_time()
+        self.start_clock()
         return super().process(batch, now_ms, state)
+
+    def run(self, loop: BatchLoop, requests: int, broker_cpu: Callable[[], float | None]) \
+            -> tuple[float, float, float]:
+        """Run ``loop`` (which feeds this stage) in a thread until ``requests`` are
+        applied: wall seconds and this process's CPU seconds from the first batch,
+        and the broker's CPU seconds meanwhile."""
+        stop = threading.Event()
+        th = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+        b0 = broker_cpu() or 0.0
+        th.start()
+        deadline = time.monotonic() + 600
+        try:
+            while self.done < requests:
+                if not th.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the feature stage applied {self.done} of {requests} "
+                                       "requests (see any error above)")
+                time.sleep(0.01)
+            return (time.monotonic() - self.marks["wall"],
+                    time.process_time() - self.marks["cpu"], (broker_cpu() or 0.0) - b0)
+        finally:
+            stop.set()
+            th.join(30)
 
 
 def _traffic(codec: AvroCodec, n: int, t0: int) -> list[InRecord]:
@@ -179,30 +214,12 @@ def main(argv: list[str] | None = None) -> None:
                                                              bcpu / len(records) * 1e6))
 
             timed = TimedStage(codec, lib)
-            # the requests made here come from no input the loop watches: were it
-            # told to order them by those inputs, it would hold every one for ever
-            # and measure only their reading (as it did from issue 18 to 26)
-            timed.watches = ()
             state_dir = Path(tempfile.mkdtemp(prefix="bench-features-"))
             loop = BatchLoop(cluster.bootstrap, f"{ns}features",
                              [topic("features", ns)],
                              timed, namespace=ns, batch_size=1000,
                              state_dir=state_dir)
-            stop = threading.Event()
-            th = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-            b0 = cpu_of_broker()
-            th.start()
-            deadline = time.monotonic() + 600
-            while timed.done < n_req:
-                if not th.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"the feature stage applied {timed.done} of {n_req} "
-                                       "requests (see any error above)")
-                time.sleep(0.01)
-            wall = time.monotonic() - timed.marks["wall"]
-            cpu = time.process_time() - timed.marks["cpu"]
-            bcpu = cpu_of_broker() - b0
-            stop.set()
-            th.join(30)
+            wall, cpu, bcpu = timed.run(loop, n_req, broker_cpu)
             shutil.rmtree(state_dir, ignore_errors=True)
             rows["feature stage (Kafka, txn, rocksdict)"].append(
                 (len(records) / wall, cpu / len(records) * 1e6, bcpu / len(records) * 1e6))

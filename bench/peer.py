@@ -28,20 +28,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.common import bench_cluster, calibrate, proc_cpu
 from bench.features import TimedStage, intake_requests
 from bench.path import layout_of, saturation
 from tripwire.config import Settings
-from tripwire.connectors.kafka import producer
+from tripwire.connectors.kafka import admin as kafka_admin
+from tripwire.connectors.kafka import consumer, producer
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.features.engine import FeatureLibrary
 from tripwire.features.spec import FeatureSpec
@@ -104,7 +104,7 @@ def quix_round(bootstrap: str, codec: AvroCodec, events: Events, partitions: int
     """The peer's rate and CPU through a backlog of ``events`` (module docstring)."""
     ns = f"bench-peer-{uuid.uuid4().hex[:6]}"
     source, sink, group = f"{ns}.card_payments", f"{ns}.card_counts", f"{ns}.quix"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = kafka_admin(bootstrap)
     for f in admin.create_topics([NewTopic(t, partitions, 1) for t in (source, sink)]).values():
         f.result(30)
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
@@ -127,7 +127,7 @@ def quix_round(bootstrap: str, codec: AvroCodec, events: Events, partitions: int
                 prod.produce(source, value, key)
                 prod.poll(0)
             prod.flush(120)
-            watch = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+            watch = consumer(bootstrap, group)  # reads the group's commits, never joins it
             tps = [TopicPartition(source, p) for p in range(partitions)]
             ends = {tp.partition: watch.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
             cpu0, b0, start = [proc_cpu(p.pid) for p in procs], broker_cpu() or 0.0, \
@@ -169,9 +169,7 @@ class _TimedCombined(Combined):
         self.timed = timed
 
     def process(self, batch: Any, now_ms: int, state: Any) -> Any:
-        if "wall" not in self.timed.marks:
-            self.timed.marks["wall"], self.timed.marks["cpu"] = time.monotonic(), \
-                time.process_time()
+        self.timed.start_clock()
         return super().process(batch, now_ms, state)
 
 
@@ -190,7 +188,7 @@ def feature_round(bootstrap: str, codec: AvroCodec, events: Events, partitions: 
     ns = f"bench-peer-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     prod = producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
-    stage = TimedStage(codec, ONE_FEATURE)
+    stage = TimedStage(codec, ONE_FEATURE, made_beforehand=not with_intake)
     processor: Processor = stage
     if with_intake:
         for tk, key, value, _ in events:
@@ -200,8 +198,6 @@ def feature_round(bootstrap: str, codec: AvroCodec, events: Events, partitions: 
                                      stage_topics("intake", ns)),
                                     (stage, stage_topics("features", ns))], stage)
     else:
-        # requests made here come from no input the loop watches: nothing to wait for
-        stage.watches = ()
         records = [InRecord("card_payments", 0, i, key, value, 0)
                    for i, (_, key, value, _) in enumerate(events)]
         chunks, _ = intake_requests(codec, ONE_FEATURE, records, int(time.time() * 1000),
@@ -214,21 +210,7 @@ def feature_round(bootstrap: str, codec: AvroCodec, events: Events, partitions: 
         loop = BatchLoop(bootstrap, f"{ns}one-feature", sorted(processor.owners) if
                          with_intake else [topic("features", ns)], processor, namespace=ns,
                          batch_size=1000, state_dir=Path(state), commit_interval_ms=1000)
-        stop = threading.Event()
-        th = threading.Thread(target=loop.run, args=(stop,), daemon=True)
-        b0 = broker_cpu() or 0.0
-        th.start()
-        deadline = time.monotonic() + 600
-        while stage.done < len(events):
-            if not th.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the feature stage applied {stage.done} of "
-                                   f"{len(events)} requests (see any error above)")
-            time.sleep(0.01)
-        wall = time.monotonic() - stage.marks["wall"]
-        cpu = time.process_time() - stage.marks["cpu"]
-        bcpu = (broker_cpu() or 0.0) - b0
-        stop.set()
-        th.join(30)
+        wall, cpu, bcpu = stage.run(loop, len(events), broker_cpu)
     n = len(events)
     return {"rate": n / wall, "cpu_us": cpu / n * 1e6, "broker_us": bcpu / n * 1e6}
 
