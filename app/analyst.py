@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import signal
 import sys
 import threading
 import time
@@ -181,15 +180,15 @@ def tail(
     undecodable = 0
 
     ends: dict[int, int] = {}  # where the pass up to now ended: --follow goes on there
-    stopped = threading.Event()  # --follow: until Ctrl-C or TERM
 
-    def rows(follow_: bool) -> Iterator[tuple[Any, str, dict[str, Any], dict[str, str]]]:
+    def rows(follow_until: threading.Event | None = None) \
+            -> Iterator[tuple[Any, str, dict[str, Any], dict[str, str]]]:
         nonlocal undecodable
         start = _since(since, int(time.time() * 1000))
         try:
             found = scan(bootstrap, full, since_ms=start, follow=True, starts=dict(ends),
-                         stop=stopped.is_set) \
-                if follow_ else scan(bootstrap, full, since_ms=start, ends_out=ends)
+                         stop=follow_until.is_set) if follow_until is not None \
+                else scan(bootstrap, full, since_ms=start, ends_out=ends)
             for m in found:
                 try:
                     schema, rec, kinds = decode(m.value())
@@ -230,17 +229,20 @@ def tail(
                       markup=False, highlight=False, soft_wrap=True)
 
     if follow:
-        for item in _newest(rows(False), last):
+        from tripwire.outcomes import _until_signalled
+
+        for item in _newest(rows(), last):
             line(*item)
-        # Ctrl-C or a TERM ends the scan between two polls (0.2 s), which closes its
-        # consumer: no KeyboardInterrupt unwinding through the client's calls (a
-        # follower so interrupted once took over 20 s to exit)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stopped.set())
-        for item in rows(True):
-            line(*item)
+
+        def follow_on(stop: threading.Event) -> None:
+            # Ctrl-C or a TERM ends the scan between two polls (0.2 s), which closes its
+            # consumer: no KeyboardInterrupt unwinding through the client's calls
+            for item in rows(stop):
+                line(*item)
+
+        _until_signalled(follow_on)
         return
-    found = _newest(rows(False), last)
+    found = _newest(rows(), last)
     if as_json:
         for m, _, rec, kinds in found:
             out_json(m, rec, kinds)

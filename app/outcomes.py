@@ -90,10 +90,19 @@ class _Context:
 
 
 def _until_signalled(run: Callable[[threading.Event], T]) -> T:
-    """``run(stop)`` until SIGTERM or Ctrl-C sets ``stop``."""
+    """``run(stop)`` until SIGTERM or Ctrl-C sets ``stop``; a second one leaves at
+    once (KeyboardInterrupt). The handlers are set whatever the process inherited:
+    Python leaves SIGINT ignored when it started ignored (a job a script put in the
+    background), and such a process would never stop on Ctrl-C."""
     stop = threading.Event()
+
+    def stopping(*_: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stopping)
     return run(stop)
 
 

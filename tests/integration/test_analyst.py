@@ -107,8 +107,11 @@ def test_tail_and_export_decode_filter_follow_and_count(kafka: KafkaCluster, top
     cmd = [sys.executable, "-m", "tripwire", "tail", "decisions", "--last", "2", "--follow",
            "--json", "--where", "outcome=ALLOW"]
     child_env = {**os.environ, **env, "TRIPWIRE_SCHEMA_REGISTRY_URL": ""}
+    # started as a script's background job is: with SIGINT ignored (Python then leaves
+    # it ignored, and a follower relying on KeyboardInterrupt never stopped)
     follower = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert follower.stdout is not None
         shown = [orjson.loads(follower.stdout.readline()) for _ in range(2)]
