@@ -4,9 +4,12 @@ run (no broker: a pure replay of the simulator's labelled traffic).
   * ``as the CLI ran it`` (the baseline): the controls in a supervised child
     (``TRIPWIRE_CONTROLS_ISOLATED``, the default), and the outputs decoded back
     for the report, as `tripwire backtest` did before 2026-12-03;
-  * ``now``: the same replay as the CLI runs it today (the controls isolated; the
-    outputs' records taken as the path made them, not decoded again);
-  * ``in-process``: the controls in the replaying process (no isolation);
+  * ``one process``: the replay as the CLI ran it on 2026-12-03 (the controls
+    isolated; the outputs' records taken as the path made them, not decoded again);
+  * ``two processes``: as the CLI runs it now (``--workers 2``): intake and
+    features in a second process, batches ahead of the decisions, and the next
+    batch's trip to the controls' child while this one is decided;
+  * ``... in-process controls``: the same without isolating the controls;
   * the floor of one core, for the record: decoding every event once, the
     features alone, and the control network alone, on the same events.
 
@@ -34,23 +37,23 @@ DAY = 86_400_000
 
 
 def _run(records: list[InRecord], codec: AvroCodec, isolate: int | None,
-         decode_again: bool) -> tuple[float, list[dict[str, Any]]]:
+         decode_again: bool, workers: int) -> tuple[float, list[dict[str, Any]]]:
     import contextlib
     from unittest import mock
 
     from tripwire.streams import backtest as bt
 
     controls = ControlSet.from_dir()
-    original = bt.DecisionPath.process
+    original = bt.DecisionPath.decide
 
     def plain(self: Any, *args: Any) -> list[OutRecord]:
         return [OutRecord(o.topic_key, o.key, o.value, o.partition)
                 for o in original(self, *args)]
 
-    with mock.patch.object(bt.DecisionPath, "process", plain) if decode_again \
+    with mock.patch.object(bt.DecisionPath, "decide", plain) if decode_again \
             else contextlib.nullcontext():
         started = time.perf_counter()
-        run = backtest(controls, records, codec=codec, isolate_mb=isolate)
+        run = backtest(controls, records, codec=codec, isolate_mb=isolate, workers=workers)
         took = time.perf_counter() - started
     return len(records) / took, [comparable(d) for d in run.decisions]
 
@@ -88,13 +91,14 @@ def main(argv: list[str]) -> None:
                         e["event_time"]) for i, (kind, e) in enumerate(traffic.events)]
     print(f"{len(records)} events ({args.days:g} days, {args.customers} customers), "
           f"{args.repeats} repeats, medians")
-    ways = {"as the CLI ran it (baseline)": (512, True), "now (as the CLI runs it)": (512, False),
-            "in-process controls": (None, False)}
+    ways = {"as the CLI ran it (baseline)": (512, True, 1), "one process": (512, False, 1),
+            "two processes (the CLI now)": (512, False, 2),
+            "two, in-process controls": (None, False, 2)}
     rates: dict[str, list[float]] = {k: [] for k in ways}
     reference = None
     for _ in range(args.repeats):
-        for name, (isolate, again) in ways.items():
-            rate, decisions = _run(records, codec, isolate, again)
+        for name, (isolate, again, workers) in ways.items():
+            rate, decisions = _run(records, codec, isolate, again, workers)
             if reference is None:
                 reference = decisions
             assert decisions == reference, f"{name}: different decisions"

@@ -57,6 +57,7 @@ import orjson
 
 from tripwire.connectors.simulator import envelope
 from tripwire.schemas.validate import DAY_MS
+from tripwire.streams.backtest import Labels
 
 __all__ = ["LOOKALIKES", "TYPOLOGIES", "Labelled", "labelled_traffic"]
 
@@ -127,6 +128,12 @@ class Labelled:
                 typology, attack = self.labels.get(eid, ("", ""))
                 w.writerow([eid, int(bool(typology)), typology, attack,
                             self.lookalikes.get(eid, "")])
+
+    def known(self) -> Labels:
+        """What a backtest is told (as it reads from the labels file :meth:`write` makes)."""
+        return Labels({rec["event_id"]: rec["event_id"] in self.labels for _, rec in self.events},
+                      {k: t for k, (t, _) in self.labels.items()},
+                      {k: a for k, (_, a) in self.labels.items()}, dict(self.lookalikes))
 
 
 class _World:

@@ -62,6 +62,10 @@ class EventKind:
     def __post_init__(self) -> None:
         object.__setattr__(self, "entity_field", EVENT_MODELS[self.schema].key_field)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its name (its functions do not pickle): one of :data:`EVENT_KINDS`."""
+        return _kind_named, (self.schema,)
+
     def subjects(self, event: Mapping[str, Any]) -> dict[str, str]:
         """The event's subjects that it has (a field left empty is no subject).
 
@@ -84,6 +88,10 @@ class EventKind:
             if event.get(f):
                 out[f.removesuffix("_id")] = str(event[f])
         return out
+
+
+def _kind_named(schema: str) -> EventKind:
+    return EVENT_KINDS[schema]
 
 
 EVENT_KINDS: dict[str, EventKind] = {k.schema: k for k in (

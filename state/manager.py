@@ -249,3 +249,8 @@ class OneLogState(StateManager):
 
     def view(self, topic: str, partition: int) -> StateView:
         return StateView(self, *self.LOG)
+
+    def batch_done(self) -> None:
+        """Write decoded values back; no changelog: the writes are not kept."""
+        super().batch_done()
+        self.pending.clear()

@@ -16,27 +16,42 @@ differ). Events of any age are accepted: history is the point.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import pickle
+import queue
+import sys
+import threading
 import time
+import traceback
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
 
 import orjson
 
+from tripwire.controls.decider import DECISIONS_STORE
 from tripwire.controls.engine import ControlSet
+from tripwire.controls.results import Verdict
 from tripwire.features.engine import FeatureLibrary
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.models import parse_event
 from tripwire.schemas.records import InRecord
 from tripwire.schemas.validate import ValidationPolicy, Validator
 from tripwire.state.manager import OneLogState
-from tripwire.streams.decision_path import DecisionPath
+from tripwire.streams.decision_path import DecisionPath, Prepared
+from tripwire.streams.intake import DEDUP_STORE
+from tripwire.streams.nodes import FEATURES_STORE
 from tripwire.streams.stages import PATH, Parts
 
 __all__ = ["CAUGHT_WITHIN", "TIMING_FIELDS", "Backtest", "ControlStats", "Labels",
-           "TypologyStats", "backtest", "comparable", "records_from_jsonl"]
+           "TypologyStats", "backtest", "comparable", "prepared", "records_from_jsonl"]
 
+T = TypeVar("T")
+PREPARE_STORES = (DEDUP_STORE, FEATURES_STORE)  # the first half's (DecisionPath.prepare)
 TIMING_FIELDS = ("decided_at", "latency_us")  # measure the run, not the decision
 # An attack stopped within its first this-many events counts as caught from its
 # first event: a velocity control must see a few events before it can know.
@@ -219,26 +234,35 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
              codec: AvroCodec | None = None, labels: Mapping[str, bool] | Labels | None = None,
              library: FeatureLibrary | None = None, batch_size: int = 500,
              progress: Callable[[int, int], None] = lambda done, total: None,
-             isolate_mb: int | None = None) -> Backtest:
+             isolate_mb: int | None = None, workers: int = 1) -> Backtest:
     """Replay ``records`` in order through the decision path with ``controls``
     (``isolate_mb``: in a supervised child with that much memory, as live workers
-    run them; the results are the same)."""
+    run them). ``workers`` 2 or more: intake and features run in a second process,
+    batches ahead of the decisions (:func:`prepared`); the results are the same."""
     codec = codec or AvroCodec.from_url(None)
     path = PATH.build(Parts(codec, controls, library or FeatureLibrary(), validator=Validator(
         ValidationPolicy(max_event_age_ms=None))))  # events of any age: history
     assert isinstance(path, DecisionPath)
-    if isolate_mb is not None:
-        path.decider.isolate(isolate_mb)
-    state = OneLogState(path.name, list(path.stores))
     known = labels if isinstance(labels, Labels) else Labels(dict(labels or {}))
     run = Backtest(labels=dict(known.fraud), known=known)
     versions = controls.by_id()
     started = time.monotonic()
     days: dict[str, str] = {}  # event id → its day (UTC), for volumes per day
-    for i in range(0, len(records), batch_size):
-        chunk = records[i:i + batch_size]
+    batches = prepared(path, records, batch_size, workers)  # started before the child box
+    if isolate_mb is not None:
+        path.decider.isolate(isolate_mb)
+    judged: Iterator[tuple[Prepared, list[Verdict]]] = (
+        (batch, path.verdicts(batch)) for batch in batches)
+    if workers >= 2 and path.decider.box is not None \
+            and not any(c.tier == 2 for c in controls.controls):
+        # the next batch's trip to the controls' child while this one is decided
+        # (tier-2 controls would share the child with the decisions: not then)
+        judged = _ahead(judged, 2, "backtest-controls")
+    state = OneLogState(path.name, [DECISIONS_STORE])
+    done = 0
+    for batch, verdicts in judged:
         executions = []
-        for o in path.process(chunk, int(time.time() * 1000), state):
+        for o in path.decide(batch, state, verdicts):
             # what the path made, as it made it (OutRecord.meta); decoded otherwise
             meta = o.meta
             rec = meta[5] if o.topic_key == "decisions" and meta and len(meta) > 5 else \
@@ -261,13 +285,119 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
         for rec in executions:
             for ex in rec["executions"]:
                 _count(run, {**ex, "event_id": rec["event_id"]}, versions, days)
-        progress(min(i + batch_size, len(records)), len(records))
+        done += len(batch.items)
+        progress(done, len(records))
     fraud = sum(run.labels.values())
     for stats in run.controls.values():
         stats.labelled_fraud = fraud
         stats.labelled = bool(run.labels)
     run.seconds = time.monotonic() - started
     return run
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def prepared(path: DecisionPath, records: Sequence[InRecord], batch_size: int = 500,
+             workers: int = 1) -> Iterator[Prepared]:
+    """The batches of ``records`` through intake and features
+    (:meth:`DecisionPath.prepare`, over a state of its own), in order: here, or
+    with ``workers`` 2 or more (and a platform that forks) in a child process
+    that keeps a few batches ahead of the caller. A child that fails or dies
+    raises here, with its traceback or its exit code."""
+    chunks = range(0, len(records), batch_size)
+    if workers < 2 or len(chunks) < 2 or not _CAN_FORK:
+        return _prepare_here(path, records, batch_size)
+    ctx = multiprocessing.get_context("fork")  # the records and path, not pickled
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_prepare_all, args=(path, records, batch_size, sender),
+                        name="tripwire-backtest-features", daemon=True)
+    child.start()  # now: before the caller starts threads or children of its own
+    sender.close()
+    return _received(child, receiver, len(chunks))
+
+
+def _prepare_here(path: DecisionPath, records: Sequence[InRecord],
+                  batch_size: int) -> Iterator[Prepared]:
+    state = OneLogState(path.name, list(PREPARE_STORES))
+    for i in range(0, len(records), batch_size):
+        batch = path.prepare(records[i:i + batch_size], _now_ms(), state)
+        state.batch_done()
+        yield batch
+
+
+def _received(child: BaseProcess, receiver: Connection, batches: int) -> Iterator[Prepared]:
+    def frames() -> Iterator[bytes]:  # read off the decisions' thread (it waits, GIL free)
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                yield receiver.recv_bytes()
+
+    got = 0
+    try:
+        for raw in _ahead(frames(), 4, "backtest-features-reader"):
+            batch = pickle.loads(raw)
+            if isinstance(batch, str):
+                raise RuntimeError(f"the backtest's feature process failed:\n{batch}")
+            got += 1
+            yield batch
+        if got < batches:
+            child.join(5)
+            raise RuntimeError(f"the backtest's feature process stopped (exit code "
+                               f"{child.exitcode}) after {got} of {batches} batches")
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join(5)
+        receiver.close()
+
+
+def _ahead(items: Iterator[T], depth: int, name: str) -> Iterator[T]:
+    """``items``, made by a thread of their own up to ``depth`` ahead of the caller
+    (for work that waits on another process: a pipe, the controls' child); what
+    it raises is raised here."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((False, None))
+        except BaseException as exc:  # raised in the caller
+            q.put((False, exc))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        while True:
+            more, item = q.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            q.get_nowait()  # a put waiting for room goes through, and the thread sees stop
+
+
+_CAN_FORK = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _prepare_all(path: DecisionPath, records: Sequence[InRecord], batch_size: int,
+                 sender: Connection) -> None:
+    """The feature process of :func:`prepared`: every batch, pickled, in order; a
+    failure as its traceback (a str)."""
+    try:
+        for batch in _prepare_here(path, records, batch_size):
+            sender.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+    except BaseException:  # told to the parent, which raises it
+        sender.send_bytes(pickle.dumps(traceback.format_exc()))
+    finally:
+        sender.close()
 
 
 def _count(run: Backtest, ex: dict[str, Any], versions: Mapping[str, Any],

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tripwire.controls.decider import DECISIONS_STORE, Decider
 from tripwire.controls.engine import ControlSet
+from tripwire.controls.results import Verdict
 from tripwire.features.batch import BatchTable
 from tripwire.features.engine import (
     FeatureLibrary,
 )
 from tripwire.schemas.codec import AvroCodec
-from tripwire.schemas.records import InRecord, OutRecord
+from tripwire.schemas.records import TP, InRecord, OutRecord
 from tripwire.schemas.registry import SchemaStore
 from tripwire.schemas.validate import DAY_MS, Validator
 from tripwire.state.manager import StateManager
@@ -41,9 +43,25 @@ from tripwire.streams.topics import ANSWERS
 if TYPE_CHECKING:
     from tripwire.controls.plane import ReleaseSource
 
-__all__ = ["DecisionPath"]
+__all__ = ["DecisionPath", "Prepared"]
 
 logger = logging.getLogger(__name__)
+
+# one input record after intake and features: its partition, then the event admitted
+# (or the quarantine record refusing it), and for a fresh event its features and
+# their errors (None for a repeat or a refusal)
+Item = tuple[TP, "Admitted | OutRecord", "dict[str, Any] | None", "dict[str, str] | None"]
+
+
+@dataclass
+class Prepared:
+    """A batch through intake and features (:meth:`DecisionPath.prepare`), ready to
+    be decided (:meth:`DecisionPath.decide`), in this process or another (it pickles)."""
+
+    now_ms: int
+    items: list[Item]
+    marks: dict[TP, int]  # newest event time per input partition: what expires
+
 
 class DecisionPath(Processor):
     """Decides events; every input yields exactly one decision or one quarantine record."""
@@ -84,32 +102,55 @@ class DecisionPath(Processor):
 
     def process(self, batch: Sequence[InRecord], now_ms: int,
                 state: StateManager) -> list[OutRecord]:
-        out: list[OutRecord] = self.decider.reload(now_ms)
+        return self.decide(self.prepare(batch, now_ms, state), state)
+
+    def prepare(self, batch: Sequence[InRecord], now_ms: int,
+                state: StateManager) -> Prepared:
+        """The first half of :meth:`process`: intake, then the features of every
+        fresh event. The features never depend on decisions, so a replay may run
+        this half in another process, over its own state (the intake's and the
+        features' stores), a batch or more ahead of :meth:`decide`."""
         states = feature_states(state)
-        # features first (they never depend on decisions), then the whole batch's
-        # control networks at once (one trip to the supervised child), then the
-        # answers in input order (a repeat finds the decision of its first event)
-        admitted_all = list(self.intake.admit_all(batch, now_ms, state,
-                                                  (self.decider.memory,)))
-        fresh = [(n, a, *local_features(self.features, a, states, state, view.tp, self.batch))
-                 for n, (view, a) in enumerate(admitted_all)
-                 if isinstance(a, Admitted) and not a.repeat]
-        verdicts = self.decider.verdicts([(a.kind, a.event, values) for _, a, values, _ in fresh])
-        decided = {n: (values, errors, verdict)
-                   for (n, _, values, errors), verdict in zip(fresh, verdicts, strict=True)}
-        for n, (view, admitted) in enumerate(admitted_all):
+        marks: dict[TP, int] = {}
+        items: list[Item] = []
+        for view, a in self.intake.admit_all(batch, now_ms, state, marks):
+            if isinstance(a, Admitted) and not a.repeat:
+                items.append((view.tp, a, *local_features(self.features, a, states, state,
+                                                          view.tp, self.batch)))
+            else:
+                items.append((view.tp, a, None, None))
+        return Prepared(now_ms, items, marks)
+
+    def verdicts(self, prepared: Prepared) -> list[Verdict]:
+        """The control networks' verdicts on the batch's fresh events, at once (one
+        trip to the supervised child)."""
+        return self.decider.verdicts([(a.kind, a.event, values)
+                                      for _, a, values, _ in prepared.items
+                                      if isinstance(a, Admitted) and values is not None])
+
+    def decide(self, prepared: Prepared, state: StateManager,
+               verdicts: Sequence[Verdict] | None = None) -> list[OutRecord]:
+        """The second half of :meth:`process`, over the decisions' store: the
+        control networks' :meth:`verdicts` (unless given), then the answers in
+        input order (a repeat finds the decision of its first event)."""
+        now_ms = prepared.now_ms
+        out: list[OutRecord] = self.decider.reload(now_ms)
+        for tp, mark in prepared.marks.items():  # forgotten with the intake's identities
+            self.decider.memory.expire(state.view(*tp), mark)
+        given = iter(self.verdicts(prepared) if verdicts is None else verdicts)
+        for tp, admitted, values, errors in prepared.items:
+            view = state.view(*tp)
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
-            elif admitted.repeat:  # the first decision again
+            elif values is None:  # a repeat: the first decision again
                 again = self.decider.recall(admitted.identity, view)
                 out.append(again or quarantine(self.codec, admitted.rec, "dedup", [(
                     "DECISION_EXPIRED", None, "repeat of an event whose decision is no "
                     "longer kept")], now_ms, admitted.kind.schema))
             else:
-                values, errors, verdict = decided[n]
                 decision, executions = self.decider.decide(
-                    admitted.kind, admitted.event, values, errors, now_ms,
-                    admitted.rec.timestamp_ms, verdict)
+                    admitted.kind, admitted.event, values, errors or {}, now_ms,
+                    admitted.rec.timestamp_ms, next(given))
                 out.append(self.decider.emit(admitted.identity, decision, view))
                 out += executions
         state.batch_done()

@@ -81,11 +81,13 @@ class Intake:
         self.seen = Expiring(DEDUP_STORE)
 
     def admit_all(self, batch: Sequence[InRecord], now_ms: int, state: StateManager,
-                  also_expire: Sequence[Expiring] = ()) \
+                  marks: dict[TP, int] | None = None) \
             -> Iterator[tuple[StateView, Admitted | OutRecord]]:
-        """:meth:`admit` over a batch; afterwards, identities (and ``also_expire``)
-        older than each partition's newest event time minus the TTL are forgotten."""
-        marks: dict[tuple[str, int], int] = {}
+        """:meth:`admit` over a batch; afterwards, identities older than each
+        partition's newest event time minus the TTL are forgotten (``marks``, when
+        given, is filled with those newest times: what else remembers identities
+        forgets them there too)."""
+        marks = {} if marks is None else marks
         for rec in batch:
             view = state.view(rec.topic, rec.partition)
             admitted = self.admit(rec, now_ms, view)
@@ -94,8 +96,7 @@ class Intake:
                 marks[tp] = max(marks.get(tp, 0), admitted.event["event_time"])
             yield view, admitted
         for (t, p), mark in marks.items():
-            for store in (self.seen, *also_expire):
-                store.expire(state.view(t, p), mark)
+            self.seen.expire(state.view(t, p), mark)
 
     def admit(self, rec: InRecord, now_ms: int, view: StateView) -> Admitted | OutRecord:
         """The event, a repeat of one, or the quarantine record refusing it."""

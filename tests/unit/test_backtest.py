@@ -5,13 +5,19 @@ control set makes against the active one."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from tripwire.connectors.labelled import labelled_traffic
 from tripwire.connectors.report import read_labels
 from tripwire.connectors.simulator import (
     envelope,
@@ -20,7 +26,9 @@ from tripwire.connectors.simulator import (
 )
 from tripwire.controls.engine import LIBRARY, ControlSet
 from tripwire.schemas.codec import AvroCodec
-from tripwire.streams.backtest import backtest, records_from_jsonl
+from tripwire.schemas.records import InRecord
+from tripwire.streams.backtest import Labels, backtest, comparable, prepared, records_from_jsonl
+from tripwire.streams.decision_path import DecisionPath
 
 T0 = 1_790_000_000_000  # 2026-09-21: two days of events
 DAY = 86_400_000
@@ -99,3 +107,81 @@ def test_unreadable_labels_are_an_error(tmp_path: Path) -> None:
     bad.write_text("event_id,label\ne1,maybe\n")
     with pytest.raises(ValueError, match=r"labels\.csv:2: label 'maybe'"):
         read_labels(bad)
+
+
+def _with_repeats_and_refusals(records: list[InRecord]) -> list[InRecord]:
+    """A day's records with repeats (the same content again, in the same batch and
+    batches later), a reused id with other content, and a record that is no event."""
+    out = list(records)
+    for i in range(40, len(records), 199):
+        out.insert(i + 3, records[i])  # a repeat a few records later
+        out.insert(min(len(out), i + 260), records[i])  # ... and batches later
+    card = next(r for r in records if CODEC.decode(r.value)[0].name.endswith("CardPayment"))
+    schema, event = CODEC.decode(card.value)
+    changed = {**event, "amount_minor": event["amount_minor"] + 1}  # the same id, other content
+    out.insert(300, dataclasses.replace(card, value=CODEC.encode(schema.name, changed)))
+    out.insert(11, dataclasses.replace(records[3], value=b"\xc3\x01not avro"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def day() -> tuple[list[InRecord], Labels]:
+    traffic = labelled_traffic(5, T0 // DAY * DAY, 1, 600)
+    records = [InRecord("file", 0, i, b"k", CODEC.encode(f"tripwire.events.{kind}", e),
+                        e["event_time"]) for i, (kind, e) in enumerate(traffic.events)]
+    return _with_repeats_and_refusals(records), traffic.known()
+
+
+def test_a_replay_over_two_processes_decides_as_one(day: tuple[list[InRecord], Labels]) \
+        -> None:
+    records, labels = day
+    runs = {w: backtest(ControlSet.from_dir(), records, codec=CODEC, labels=labels,
+                        batch_size=64, workers=w, isolate_mb=256) for w in (1, 2)}
+    one, two = runs[1], runs[2]
+    assert len(one.decisions) + sum(one.quarantined.values()) == len(records)
+    assert sum(d["repeat"] for d in one.decisions) >= 10
+    assert one.quarantined["DUPLICATE_CONFLICT"] >= 1 and one.quarantined["UNKNOWN_SCHEMA"] == 1
+    assert [comparable(d) for d in two.decisions] == [comparable(d) for d in one.decisions]
+    assert two.quarantined == one.quarantined
+    assert {k: (s.runs, s.hits, s.true_hits, s.errors) for k, s in two.controls.items()} == \
+        {k: (s.runs, s.hits, s.true_hits, s.errors) for k, s in one.controls.items()}
+    assert two.typologies() == one.typologies() and any(
+        t.caught for t in one.typologies().values())
+
+
+def test_the_second_process_is_a_process_and_its_failures_are_raised(
+        day: tuple[list[InRecord], Labels], monkeypatch: pytest.MonkeyPatch) -> None:
+    records, _ = day
+    path = DecisionPath.default()
+    batches = prepared(path, records[:300], 100, workers=2)
+    child = [p for p in multiprocessing.active_children()
+             if p.name == "tripwire-backtest-features"]
+    assert len(child) == 1 and child[0].pid != os.getpid()
+    assert [len(b.items) for b in batches] == [100, 100, 100]
+    child[0].join(5)
+    assert child[0].exitcode == 0
+
+    original = DecisionPath.prepare
+    seen = {"batches": 0}
+
+    def second_fails(self: DecisionPath, *args: Any) -> Any:
+        seen["batches"] += 1
+        if seen["batches"] == 2:
+            raise ValueError("a feature that cannot be computed")
+        return original(self, *args)
+
+    monkeypatch.setattr(DecisionPath, "prepare", second_fails)  # the child forks with it
+    with pytest.raises(RuntimeError, match=r"(?s)feature process failed.*ValueError: a "
+                       r"feature that cannot be computed"):
+        list(prepared(path, records[:300], 100, workers=2))
+
+    def second_dies(self: DecisionPath, *args: Any) -> Any:
+        seen["batches"] += 1
+        if seen["batches"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args)
+
+    seen["batches"] = 0
+    monkeypatch.setattr(DecisionPath, "prepare", second_dies)
+    with pytest.raises(RuntimeError, match=r"stopped \(exit code -9\) after 1 of 3 batches"):
+        list(prepared(path, records[:300], 100, workers=2))

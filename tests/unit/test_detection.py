@@ -29,17 +29,11 @@ def _records(run: Labelled) -> list[InRecord]:
                      e["event_time"]) for i, (kind, e) in enumerate(run.events)]
 
 
-def _labels(run: Labelled) -> Labels:
-    return Labels({e["event_id"]: e["event_id"] in run.labels for _, e in run.events},
-                  {k: t for k, (t, _) in run.labels.items()},
-                  {k: a for k, (_, a) in run.labels.items()}, dict(run.lookalikes))
-
-
 def _replay(seed: int, controls: ControlSet | None = None, days: float = 2.0,
             customers: int = 2000) -> Backtest:
     run = labelled_traffic(seed, T0, days, customers)
     return backtest(controls or ControlSet.from_dir(), _records(run), codec=CODEC,
-                    labels=_labels(run))
+                    labels=run.known())
 
 
 @pytest.fixture(scope="module")
