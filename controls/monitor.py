@@ -296,6 +296,9 @@ class SpikeMonitor:
         if self.spike is None and self.ewma is not None and now > upto:
             self._ewmas.append((upto - 1, self.ewma, True))  # the empty windows of a gap
             self.ewma *= (1 - p.ewma_alpha) ** (now - upto)
+            # ... up to the gap's last minute: what comes next may be a spike, during
+            # which the EWMA learns nothing (it must not go on decaying there)
+            self._ewmas.append((now - 1, self.ewma, False))
         # keep what windows from now on can be judged against
         i = bisect.bisect_right(self._ewmas, (now - self._n - 1, float("inf"), True)) - 1
         if i > 0:
