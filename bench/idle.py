@@ -2,8 +2,10 @@
 workers on an idle namespace, CPU of each and of the broker over a quiet span
 after start-up (their heartbeats, idle marks and commits are all that happens),
 next to the same broker with no client at all, measured just before (baseline).
+``--after N``: the quiet span comes after N events were decided (a bank at
+night: the nodes have served entities, the loops have committed).
 
-    .venv/bin/python -m bench idle --workers 2 --seconds 30
+    .venv/bin/python -m bench idle --workers 2 --seconds 30 [--after 500]
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bench_cluster, proc_cpu
-from tripwire.streams.topics import create_topics
+from tripwire.connectors.events import EventProducer, read_topic
+from tripwire.connectors.simulator import mixed_traffic
+from tripwire.schemas.codec import AvroCodec
+from tripwire.schemas.models import EVENT_MODELS
+from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["idle_round", "main"]
 
 
 def idle_round(bootstrap: str, broker_cpu: Any, workers: int, partitions: int,
-               settle: float, seconds: float) -> dict[str, Any]:
+               settle: float, seconds: float, after: int = 0) -> dict[str, Any]:
     """CPU shares (of one core) over a quiet span: the broker with no client
     (``alone``), then ``workers`` idle workers (``workers``, each) and the broker
-    beside them (``broker``); None for the broker when it is not a local process."""
+    beside them (``broker``); None for the broker when it is not a local process.
+    ``after``: that many events decided first."""
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as state:
         ns = f"bench-idle-{uuid.uuid4().hex[:6]}."
         create_topics(bootstrap, ns, partitions=partitions)
@@ -45,6 +52,9 @@ def idle_round(bootstrap: str, broker_cpu: Any, workers: int, partitions: int,
                  for i in range(workers)]
         try:
             time.sleep(settle)
+            if after:
+                _decide(bootstrap, ns, after)
+                time.sleep(settle)
             cpu0, b0, t0 = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic()
             time.sleep(seconds)
             cpu1, b1, dt = [proc_cpu(p.pid) for p in procs], broker_cpu(), time.monotonic() - t0
@@ -59,23 +69,41 @@ def idle_round(bootstrap: str, broker_cpu: Any, workers: int, partitions: int,
             "alone": (base1 - base0) / base_dt if local else None}
 
 
+def _decide(bootstrap: str, ns: str, n: int) -> None:
+    """Publish ``n`` events of a bank's traffic, and wait until each is answered."""
+    codec = AvroCodec.from_url(None)
+    out = EventProducer(bootstrap, codec)
+    now = int(time.time() * 1000)
+    for kind, ev in mixed_traffic(7, now - 60_000, n)[:n]:
+        model = EVENT_MODELS[f"tripwire.events.{kind}"]
+        out.send(topic(model.topic_key, ns), model.schema_name, ev, ev[model.key_field])
+    out.flush()
+    got = read_topic(bootstrap, [topic("decisions", ns), topic("quarantine", ns)], n,
+                     timeout=120)  # every event is decided or refused
+    if len(got) < n:
+        raise RuntimeError(f"{len(got)} of {n} events answered in 120 s")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench idle")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--settle", type=float, default=15.0, help="start-up left out (s)")
     ap.add_argument("--seconds", type=float, default=30.0, help="the quiet span measured")
+    ap.add_argument("--after", type=int, default=0, help="events decided before the quiet "
+                    "span (default none)")
     args = ap.parse_args(argv)
     with bench_cluster() as (cluster, broker_cpu):
         got = idle_round(cluster.bootstrap, broker_cpu, args.workers, args.partitions,
-                         args.settle, args.seconds)
+                         args.settle, args.seconds, args.after)
     shares = ", ".join(f"{w * 100:.1f} %" for w in got["workers"])
     if got["broker"] is None:
         broker = "n/a (not a local broker)"
     else:
         used, alone = got["broker"] * 100, got["alone"] * 100
         broker = f"{used:.1f} % (with no client: {alone:.1f} %; x{used / max(alone, 0.01):.2f})"
-    print(f"no traffic, {args.workers} workers, {args.partitions} partitions, "
+    print(f"no traffic{f' after {args.after} events' if args.after else ''}, "
+          f"{args.workers} workers, {args.partitions} partitions, "
           f"{args.seconds:.0f} s: workers {shares} of a core each; broker {broker}")
 
 

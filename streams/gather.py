@@ -89,10 +89,10 @@ class DecisionStage(Processor):
         self._input_ms = 0
         self._resumed_ms = 0
 
-    # Hearing nothing at all for this long (every node sends a heartbeat every
-    # FeatureStage.HEARTBEAT_MS) means this stage is cut off - the broker away, a
-    # rebalance, a restore - not that the nodes are: no node is timed out then, and
-    # each gets ``node_timeout_ms`` again once input resumes.
+    # Hearing nothing at all for this long (a node with work sends a heartbeat every
+    # FeatureStage.HEARTBEAT_MS) means all is quiet, or this stage is cut off - the
+    # broker away, a rebalance, a restore - not that the nodes are: no node is timed
+    # out then, and each gets ``node_timeout_ms`` again once input resumes.
     CUT_OFF_MS = 4 * FeatureStage.HEARTBEAT_MS
 
     def process(self, batch: Sequence[InRecord], now_ms: int,

@@ -99,10 +99,14 @@ class FeatureStage(Packer):
     held until no input partition can still send one that comes before. Entity
     states are cached decoded in memory and written back once per commit by the
     loop (a hot key such as the system-wide one is encoded once per commit, not
-    once per event), inside that commit's transaction. Every ``HEARTBEAT_MS`` the
-    node tells every gather partition that it is alive, naming the entities it has
-    been sent requests for, so the decide stage times out a node that is silent,
-    not one that is busy or waiting for its inputs.
+    once per event), inside that commit's transaction. While it has work (a
+    request in the last ``QUIET_MS``, or one held for its turn) the node tells
+    every gather partition every ``HEARTBEAT_MS`` that it is alive, naming the
+    entities it has been sent requests for, so the decide stage times out a node
+    that is silent, not one that is busy or waiting for its inputs. With no work
+    it falls silent (no traffic, no heartbeats): a request that comes then is
+    given the decide stage's node timeout from its arrival there, and the node
+    beats again as soon as it reads it.
     """
 
     name = "features"
@@ -111,6 +115,7 @@ class FeatureStage(Packer):
     watches = INPUTS  # every input partition is a source of requests
 
     HEARTBEAT_MS = 250
+    QUIET_MS = 4 * HEARTBEAT_MS  # beating on this long after the last request
 
     def __init__(self, codec: AvroCodec, library: FeatureLibrary,
                  cache_keys: int = 100_000, eager_hops: bool = True) -> None:
@@ -126,6 +131,7 @@ class FeatureStage(Packer):
         self._applied: dict[TP, dict[str, int]] = {}
         self._aligners: dict[TP, Aligner] = {}
         self._beat_ms = 0
+        self._requested_ms = 0  # when a request last came
         self.skipped = 0  # requests applied before (sent again after an intake's abort)
 
     def applied(self, state: StateManager, tp: TP) -> dict[str, int]:
@@ -187,6 +193,7 @@ class FeatureStage(Packer):
                 if item[0] == IDLE:
                     al.idle(item[1], item[2])
                     continue
+                self._requested_ms = now_ms
                 # each item names its entity (older intakes: one entity per record)
                 entity = item[7] if len(item) > 7 else packed["entity"]
                 if entity not in self.serves:
@@ -234,11 +241,15 @@ class FeatureStage(Packer):
     def _heartbeat(self, now_ms: int) -> list[list[Any]]:
         if now_ms - self._beat_ms < self.HEARTBEAT_MS or not self.serves:
             return []
+        if now_ms - self._requested_ms > self.QUIET_MS and \
+                not any(len(al) for al in self._aligners.values()):
+            return []  # no work: silent
         self._beat_ms = now_ms
         return [[ALIVE, ",".join(sorted(self.serves)), "", {}, []]]
 
     def tick(self, now_ms: int, state: StateManager) -> list[OutRecord]:
-        """The heartbeat, when nothing else went out for ``HEARTBEAT_MS``."""
+        """The heartbeat, when nothing else went out for ``HEARTBEAT_MS`` (and there
+        is work)."""
         beat = self._heartbeat(now_ms)
         if not beat:
             return []

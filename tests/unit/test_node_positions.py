@@ -130,3 +130,28 @@ def test_one_events_requests_to_several_entities_on_one_partition_each_count() -
     assert {f[1] for f in fragments} == entities
     assert stage.process(_requests(batch, entity=None), T0, state) == []  # sent again
     assert stage.skipped == items
+
+
+def _beats(out: list[OutRecord]) -> int:
+    return sum(item[0] == ALIVE for o in out for item in unpack(CODEC.decode(o.value)[1]))
+
+
+def test_a_node_beats_while_it_has_work_and_falls_silent_without() -> None:
+    stage, state = _node()
+    quiet, beat = FeatureStage.QUIET_MS, FeatureStage.HEARTBEAT_MS
+    assert stage.tick(T0, state) == []  # never sent a request: nothing to vouch for
+    now = T0 + 10_000
+    assert _beats(stage.process(_requests(_events(2)), now, state)) == 1  # with its work
+    assert _beats(stage.tick(now + beat, state)) == 1  # ... and on, while it may be waited for
+    assert _beats(stage.tick(now + quiet, state)) == 1
+    assert stage.tick(now + quiet + beat, state) == []  # no work: no traffic at all
+    assert stage.tick(now + 60_000, state) == []
+
+    # a request held for its turn (another input partition has not caught up): work
+    stage.watched = {INPUT: 2}
+    stage.drop([(NODE_TOPIC, 0)])
+    later = now + 120_000
+    out = stage.process(_requests(_events(3)), later, state)
+    assert _fragments(out) == {} and _beats(out) == 1, "held, not applied, and beating"
+    for t in range(later + beat, later + 4 * quiet, beat):
+        assert _beats(stage.tick(t, state)) == 1, f"silent at +{t - later} ms while holding"
