@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bench_cluster, proc_cpu
-from tripwire.connectors.events import EventProducer, read_topic
-from tripwire.connectors.simulator import mixed_traffic
-from tripwire.schemas.codec import AvroCodec
-from tripwire.schemas.models import EVENT_MODELS
+from tripwire.connectors.events import read_topic
+from tripwire.connectors.sdk import TripwireProducer
+from tripwire.connectors.simulator import envelope, mixed_traffic
 from tripwire.streams.topics import create_topics, topic
 
 __all__ = ["idle_round", "main"]
@@ -71,12 +70,10 @@ def idle_round(bootstrap: str, broker_cpu: Any, workers: int, partitions: int,
 
 def _decide(bootstrap: str, ns: str, n: int) -> None:
     """Publish ``n`` events of a bank's traffic, and wait until each is answered."""
-    codec = AvroCodec.from_url(None)
-    out = EventProducer(bootstrap, codec)
-    now = int(time.time() * 1000)
-    for kind, ev in mixed_traffic(7, now - 60_000, n)[:n]:
-        model = EVENT_MODELS[f"tripwire.events.{kind}"]
-        out.send(topic(model.topic_key, ns), model.schema_name, ev, ev[model.key_field])
+    out = TripwireProducer(bootstrap, namespace=ns)  # each to its topic, keyed as upstream
+    # an hour ago: the producer refuses events from further ahead than clock skew allows
+    for kind, ev in mixed_traffic(7, int(time.time() * 1000) - 3_600_000, n)[:n]:
+        out.send(envelope(kind, ev))
     out.flush()
     got = read_topic(bootstrap, [topic("decisions", ns), topic("quarantine", ns)], n,
                      timeout=120)  # every event is decided or refused
