@@ -47,6 +47,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from fastavro.io.binary_decoder import BinaryDecoder
 
+from bench.ab import at_commit, site_of
 from bench.common import bench_cluster, calibrate, proc_cpu, thread_cpu
 from tripwire.broker.scratch import release, scratch_home
 from tripwire.connectors.kafka import consume_available, consumer, producer
@@ -335,11 +336,12 @@ class _Workers:
             release(home)
 
 
-def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: str) \
-        -> _Workers:
+def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: str,
+                   rev: str | None = None) -> _Workers:
     """One worker process per entry of ``layout`` (the stages it runs), their state in
     the same kind of scratch folder as the benchmark's broker (memory where there is
-    room, see tripwire.broker.scratch); with ``mode`` RELAY, as many bare relays."""
+    room, see tripwire.broker.scratch); with ``mode`` RELAY, as many bare relays.
+    ``rev``: the workers run that commit's tripwire (:mod:`bench.ab`), this harness."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     procs = []
@@ -350,8 +352,10 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
             p = ctx.Process(target=_relay, args=(bootstrap, ns, batch, stages == ONE, ready,
                                                  stop), daemon=True)
         else:
-            p = ctx.Process(target=_worker, args=(bootstrap, ns, str(homes[i]), batch, mode,
-                                                  stages, ready, stop, POLL_S), daemon=True)
+            args = (bootstrap, ns, str(homes[i]), batch, mode, stages, ready, stop, POLL_S)
+            p = ctx.Process(target=_worker, args=args, daemon=True) if rev is None else \
+                ctx.Process(target=at_commit, args=(str(site_of(rev)), __name__, "_worker",
+                                                    *args), daemon=True)
         p.start()
         procs.append((p, ready))
     workers = _Workers([p for p, _ in procs], stop, homes)
@@ -364,7 +368,8 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
 
 def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
                layout: Layout, partitions: int, batch: int, mode: str,
-               broker_cpu: Any, backlog: bool = False) -> dict[str, float]:
+               broker_cpu: Any, backlog: bool = False, rev: str | None = None) \
+        -> dict[str, float]:
     """Workers join and settle first; then every event is offered at once and the
     rate is taken from the start of the offer to the last answer (the same origin
     for every mode: answers inside a transaction appear only at its commit).
@@ -375,7 +380,7 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     ns = f"bench-path-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec, count_only=True)
-    ws = _start_workers(bootstrap, ns, layout, batch, mode)
+    ws = _start_workers(bootstrap, ns, layout, batch, mode, rev)
     procs = ws.procs
     time.sleep(3)  # the group settles: no rebalance inside the measurement
     if backlog:

@@ -2,7 +2,9 @@
 measured in the same run, on one broker (issue 26):
 
 * **saturation:** the path's events/s and CPU per event, workers and broker,
-  beside a raw confluent-kafka hop of the same messages;
+  beside a raw confluent-kafka hop of the same messages, and in rounds
+  alternated with the workers of another commit (``--against``, by default the
+  code when this issue was filed; :mod:`bench.ab`): the A/B of both commits;
 * **at each offered rate** (50, 1,000, 2,000 and 3,000 events/s by default): a
   bare relay chain of the path's shape (the baseline: the hops and nothing else)
   and the path, open loop: p50 and p99 from an event's publishing to its
@@ -29,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from bench.ab import FILED, resolve
 from bench.common import bench_cluster, calibrate
 from bench.idle import idle_round
 from bench.path import RELAY, _events, _raw_round, layout_of, open_loop, saturation
@@ -45,6 +48,11 @@ def _quantiles(lat: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
+def _median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench rates")
     ap.add_argument("--rates", default="50,1000,2000,3000", help="events/s offered")
@@ -54,7 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--against", default=FILED, metavar="COMMIT",
+                    help=f"saturation's A/B: that commit's workers, alternated with today's "
+                    f"(default {FILED}: the code when this issue was filed; '' for none)")
+    ap.add_argument("--ab-rounds", type=int, default=2,
+                    help="saturation rounds of each commit, alternated (medians)")
     args = ap.parse_args(argv)
+    against = resolve(args.against)[:10] if args.against else None
     rates = [int(r) for r in args.rates.split(",") if r]
     codec = AvroCodec(SchemaStore.default())
     layout = layout_of("", "split", args.workers)
@@ -67,9 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         idle = idle_round(cluster.bootstrap, broker_cpu, args.workers, args.partitions,
                           10.0, args.idle_seconds)
         raw = _raw_round(cluster.bootstrap, sat_events, args.partitions, broker_cpu)
-        sat = saturation(cluster.bootstrap, codec, sat_events, layout, args.partitions, 500,
-                         MODE, broker_cpu)
-        print(f"saturation: {sat['rate']:,.0f} events/s", flush=True)
+        rounds: dict[str | None, list[dict[str, float]]] = {None: [], against: []}
+        for i in range(max(1, args.ab_rounds)):
+            # alternated, today's first then the other's first (A B B A...): neither
+            # always meets the broker's JIT still warming up, nor always a warm one
+            for rev in list(rounds)[::1 if i % 2 == 0 else -1]:
+                got = saturation(cluster.bootstrap, codec, sat_events, layout, args.partitions,
+                                 500, MODE, broker_cpu, rev=rev)
+                rounds[rev].append(got)
+                print(f"saturation ({rev or 'today'}): {got['rate']:,.0f} events/s", flush=True)
+        sat = _median_round(rounds[None])
         for rate in rates:
             # event times end 5 min ago: within the allowed clock skew however long the offer
             offered = _events(codec, int(rate * (args.seconds + args.warm_up)),
@@ -90,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"saturation: {sat['rate']:,.0f} events/s; {sat['cpu_us']:.0f} µs of worker CPU and "
           f"{sat['broker_us']:.0f} µs of broker CPU per event (a raw hop of the same messages: "
           f"{raw['rate']:,.0f}/s, {raw['cpu_us']:.1f} + {raw['broker_us']:.1f} µs)")
+    if against is not None:
+        then = _median_round(rounds[against])
+        print(f"saturation, A/B of commits ({len(rounds[None])} rounds each, A B B A..., "
+              f"medians): today {sat['rate']:,.0f} events/s, {against} {then['rate']:,.0f}: "
+              f"x{sat['rate'] / then['rate']:.2f}; CPU per event (workers + broker) today "
+              f"{sat['cpu_us']:.0f} + {sat['broker_us']:.0f} µs, {against} "
+              f"{then['cpu_us']:.0f} + {then['broker_us']:.0f} µs")
     print(f"{'offered/s':>9} {'relays p50/p99 ms':>18} {'path p50/p99 ms':>16} "
           f"{'p99 x relays':>12} {'workers µs/ev':>13} {'broker µs/ev':>12} "
           f"{'x saturation CPU':>16} {'cores':>6}")

@@ -81,6 +81,11 @@ class Decider:
         self.deferred: DeferredRunner | None = None  # set to run tier 2 off the path
         # set (isolate()) to run the inline controls in a supervised child process
         self.box: ControlProcess | None = None
+        # a replay that reads what the path made (OutRecord.meta) and sends nothing
+        # sets this: execution records, and decisions it need not remember, are not
+        # encoded then (their value is empty)
+        self.records_only = False
+        self._provenance_of: dict[tuple[str, ...], dict[str, str]] = {}  # by feature names
         self._sync()
         # remembered decisions are kept compressed (~85 % smaller: state, changelog)
         self.compactor = Compactor(DECISIONS_STORE, memory_dictionary(
@@ -180,9 +185,10 @@ class Decider:
                     "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
                                      "reason": r.reason}).decode(),
                 "error": r.error, "duration_us": r.duration_us} for r in results]}
-        return [OutRecord("control_executions", event_id.encode(), self.codec.encode(
-            EXECUTION_SCHEMA, record), meta=("executions", tuple(
-                (r.control_id, r.error is not None, r.duration_us) for r in results), record))]
+        value = b"" if self.records_only else self.codec.encode(EXECUTION_SCHEMA, record)
+        return [OutRecord("control_executions", event_id.encode(), value, meta=(
+            "executions", tuple((r.control_id, r.error is not None, r.duration_us)
+                                for r in results), record))]
 
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                   feature_errors: dict[str, str], verdict: Verdict, now_ms: int,
@@ -203,7 +209,7 @@ class Decider:
                            "reason": r.reason, "score": r.score} for r in hits],
             "features": features,
             "feature_errors": feature_errors,
-            "feature_provenance": {k: v for k, v in self.provenance.items() if k in features},
+            "feature_provenance": self._provenance(features),
             "control_errors": {r.control_id: r.error for r in results
                                if r.error and r.applied},
             "control_versions": self._versions,
@@ -216,15 +222,33 @@ class Decider:
                              if r.stage == "DETECTOR" and r.signal), default=(0.0, ""))[1],
         }
 
+    def _provenance(self, features: Mapping[str, Any]) -> dict[str, str]:
+        """The provenance of the features given (one list of names per event type
+        and set of feature errors: looked up once)."""
+        names = tuple(features)
+        known = self._provenance_of.get(names)
+        if known is None:
+            if len(self._provenance_of) > 1024:  # bounded, whatever the names
+                self._provenance_of.clear()
+            known = self._provenance_of[names] = {
+                k: v for k, v in self.provenance.items() if k in features}
+        return dict(known)  # the decision's own: a caller may change it
+
     def emit(self, identity: str, decision: dict[str, Any], view: StateView,
-             tag: str = "") -> OutRecord:
+             tag: str = "", remember: bool = True) -> OutRecord:
         """Encode, remember for repeats (with ``tag``, the digest of the event's
-        content, when known), and return the decision output."""
-        encoded = self.codec.encode(DECISION_SCHEMA, decision)
-        packed = self.compactor.pack(view, encoded)
-        if tag:  # a packed value never starts with "#" (tripwire.state.compact)
-            packed = b"#" + tag.encode() + b"#" + packed
-        self.memory.put(view, identity.encode(), packed, decision["event_time"] + self.ttl_ms)
+        content, when known), and return the decision output. A replay that knows
+        no record repeats the event passes ``remember=False``; with
+        :attr:`records_only` too, the decision is not encoded either."""
+        if not remember:
+            encoded = b"" if self.records_only else self.codec.encode(DECISION_SCHEMA, decision)
+        else:
+            encoded = self.codec.encode(DECISION_SCHEMA, decision)
+            packed = self.compactor.pack(view, encoded)
+            if tag:  # a packed value never starts with "#" (tripwire.state.compact)
+                packed = b"#" + tag.encode() + b"#" + packed
+            self.memory.put(view, identity.encode(), packed,
+                            decision["event_time"] + self.ttl_ms)
         timeouts = sum("no answer" in e for e in decision["feature_errors"].values())
         return OutRecord("decisions", decision["entity_key"].encode(), encoded,
                          meta=("decision", decision["event_type"], decision["outcome"],

@@ -125,10 +125,18 @@ def literals(source: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _pick(values: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+def _pick(values: Mapping[str, Any], names: frozenset[str],
+          memo: dict[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
     # in the order of ``values`` (the schema's): the same JSON in every process (a
-    # frozenset's order follows string hashing, which differs between processes)
-    return {k: v for k, v in values.items() if k in names}
+    # frozenset's order follows string hashing, which differs between processes).
+    # Which of an event type's fields (or features) are wanted is found once.
+    keys = tuple(values)
+    wanted = memo.get(keys)
+    if wanted is None:
+        if len(memo) >= 256:  # bounded, whatever the inputs
+            memo.clear()
+        wanted = memo[keys] = tuple(k for k in keys if k in names)
+    return {k: values[k] for k in wanted}
 
 
 @dataclass(frozen=True)
@@ -253,6 +261,11 @@ class Control:
         return bucket < self.canary_percent
 
     @functools.cached_property
+    def _picks(self) -> dict[tuple[str, ...], tuple[str, ...]]:
+        """The names :meth:`inputs` takes from each shape of event (or features)."""
+        return {}
+
+    @functools.cached_property
     def _typology_of(self) -> dict[str, str]:
         return dict(self.typologies)
 
@@ -271,9 +284,10 @@ class Control:
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What this control is given: the fields and features it names, and the
         network's own input (detections or proposals)."""
-        given: dict[str, Any] = {"event": _pick(event, self.reads)}
+        memo = self._picks
+        given: dict[str, Any] = {"event": _pick(event, self.reads, memo)}
         if features is not None:
-            given["features"] = _pick(features, self.reads)
+            given["features"] = _pick(features, self.reads, memo)
         if extra:
             given.update(extra)
         return given

@@ -66,6 +66,14 @@ class EventKind:
         """Pickled as its name (its functions do not pickle): one of :data:`EVENT_KINDS`."""
         return _kind_named, (self.schema,)
 
+    def identity(self, event: Mapping[str, Any]) -> str:
+        """What repeats of the event share (``<type>:<identity field>``).
+
+        >>> EVENT_KINDS["tripwire.events.LoginEvent"].identity({"event_id": "e1"})
+        'LoginEvent:e1'
+        """
+        return f"{self.short}:{event[self.identity_field]}"
+
     def subjects(self, event: Mapping[str, Any]) -> dict[str, str]:
         """The event's subjects that it has (a field left empty is no subject).
 

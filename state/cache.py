@@ -39,6 +39,10 @@ class DecodedCache:
         # keys written back since the last full flush: changed again, they wait for it
         self._settled: set[tuple[TP, bytes]] = set()
 
+    def __len__(self) -> int:
+        """The keys held decoded."""
+        return len(self._cache)
+
     def get(self, state: StateManager, tp: TP, key: bytes) -> Any:
         """The decoded value, marked dirty: the caller may change it in place."""
         k = (tp, key)

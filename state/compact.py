@@ -3,9 +3,10 @@
 The decision memory keeps every decision for days so that a repeat gets the same
 answer with its features. Most of an encoded decision is the same on every
 event: feature names, their provenance, control ids, the event type. A zstd
-raw-content dictionary made of those compresses a 1.7 KB decision to ~250
-bytes in ~6 µs (measured on the shipped library; docs/performance.md,
-2026-11-29), which is also ~85 % less changelog, state and restore.
+raw-content dictionary made of those compresses a 2.6 KB decision to ~520
+bytes in ~7 µs at zstd's fast level -1 (level 3: ~490 bytes in ~17 µs;
+docs/performance.md, 2026-11-29 and 2026-12-03), which is also ~80 % less
+changelog, state and restore.
 
 Stored values are ``b"Z" + <dictionary id, 8 bytes> + <zstd frame>``. The
 dictionary itself is a value of the store (key ``z:<id>``), written through the
@@ -59,7 +60,7 @@ class Compactor:
     """Packs values of ``store`` with ``dictionary``; unpacks with whichever
     dictionary a value names (looked up in the store, then kept in memory)."""
 
-    def __init__(self, store: str, dictionary: bytes, level: int = 3) -> None:
+    def __init__(self, store: str, dictionary: bytes, level: int = -1) -> None:
         self.store = store
         self.dictionary = dictionary
         self.dictionary_id = hashlib.blake2b(dictionary, digest_size=_ID).digest()

@@ -37,13 +37,14 @@ from tripwire.controls.decider import DECISIONS_STORE
 from tripwire.controls.engine import ControlSet
 from tripwire.controls.results import Verdict
 from tripwire.features.engine import FeatureLibrary
-from tripwire.schemas.codec import AvroCodec
+from tripwire.features.kinds import EVENT_KINDS
+from tripwire.schemas.codec import AvroCodec, DecodeError
 from tripwire.schemas.models import parse_event
 from tripwire.schemas.records import InRecord
 from tripwire.schemas.validate import ValidationPolicy, Validator
 from tripwire.state.manager import OneLogState
 from tripwire.streams.decision_path import DecisionPath, Prepared
-from tripwire.streams.intake import DEDUP_STORE
+from tripwire.streams.intake import DEDUP_STORE, Admitted
 from tripwire.streams.nodes import FEATURES_STORE
 from tripwire.streams.stages import PATH, Parts
 
@@ -243,6 +244,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     path = PATH.build(Parts(codec, controls, library or FeatureLibrary(), validator=Validator(
         ValidationPolicy(max_event_age_ms=None))))  # events of any age: history
     assert isinstance(path, DecisionPath)
+    path.decider.records_only = True  # read from OutRecord.meta below; nothing is sent
     known = labels if isinstance(labels, Labels) else Labels(dict(labels or {}))
     run = Backtest(labels=dict(known.fraud), known=known)
     versions = controls.by_id()
@@ -321,10 +323,31 @@ def prepared(path: DecisionPath, records: Sequence[InRecord], batch_size: int = 
 def _prepare_here(path: DecisionPath, records: Sequence[InRecord],
                   batch_size: int) -> Iterator[Prepared]:
     state = OneLogState(path.name, list(PREPARE_STORES))
+    again = _repeated(path.codec, records)
     for i in range(0, len(records), batch_size):
         batch = path.prepare(records[i:i + batch_size], _now_ms(), state)
         state.batch_done()
+        batch.unasked = frozenset(
+            n for n, (tp, a, values, _) in enumerate(batch.items)
+            if values is not None and isinstance(a, Admitted) and a.identity not in again)
         yield batch
+
+
+def _repeated(codec: AvroCodec, records: Sequence[InRecord]) -> set[str]:
+    """The identity of every event that more than one record carries: the decisions
+    a replay must remember, to answer the repeats from memory. (Records on other
+    partitions, and records the intake refuses, count too: more remembered than
+    needed, never less.)"""
+    seen: set[str] = set()
+    again: set[str] = set()
+    for rec in records:
+        try:
+            schema, event = codec.decode(rec.value)
+            key = EVENT_KINDS[schema.name].identity(event)
+        except (DecodeError, KeyError):
+            continue  # not an event: quarantined, never remembered
+        (again if key in seen else seen).add(key)
+    return again
 
 
 def _received(child: BaseProcess, receiver: Connection, batches: int) -> Iterator[Prepared]:

@@ -61,6 +61,9 @@ class Prepared:
     now_ms: int
     items: list[Item]
     marks: dict[TP, int]  # newest event time per input partition: what expires
+    # the items (indexes) of fresh events that no later record repeats, as a replay
+    # knows beforehand: their decisions need not be remembered (live: none known)
+    unasked: frozenset[int] = frozenset()
 
 
 class DecisionPath(Processor):
@@ -138,7 +141,8 @@ class DecisionPath(Processor):
         for tp, mark in prepared.marks.items():  # forgotten with the intake's identities
             self.decider.memory.expire(state.view(*tp), mark)
         given = iter(self.verdicts(prepared) if verdicts is None else verdicts)
-        for tp, admitted, values, errors in prepared.items:
+        unasked = prepared.unasked
+        for n, (tp, admitted, values, errors) in enumerate(prepared.items):
             view = state.view(*tp)
             if isinstance(admitted, OutRecord):
                 out.append(admitted)
@@ -151,7 +155,8 @@ class DecisionPath(Processor):
                 decision, executions = self.decider.decide(
                     admitted.kind, admitted.event, values, errors or {}, now_ms,
                     admitted.rec.timestamp_ms, next(given))
-                out.append(self.decider.emit(admitted.identity, decision, view))
+                out.append(self.decider.emit(admitted.identity, decision, view,
+                                             remember=n not in unasked))
                 out += executions
         state.batch_done()
         return out

@@ -115,7 +115,7 @@ class Intake:
         reasons = self.validator.validate(schema.name, event, now_ms)
         if reasons:
             return refuse("validate", reasons, schema.name)
-        identity = f"{kind.short}:{event[kind.identity_field]}"
+        identity = kind.identity(event)
         digest = _content_hash(kind, event)
         seen = self.seen.get(view, identity.encode())
         if seen is not None:

@@ -27,11 +27,22 @@ from tripwire.connectors.simulator import (
 from tripwire.controls.engine import LIBRARY, ControlSet
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.records import InRecord
-from tripwire.streams.backtest import Labels, backtest, comparable, prepared, records_from_jsonl
+from tripwire.schemas.validate import ValidationPolicy, Validator
+from tripwire.state.manager import OneLogState, StateManager
+from tripwire.streams.backtest import (
+    PREPARE_STORES,
+    Labels,
+    backtest,
+    comparable,
+    prepared,
+    records_from_jsonl,
+)
 from tripwire.streams.decision_path import DecisionPath
+from tripwire.streams.nodes import FEATURES_STORE, feature_states
 
 T0 = 1_790_000_000_000  # 2026-09-21: two days of events
 DAY = 86_400_000
+NOW = T0 + 30 * DAY  # the plain path's clock: after every event
 CODEC = AvroCodec.from_url(None)
 
 
@@ -147,6 +158,55 @@ def test_a_replay_over_two_processes_decides_as_one(day: tuple[list[InRecord], L
         {k: (s.runs, s.hits, s.true_hits, s.errors) for k, s in one.controls.items()}
     assert two.typologies() == one.typologies() and any(
         t.caught for t in one.typologies().values())
+
+    # the replay remembers only the decisions it knows are asked again: each repeat
+    # is its first decision again, and every decision is the plain path's
+    first: dict[str, dict[str, Any]] = {}
+    for d in one.decisions:
+        if d["repeat"]:
+            assert comparable({**d, "repeat": False}) == comparable(first[d["event_id"]])
+        else:
+            first.setdefault(d["event_id"], d)
+    path = DecisionPath(CODEC, ControlSet.from_dir(), validator=Validator(
+        ValidationPolicy(max_event_age_ms=None)))
+    state = StateManager(path.name, list(path.stores))  # written back every batch
+    state.open_partition(("file", 0))
+    plain = [CODEC.decode(o.value)[1] for i in range(0, len(records), 64)
+             for o in path.process(records[i:i + 64], NOW, state) if o.topic_key == "decisions"]
+    assert [comparable(d) for d in plain] == [comparable(d) for d in one.decisions]
+
+
+def test_a_replay_state_is_written_back_only_when_its_cache_is_full(
+        day: tuple[list[InRecord], Labels]) -> None:
+    """A replay keeps its windows decoded and writes them back only when the cache
+    holds more keys than it keeps (forgetting those used longest ago): the same
+    features as a state written back every batch, also through a cache of 50 keys."""
+    records, _ = day
+    path = DecisionPath(CODEC, ControlSet.from_dir(), validator=Validator(
+        ValidationPolicy(max_event_age_ms=None)))
+
+    def features(state: StateManager) -> list[Any]:
+        out = []
+        for i in range(0, len(records), 64):
+            out += [values for _, _, values, _ in path.prepare(records[i:i + 64], NOW,
+                                                                state).items]
+            state.batch_done()
+        return out
+
+    every_batch = StateManager("replay", list(PREPARE_STORES))
+    every_batch.open_partition(("file", 0))
+    expected = features(every_batch)
+    assert sum(v is not None for v in expected) > 2000
+    for keeps in (100_000, 50):
+        replay = OneLogState("replay", list(PREPARE_STORES))
+        cache = feature_states(replay, keeps)
+        got = features(replay)
+        assert got == expected, keeps
+        store = replay.store(FEATURES_STORE, OneLogState.LOG)
+        if keeps == 50:  # written back and forgotten as it filled: the rest is stored
+            assert len(cache) <= 50 + 64 * 6 and len(list(store.items(b""))) > 1000
+        else:  # nothing written back: all of it held decoded
+            assert len(cache) > 1000 and not list(store.items(b""))
 
 
 def test_the_second_process_is_a_process_and_its_failures_are_raised(
