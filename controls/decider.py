@@ -133,16 +133,18 @@ class Decider:
     def _key(kind: EventKind, event: Mapping[str, Any]) -> str:
         return str(event.get("account_id") or event[kind.entity_field])  # canary share
 
-    def verdicts(self, items: Sequence[tuple[EventKind, Mapping[str, Any], dict[str, Any]]]) \
-            -> list[Verdict]:
+    def verdicts(self, items: Sequence[tuple[EventKind, Mapping[str, Any], dict[str, Any]]],
+                 box: ControlProcess | None = None) -> list[Verdict]:
         """The control network's verdicts for (kind, event, features) items, in one
         round trip to the supervised child when there is one (its cost is mostly
-        the trip: a batch shares it)."""
+        the trip: a batch shares it); ``box``: another child running the same
+        controls (a replay's second)."""
         asked = [(kind.short, event, features, self._key(kind, event))
                  for kind, event, features in items]
-        if self.box is None:
+        box = box or self.box
+        if box is None:
             return [self.controls.evaluate(*a) for a in asked]
-        return self.box.evaluate_many(asked)
+        return box.evaluate_many(asked)
 
     def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                feature_errors: dict[str, str], now_ms: int, arrived_ms: int,

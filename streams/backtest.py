@@ -17,6 +17,8 @@ differ). Events of any age are accepted: history is the point.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import multiprocessing
 import pickle
 import queue
@@ -24,18 +26,20 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
 from tripwire.controls.decider import DECISIONS_STORE
 from tripwire.controls.engine import ControlSet
 from tripwire.controls.results import Verdict
+from tripwire.controls.supervisor import ControlProcess
 from tripwire.features.engine import FeatureLibrary
 from tripwire.features.kinds import EVENT_KINDS
 from tripwire.schemas.codec import AvroCodec, DecodeError
@@ -52,6 +56,7 @@ __all__ = ["CAUGHT_WITHIN", "TIMING_FIELDS", "Backtest", "ControlStats", "Labels
            "TypologyStats", "backtest", "comparable", "prepared", "records_from_jsonl"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 PREPARE_STORES = (DEDUP_STORE, FEATURES_STORE)  # the first half's (DecisionPath.prepare)
 TIMING_FIELDS = ("decided_at", "latency_us")  # measure the run, not the decision
 # An attack stopped within its first this-many events counts as caught from its
@@ -231,6 +236,27 @@ def records_from_jsonl(lines: Iterable[bytes], codec: AvroCodec) \
     return out, bad
 
 
+def _collector_paused(replay: Callable[P, T]) -> Callable[P, T]:
+    """``replay`` with Python's cyclic garbage collector off (reference counting frees
+    its garbage): a replay makes no cycles (one of a day's traffic leaves 6
+    unreachable objects), yet every collection walks all it keeps, each decision
+    and window, more the longer the replay: a fifth of its CPU, measured. A
+    process it forks inherits the pause."""
+    @functools.wraps(replay)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> T:
+        was = gc.isenabled()
+        gc.disable()
+        gc.freeze()  # what exists now is not the replay's: out of every later walk
+        try:
+            return replay(*args, **kwargs)
+        finally:
+            gc.unfreeze()
+            if was:
+                gc.enable()
+    return paused
+
+
+@_collector_paused
 def backtest(controls: ControlSet, records: list[InRecord], *,
              codec: AvroCodec | None = None, labels: Mapping[str, bool] | Labels | None = None,
              library: FeatureLibrary | None = None, batch_size: int = 500,
@@ -247,19 +273,58 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     path.decider.records_only = True  # read from OutRecord.meta below; nothing is sent
     known = labels if isinstance(labels, Labels) else Labels(dict(labels or {}))
     run = Backtest(labels=dict(known.fraud), known=known)
-    versions = controls.by_id()
     started = time.monotonic()
-    days: dict[str, str] = {}  # event id → its day (UTC), for volumes per day
     batches = prepared(path, records, batch_size, workers)  # started before the child box
+    boxes: list[ControlProcess] = []
     if isolate_mb is not None:
-        path.decider.isolate(isolate_mb)
+        boxes.append(path.decider.isolate(isolate_mb))
     judged: Iterator[tuple[Prepared, list[Verdict]]] = (
         (batch, path.verdicts(batch)) for batch in batches)
-    if workers >= 2 and path.decider.box is not None \
-            and not any(c.tier == 2 for c in controls.controls):
-        # the next batch's trip to the controls' child while this one is decided
-        # (tier-2 controls would share the child with the decisions: not then)
-        judged = _ahead(judged, 2, "backtest-controls")
+    if workers >= 2 and boxes and not any(c.tier == 2 for c in controls.controls):
+        # The controls are the longest part: batches go to two controls' children in
+        # turn, each a batch ahead, while this one is decided. (Tier-2 controls
+        # would share the decider's child with the decisions: not then.)
+        boxes.append(ControlProcess(path.controls, isolate_mb or 0))
+        judged = _judged(batches, [functools.partial(_verdicts, path, box) for box in boxes])
+    try:
+        return _replayed(run, path, judged, len(records), progress, started)
+    finally:
+        for box in boxes:
+            box.close()
+
+
+def _verdicts(path: DecisionPath, box: ControlProcess, batch: Prepared) -> list[Verdict]:
+    """:meth:`DecisionPath.verdicts` of ``batch`` from ``box``."""
+    return path.decider.verdicts([(a.kind, a.event, values) for _, a, values, _ in batch.items
+                                  if isinstance(a, Admitted) and values is not None], box)
+
+
+def _judged(batches: Iterable[Prepared], asks: Sequence[Callable[[Prepared], list[Verdict]]]) \
+        -> Iterator[tuple[Prepared, list[Verdict]]]:
+    """Each batch with its verdicts, in order: asked in turn of ``asks`` (one
+    thread each, so each child is asked one batch at a time), up to two batches
+    each ahead of the caller."""
+    pools = [ThreadPoolExecutor(1, thread_name_prefix="backtest-controls") for _ in asks]
+    pending: deque[tuple[Prepared, Future[list[Verdict]]]] = deque()
+    try:
+        for k, batch in enumerate(batches):
+            pending.append((batch, pools[k % len(asks)].submit(asks[k % len(asks)], batch)))
+            if len(pending) > 2 * len(asks):
+                ready, verdicts = pending.popleft()
+                yield ready, verdicts.result()
+        while pending:
+            ready, verdicts = pending.popleft()
+            yield ready, verdicts.result()
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _replayed(run: Backtest, path: DecisionPath, judged: Iterable[tuple[Prepared, list[Verdict]]],
+              total: int, progress: Callable[[int, int], None], started: float) -> Backtest:
+    """The decisions of the judged batches, counted into ``run``."""
+    codec, versions = path.codec, path.controls.by_id()
+    days: dict[str, str] = {}  # event id → its day (UTC), for volumes per day
     state = OneLogState(path.name, [DECISIONS_STORE])
     done = 0
     for batch, verdicts in judged:
@@ -288,7 +353,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
             for ex in rec["executions"]:
                 _count(run, {**ex, "event_id": rec["event_id"]}, versions, days)
         done += len(batch.items)
-        progress(done, len(records))
+        progress(done, total)
     fraud = sum(run.labels.values())
     for stats in run.controls.values():
         stats.labelled_fraud = fraud
