@@ -95,12 +95,14 @@ class Decider:
     def controls(self) -> ControlSet:
         return self.plane.controls
 
-    def isolate(self, memory_mb: int = 1024) -> ControlProcess:
+    def isolate(self, memory_mb: int = 1024, box: ControlProcess | None = None) \
+            -> ControlProcess:
         """Run the inline controls in a supervised child from now on
-        (:mod:`tripwire.controls.supervisor`): a control that crashes, aborts or
-        stalls costs that control its result, never this process."""
+        (:mod:`tripwire.controls.supervisor`; ``box``, one started already with
+        these controls): a control that crashes, aborts or stalls costs that
+        control its result, never this process."""
         if self.box is None:
-            self.box = ControlProcess(self.controls, memory_mb)
+            self.box = box or ControlProcess(self.controls, memory_mb)
         return self.box
 
     def _sync(self) -> None:

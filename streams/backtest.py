@@ -275,16 +275,19 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     run = Backtest(labels=dict(known.fraud), known=known)
     started = time.monotonic()
     batches = prepared(path, records, batch_size, workers)  # started before the child box
+    # The controls are the longest part: with two workers, batches go to two
+    # controls' children in turn, each a batch ahead, while this one is decided.
+    # (Tier-2 controls would share the decider's child with the decisions: not then.)
+    two = workers >= 2 and not any(c.tier == 2 for c in controls.controls)
     boxes: list[ControlProcess] = []
     if isolate_mb is not None:
-        boxes.append(path.decider.isolate(isolate_mb))
+        with ThreadPoolExecutor(2) as pool:  # started side by side (each spawns, compiles)
+            boxes = list(pool.map(lambda _: ControlProcess(path.controls, isolate_mb),
+                                  range(2 if two else 1)))
+        path.decider.isolate(isolate_mb, boxes[0])
     judged: Iterator[tuple[Prepared, list[Verdict]]] = (
         (batch, path.verdicts(batch)) for batch in batches)
-    if workers >= 2 and boxes and not any(c.tier == 2 for c in controls.controls):
-        # The controls are the longest part: batches go to two controls' children in
-        # turn, each a batch ahead, while this one is decided. (Tier-2 controls
-        # would share the decider's child with the decisions: not then.)
-        boxes.append(ControlProcess(path.controls, isolate_mb or 0))
+    if len(boxes) == 2:
         judged = _judged(batches, [functools.partial(_verdicts, path, box) for box in boxes])
     try:
         return _replayed(run, path, judged, len(records), progress, started)
