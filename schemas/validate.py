@@ -20,7 +20,7 @@ from typing import Any
 
 from tripwire.schemas.reference import COUNTRIES, CURRENCIES, GBP_PER_UNIT
 
-__all__ = ["Reason", "ValidationPolicy", "Validator"]
+__all__ = ["DOTTED_QUAD", "Reason", "ValidationPolicy", "Validator"]
 
 Reason = tuple[str, str | None, str]  # (code, field path, detail)
 
@@ -50,6 +50,9 @@ class ValidationPolicy:
     fps_settlement_days_after: int = 4  # weekend + bank holiday
     fps_settlement_days_before: int = 1  # a message stamped just after midnight
 
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # ASCII digits, no leading zero
+DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}\Z")  # an IPv4 address ipaddress takes
 
 class _Checks:
     """Collects reasons for one record."""
@@ -83,8 +86,8 @@ class _Checks:
 
     def ip(self, field: str) -> None:
         value = self.r.get(field)
-        if value is None:
-            return
+        if value is None or (type(value) is str and DOTTED_QUAD.match(value)):
+            return  # the usual case, without ipaddress's parse (~3 µs)
         try:
             ipaddress.ip_address(value)
         except (ValueError, TypeError):

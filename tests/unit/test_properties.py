@@ -117,3 +117,24 @@ def test_garbage_behind_a_valid_header_is_quarantined_or_decided(
     assert out["_topic"] in {"decisions", "quarantine"}
     if out["_topic"] == "quarantine":
         assert out["reasons"] and out["reasons"][0]["code"] and out["original"] == data
+
+
+_QUADS = st.tuples(*[st.integers(0, 300)] * 4).map(lambda q: ".".join(map(str, q)))
+_NEAR = st.text(alphabet="0123456789.٣x: ", max_size=18)  # a non-ASCII digit among them
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_QUADS, _NEAR, st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)))
+def test_the_ip_fast_path_takes_only_what_ipaddress_takes(value: str) -> None:
+    """The validator takes a dotted quad without ipaddress's parse: it must take
+    exactly the IPv4 addresses ipaddress takes in that form, and never refuse one."""
+    import ipaddress
+
+    from tripwire.schemas.validate import DOTTED_QUAD
+
+    try:
+        ok = isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+    except ValueError:
+        ok = False
+    event("fast path" if DOTTED_QUAD.match(value) else "ipaddress")
+    assert bool(DOTTED_QUAD.match(value)) == ok
