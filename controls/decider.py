@@ -87,7 +87,7 @@ class Decider:
         self.records_only = False
         self._provenance_of: dict[tuple[str, ...], dict[str, str]] = {}  # by feature names
         self._sync()
-        # remembered decisions are kept compressed (~85 % smaller: state, changelog)
+        # remembered decisions are kept compressed (~80 % smaller: state, changelog)
         self.compactor = Compactor(DECISIONS_STORE, memory_dictionary(
             codec, self.provenance, self._versions))
 
