@@ -9,7 +9,7 @@ traffic, the same events for every way):
   * ``one process``: today's code, as `tripwire backtest --workers 1` runs it;
   * ``two processes (the CLI now)``: as `tripwire backtest` runs it on two cores:
     intake and features in a second process, batches ahead of the decisions, and
-    the next batch's trip to the controls' child while this one is decided;
+    two controls' children asked in turn, batches ahead of the decisions too;
   * ``two, in-process controls``: the same without isolating the controls;
   * the floor of one core, for the record: decoding every event once, and the
     control network alone, on the same events.

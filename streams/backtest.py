@@ -288,18 +288,12 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     judged: Iterator[tuple[Prepared, list[Verdict]]] = (
         (batch, path.verdicts(batch)) for batch in batches)
     if len(boxes) == 2:
-        judged = _judged(batches, [functools.partial(_verdicts, path, box) for box in boxes])
+        judged = _judged(batches, [functools.partial(path.verdicts, box=box) for box in boxes])
     try:
         return _replayed(run, path, judged, len(records), progress, started)
     finally:
         for box in boxes:
             box.close()
-
-
-def _verdicts(path: DecisionPath, box: ControlProcess, batch: Prepared) -> list[Verdict]:
-    """:meth:`DecisionPath.verdicts` of ``batch`` from ``box``."""
-    return path.decider.verdicts([(a.kind, a.event, values) for _, a, values, _ in batch.items
-                                  if isinstance(a, Admitted) and values is not None], box)
 
 
 def _judged(batches: Iterable[Prepared], asks: Sequence[Callable[[Prepared], list[Verdict]]]) \
