@@ -91,6 +91,9 @@ SLOW_FACTOR = 50
 # per call (5-9 µs less on the shipped detectors; docs/performance.md, 2026-11-29
 # session 4).
 _ENTRY = "tripwire_engine_entry"
+# one control's answers by the JSON of its inputs: outcome, reason, actions, score,
+# signal, and the microseconds the call that gave them took
+Memo = dict[str, tuple[str | None, str, tuple[str, ...], float, str | None, int]]
 _PARAMETERS = {"DETECTOR": ("event", "features"), "ACTION": ("event", "features", "detections"),
                "SELECTION": ("event", "proposals")}
 _GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])  # standard, and json
@@ -293,16 +296,23 @@ class Control:
         return given
 
     def run(self, event: Mapping[str, Any], features: Mapping[str, Any] | None = None,
-            entity_key: str = "", **extra: Any) -> ControlResult:
+            entity_key: str = "", memo: Memo | None = None, **extra: Any) -> ControlResult:
         """One bounded call with the inputs this control reads; errors become the
         result's ``error`` and the fail policy. ``entity_key`` decides whether a
-        canary's result counts. ``extra``: ``detections`` or ``proposals``."""
+        canary's result counts. ``extra``: ``detections`` or ``proposals``.
+        ``memo``: this control's answers by the JSON of their inputs (a control is
+        a pure function of them); an answer found there is the result without a
+        call, with the duration of the call that gave it. Failures are never kept."""
         given = self.inputs(event, features, extra)
         start = time.perf_counter_ns()
         self.budget.deadline = start + self.budget.budget_ns
         error = signal = given_json = None
         try:
             given_json = orjson.dumps(given).decode()
+            if memo is not None and (known := memo.get(given_json)) is not None:
+                outcome, reason, actions, score, signal, took_us = known
+                return self._result(outcome, reason, actions, score, None, took_us,
+                                    entity_key, signal, given, given_json)
             out = self.module.call_with(self.budget.options, _ENTRY, given_json).value
             took = time.perf_counter_ns() - start
             if took > self.budget.slow_ns:
@@ -311,6 +321,11 @@ class Control:
                 raise ControlError(f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget "
                                    f"inside one step ({took / 1e6:.0f} ms)")
             outcome, reason, actions, score, signal = self._parse(orjson.loads(out))
+            took_us = (time.perf_counter_ns() - start) // 1000
+            if memo is not None:
+                memo[given_json] = (outcome, reason, actions, score, signal, took_us)
+            return self._result(outcome, reason, actions, score, None, took_us, entity_key,
+                                signal, given, given_json)
         except Exception as exc:
             error = str(exc)
             if isinstance(exc, ControlError) and error.startswith("exceeded its"):
@@ -323,8 +338,15 @@ class Control:
                 error = _summary(exc)
             outcome, actions, score = self.on_error, (), 0.0
             reason = self.failure_reason(error)
+        return self._result(outcome, reason, actions, score, error,
+                            (time.perf_counter_ns() - start) // 1000, entity_key, signal,
+                            given, given_json)
+
+    def _result(self, outcome: str | None, reason: str, actions: tuple[str, ...], score: float,
+                error: str | None, took_us: int, entity_key: str, signal: str | None,
+                given: dict[str, Any], given_json: str | None) -> ControlResult:
         return ControlResult(self.control_id, self.version, outcome, reason, actions, score,
-                             error, (time.perf_counter_ns() - start) // 1000, self.mode,
+                             error, took_us, self.mode,
                              self.mode == "ACTIVE" or self.decides_for(entity_key),
                              self.stage, signal, given, given_json)
 
@@ -417,7 +439,13 @@ def _defines_function(module: Any, name: str) -> bool:
 class ControlSet:
     """The loaded network: detectors, action controls, one selection control."""
 
-    def __init__(self, controls: Iterable[Control]) -> None:
+    def __init__(self, controls: Iterable[Control], remember: int = 0) -> None:
+        """``remember``: keep up to this many answers of each control by its inputs
+        and answer repeats from them (0: call every time). A control is a pure
+        function of its inputs, so the results are the same; a replay, where most
+        inputs recur (a card's count, a country), runs its calls once each."""
+        self.remember = remember
+        self._memos: dict[str, Memo] = {}
         self.controls = sorted(controls,
                                key=lambda c: (CONTROL_STAGES.index(c.stage), c.control_id))
         ids = [c.control_id for c in self.controls]
@@ -436,6 +464,24 @@ class ControlSet:
     def from_dir(cls, directory: Path = LIBRARY, budget_ms: float = DEFAULT_BUDGET_MS) \
             -> ControlSet:
         return cls(load_dir(directory, budget_ms))
+
+    def remembering(self, remember: int) -> ControlSet:
+        """These controls (stopped ones stopped) with ``remember`` answers each kept."""
+        again = ControlSet(self.controls, remember)
+        again.stopped = set(self.stopped)
+        return again
+
+    def _run(self, control: Control, event: Mapping[str, Any],
+             features: Mapping[str, Any] | None, entity_key: str,
+             extra: dict[str, Any]) -> ControlResult:
+        """One control, here: from its memo when this set remembers."""
+        if not self.remember:
+            return control.run(event, features, entity_key, **extra)
+        memo = self._memos.setdefault(control.control_id, {})
+        result = control.run(event, features, entity_key, memo, **extra)
+        if len(memo) > self.remember:  # bounded: begun again when full
+            memo.clear()
+        return result
 
     def versions(self) -> dict[str, str]:
         return {c.control_id: c.version for c in self.controls}
@@ -477,7 +523,7 @@ class ControlSet:
         out-of-canary results are returned with ``applied=False`` and feed nothing.
         ``run``: how one control is called (default: here; the supervisor of
         :mod:`tripwire.controls.supervisor` calls each in its child)."""
-        call = run or _run_here
+        call = run or self._run
         results = [call(c, event, features, entity_key, {}) for c in self.for_type(event_type)
                    if not c.when or c.wanted(event)]
         detections = {r.control_id: {"signal": r.signal, "score": r.score, "reason": r.reason}
@@ -507,7 +553,7 @@ class ControlSet:
                           features: Mapping[str, Any], entity_key: str = "") \
             -> list[ControlResult]:
         """The tier-2 detectors for one event: logged, never part of its decision."""
-        return [c.run(event, features, entity_key)
+        return [self._run(c, event, features, entity_key, {})
                 for c in self.for_type(event_type, deferred=True) if c.wanted(event)]
 
     def check_examples(self) -> list[ExampleFailure]:
@@ -517,11 +563,6 @@ class ControlSet:
 # (control, event, features or None, entity key, detections or proposals) -> its result
 Runner = Callable[[Control, Mapping[str, Any], "Mapping[str, Any] | None", str,
                    dict[str, Any]], ControlResult]
-
-
-def _run_here(control: Control, event: Mapping[str, Any], features: Mapping[str, Any] | None,
-              entity_key: str, extra: dict[str, Any]) -> ControlResult:
-    return control.run(event, features, entity_key, **extra)
 
 
 def load_dir(directory: Path, budget_ms: float = DEFAULT_BUDGET_MS) -> list[Control]:

@@ -39,11 +39,12 @@ logger = logging.getLogger(__name__)
 
 
 def _serve(conn: Any, sources: list[tuple[str, str, float]], stopped: list[str],
-           memory_mb: int) -> None:
+           memory_mb: int, remember: int) -> None:
     """The child: cap the address space, compile, answer until told to stop."""
     limit_memory(memory_mb)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash's backtrace: the result says it
-    controls = ControlSet([Control.compile(cid, src, budget) for cid, src, budget in sources])
+    controls = ControlSet([Control.compile(cid, src, budget) for cid, src, budget in sources],
+                          remember)
     controls.emergency_stop(stopped)
     by_id = controls.by_id()
     conn.send("ready")
@@ -94,7 +95,8 @@ class ControlProcess:
 
     def _shape(self) -> tuple[tuple[str, str], ...]:
         return tuple(sorted(self.controls.versions().items())) + tuple(
-            ("stopped", cid) for cid in sorted(self.controls.stopped))
+            ("stopped", cid) for cid in sorted(self.controls.stopped)) + (
+            ("remember", str(self.controls.remember)),)
 
     def _start(self) -> None:
         self._stop()
@@ -103,7 +105,7 @@ class ControlProcess:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, name="tripwire-controls", daemon=True,
                                  args=(child, sources, sorted(self.controls.stopped),
-                                       self.memory_mb))
+                                       self.memory_mb, self.controls.remember))
         proc.start()
         child.close()
         self._proc, self._conn, self._running = proc, parent, self._shape()

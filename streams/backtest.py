@@ -62,6 +62,9 @@ TIMING_FIELDS = ("decided_at", "latency_us")  # measure the run, not the decisio
 # An attack stopped within its first this-many events counts as caught from its
 # first event: a velocity control must see a few events before it can know.
 CAUGHT_WITHIN = 10
+# answers kept per control (ControlSet.remember): about two in three of a replay's
+# calls repeat inputs already seen (a country, a card's small count); a few MB
+REMEMBER = 4096
 
 
 @dataclass
@@ -267,6 +270,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     run them). ``workers`` 2 or more: intake and features run in a second process,
     batches ahead of the decisions (:func:`prepared`); the results are the same."""
     codec = codec or AvroCodec.from_url(None)
+    controls = controls.remembering(REMEMBER)  # most of a replay's calls are repeats
     path = PATH.build(Parts(codec, controls, library or FeatureLibrary(), validator=Validator(
         ValidationPolicy(max_event_age_ms=None))))  # events of any age: history
     assert isinstance(path, DecisionPath)

@@ -91,3 +91,19 @@ def test_tier_two_in_line_is_contained_too(box: ControlProcess) -> None:
     assert [(r.control_id, "SIGABRT" in (r.error or "")) for r in results] == [("later", True)]
     fine = box.evaluate_deferred(kind, {**event, "amount_minor": 100}, features, key)
     assert [(r.control_id, r.error) for r in fine] == [("later", None)]
+
+
+def test_a_remembering_child_answers_as_the_controls_do_in_process() -> None:
+    """A child of a remembering set (a replay's) keeps the answers there: the
+    verdicts are the in-process ones, and a repeat is its first result again (the
+    first call's duration and all)."""
+    plain = ControlSet.from_dir()
+    box = ControlProcess(plain.remembering(10_000), memory_mb=1024)
+    try:
+        items = _items(120)
+        first = box.evaluate_many(items)
+        again = box.evaluate_many(items[:40])
+    finally:
+        box.close()
+    assert [_same(v) for v in first] == [_same(plain.evaluate(*i)) for i in items]
+    assert again == first[:40]

@@ -5,6 +5,8 @@ controls still run, and the declared fail policy applies."""
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tripwire.controls.engine import LIBRARY, Control, ControlSet
 from tripwire.controls.results import ControlError
@@ -239,3 +241,51 @@ def test_when_runs_a_control_only_on_matching_events() -> None:
     assert hit.results[0].reason == "REFUND" and hit.outcome == "MANUAL_REVIEW"
     with pytest.raises(ControlError, match="WHEN"):
         Control.compile("c", 'WHEN = ["kind"]\ndef detect(e, f): return None')
+
+
+_REPEATS = st.lists(st.tuples(st.sampled_from(["GB", "FR", "NG"]), st.integers(0, 4),
+                              st.sampled_from(["acc-1", "acc-2", "acc-3", "acc-4"])),
+                    min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_REPEATS, st.integers(1, 6))
+def test_a_remembering_set_answers_as_every_call_would(
+        events: list[tuple[str, int, str]], remember: int) -> None:
+    """Repeats of a control's inputs are answered from its memo: the same results
+    (a failure is called again, never kept), a canary still decides by entity, the
+    memo never outgrows ``remember``, and a remembered answer carries the duration
+    of the call that gave it."""
+    body = ('if features["n"] == 3:\n        return {"score": 1, "reason": event["nope"]}\n'
+            '    if features["n"] > 1 or event["country"] != "GB":\n'
+            '        return {"signal": "x", "score": features["n"], "reason": event["country"]}\n'
+            '    return None')
+    counted = _control("counted", body)
+    canary = Control.compile("canary", 'MODE = "CANARY"\nCANARY_PERCENT = 50\n'
+                             + BASE.format(body=body))
+    plain = _network(counted, canary)
+    memo = plain.remembering(remember)
+    for country, n, key in events:
+        args = ("CardPayment", {"country": country}, {"n": n}, key)
+        known = {cid: dict(m) for cid, m in memo._memos.items()}
+        want, got = plain.evaluate(*args), memo.evaluate(*args)
+        assert (want.outcome, want.actions, want.reason) == (got.outcome, got.actions, got.reason)
+        assert [{**r.__dict__, "duration_us": 0} for r in want.results] == \
+            [{**r.__dict__, "duration_us": 0} for r in got.results]
+        for r in got.results:
+            assert r.error is None or r.inputs_json not in memo._memos[r.control_id]
+            if r.inputs_json in known.get(r.control_id, {}):  # answered from the memo
+                assert r.duration_us == known[r.control_id][r.inputs_json][-1]
+    assert all(len(m) <= remember for m in memo._memos.values())
+    assert not plain._memos  # a plain set calls every time and keeps nothing
+
+
+def test_a_remembering_set_calls_each_input_once() -> None:
+    spin = _control("spin", 'x = 0\n    for i in range(20000):\n        x += i\n'
+                            '    return {"score": 1, "reason": event["country"]}', budget_ms=500)
+    net = _network(spin).remembering(100)
+    firsts = [net.evaluate("CardPayment", {"country": c}, {}).results[0] for c in "ABC"]
+    again = [net.evaluate("CardPayment", {"country": c}, {}).results[0] for c in "CBA"]
+    assert [r.duration_us for r in again] == [r.duration_us for r in reversed(firsts)]
+    assert len(net._memos["spin"]) == 3 and firsts[0].duration_us > 0
+    assert again[0] == firsts[2]  # the whole result, its duration too
