@@ -95,14 +95,12 @@ class Decider:
     def controls(self) -> ControlSet:
         return self.plane.controls
 
-    def isolate(self, memory_mb: int = 1024, box: ControlProcess | None = None) \
-            -> ControlProcess:
+    def isolate(self, memory_mb: int = 1024) -> ControlProcess:
         """Run the inline controls in a supervised child from now on
-        (:mod:`tripwire.controls.supervisor`; ``box``, one started already with
-        these controls): a control that crashes, aborts or stalls costs that
-        control its result, never this process."""
+        (:mod:`tripwire.controls.supervisor`): a control that crashes, aborts or
+        stalls costs that control its result, never this process."""
         if self.box is None:
-            self.box = box or ControlProcess(self.controls, memory_mb)
+            self.box = ControlProcess(self.controls, memory_mb)
         return self.box
 
     def _sync(self) -> None:
@@ -135,18 +133,16 @@ class Decider:
     def _key(kind: EventKind, event: Mapping[str, Any]) -> str:
         return str(event.get("account_id") or event[kind.entity_field])  # canary share
 
-    def verdicts(self, items: Sequence[tuple[EventKind, Mapping[str, Any], dict[str, Any]]],
-                 box: ControlProcess | None = None) -> list[Verdict]:
+    def verdicts(self, items: Sequence[tuple[EventKind, Mapping[str, Any], dict[str, Any]]]) \
+            -> list[Verdict]:
         """The control network's verdicts for (kind, event, features) items, in one
         round trip to the supervised child when there is one (its cost is mostly
-        the trip: a batch shares it); ``box``: another child running the same
-        controls (a replay's second)."""
+        the trip: a batch shares it)."""
         asked = [(kind.short, event, features, self._key(kind, event))
                  for kind, event, features in items]
-        box = box or self.box
-        if box is None:
+        if self.box is None:
             return [self.controls.evaluate(*a) for a in asked]
-        return box.evaluate_many(asked)
+        return self.box.evaluate_many(asked)
 
     def decide(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                feature_errors: dict[str, str], now_ms: int, arrived_ms: int,

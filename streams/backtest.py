@@ -39,7 +39,6 @@ import orjson
 from tripwire.controls.decider import DECISIONS_STORE
 from tripwire.controls.engine import ControlSet
 from tripwire.controls.results import Verdict
-from tripwire.controls.supervisor import ControlProcess
 from tripwire.features.engine import FeatureLibrary
 from tripwire.features.kinds import EVENT_KINDS
 from tripwire.schemas.codec import AvroCodec, DecodeError
@@ -279,24 +278,19 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     run = Backtest(labels=dict(known.fraud), known=known)
     started = time.monotonic()
     batches = prepared(path, records, batch_size, workers)  # started before the child box
-    # The controls are the longest part: with two workers, batches go to two
-    # controls' children in turn, each a batch ahead, while this one is decided.
-    # (Tier-2 controls would share the decider's child with the decisions: not then.)
-    two = workers >= 2 and not any(c.tier == 2 for c in controls.controls)
-    boxes: list[ControlProcess] = []
-    if isolate_mb is not None:
-        with ThreadPoolExecutor(2) as pool:  # started side by side (each spawns, compiles)
-            boxes = list(pool.map(lambda _: ControlProcess(path.controls, isolate_mb),
-                                  range(2 if two else 1)))
-        path.decider.isolate(isolate_mb, boxes[0])
+    # With two workers, the controls' child is asked a batch or two ahead, on a
+    # thread of its own, while this one decides (its answers remembered, the child
+    # costs less than the features: one is enough). Tier-2 controls share the
+    # decider's child with the decisions: asked in turn then.
+    box = None if isolate_mb is None else path.decider.isolate(isolate_mb)
     judged: Iterator[tuple[Prepared, list[Verdict]]] = (
         (batch, path.verdicts(batch)) for batch in batches)
-    if len(boxes) == 2:
-        judged = _judged(batches, [functools.partial(path.verdicts, box=box) for box in boxes])
+    if box is not None and workers >= 2 and not any(c.tier == 2 for c in controls.controls):
+        judged = _judged(batches, [path.verdicts])
     try:
         return _replayed(run, path, judged, len(records), progress, started)
     finally:
-        for box in boxes:
+        if box is not None:
             box.close()
 
 

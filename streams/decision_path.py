@@ -42,7 +42,6 @@ from tripwire.streams.topics import ANSWERS
 
 if TYPE_CHECKING:
     from tripwire.controls.plane import ReleaseSource
-    from tripwire.controls.supervisor import ControlProcess
 
 __all__ = ["DecisionPath", "Prepared"]
 
@@ -125,12 +124,12 @@ class DecisionPath(Processor):
                 items.append((view.tp, a, None, None))
         return Prepared(now_ms, items, marks)
 
-    def verdicts(self, prepared: Prepared, box: ControlProcess | None = None) -> list[Verdict]:
+    def verdicts(self, prepared: Prepared) -> list[Verdict]:
         """The control networks' verdicts on the batch's fresh events, at once (one
-        trip to the supervised child; ``box``: another child with the same controls)."""
+        trip to the supervised child)."""
         return self.decider.verdicts([(a.kind, a.event, values)
                                       for _, a, values, _ in prepared.items
-                                      if isinstance(a, Admitted) and values is not None], box)
+                                      if isinstance(a, Admitted) and values is not None])
 
     def decide(self, prepared: Prepared, state: StateManager,
                verdicts: Sequence[Verdict] | None = None) -> list[OutRecord]:
