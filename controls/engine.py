@@ -165,8 +165,11 @@ class Control:
         return _FUNCTION_OF[self.stage]
 
     @classmethod
-    def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS) \
-            -> Control:
+    def compile(cls, control_id: str, source: str, budget_ms: float = DEFAULT_BUDGET_MS,
+                reads: frozenset[str] | None = None) -> Control:
+        """``reads``: the names the source can read (:func:`literals`), when found
+        already (a controls' child is given its parent's: tokenising is a third of
+        compiling)."""
         module = _evaluated(control_id, source)
         defined = [f for f in _FUNCTIONS if _defines_function(module, f)]
         if len(defined) != 1:
@@ -225,7 +228,8 @@ class Control:
         return cls(control_id, version, source, frozen, frozenset(applies or ()),
                    None if on_error == "IGNORE" else on_error, tuple(examples),
                    _Budget(TIER0_BUDGET_MS if tier == 0 else budget_ms), mode,
-                   percent if isinstance(percent, int) else 0, stage, tier, literals(source),
+                   percent if isinstance(percent, int) else 0, stage, tier,
+                   literals(source) if reads is None else reads,
                    conditions, tuple(sorted(typologies.items())))
 
     @classmethod

@@ -38,13 +38,13 @@ Item = tuple[str, Mapping[str, Any], Mapping[str, Any], str]  # type, event, fea
 logger = logging.getLogger(__name__)
 
 
-def _serve(conn: Any, sources: list[tuple[str, str, float]], stopped: list[str],
-           memory_mb: int, remember: int) -> None:
+def _serve(conn: Any, sources: list[tuple[str, str, float, frozenset[str]]],
+           stopped: list[str], memory_mb: int, remember: int) -> None:
     """The child: cap the address space, compile, answer until told to stop."""
     limit_memory(memory_mb)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash's backtrace: the result says it
-    controls = ControlSet([Control.compile(cid, src, budget) for cid, src, budget in sources],
-                          remember)
+    controls = ControlSet([Control.compile(cid, src, budget, reads)
+                           for cid, src, budget, reads in sources], remember)
     controls.emergency_stop(stopped)
     by_id = controls.by_id()
     conn.send("ready")
@@ -100,7 +100,7 @@ class ControlProcess:
 
     def _start(self) -> None:
         self._stop()
-        sources = [(c.control_id, c.source, c.budget.budget_ns / 1e6)
+        sources = [(c.control_id, c.source, c.budget.budget_ns / 1e6, c.reads)
                    for c in self.controls.controls]
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, name="tripwire-controls", daemon=True,
