@@ -24,7 +24,7 @@ from typing import Any
 
 from tripwire.controls.engine import DEFAULT_BUDGET_MS, Control
 from tripwire.controls.results import ControlError
-from tripwire.controls.sandbox import abort_note, ended, limit_memory
+from tripwire.controls.sandbox import abort_note, ended, limit_memory, start_apart
 
 __all__ = ["CHECK_MEMORY_MB", "CHECK_TIMEOUT_S", "check_apart"]
 
@@ -69,7 +69,7 @@ def check_apart(items: Sequence[tuple[str, str]], budget_ms: float = DEFAULT_BUD
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_check, args=(child, items, budget_ms, examples, memory_mb),
                        daemon=True, name="tripwire-control-check")
-    proc.start()
+    start_apart(proc)
     child.close()
     limit = timeout_s + len(items) - 1
     why: str | None = None

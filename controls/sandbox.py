@@ -19,17 +19,40 @@ import contextlib
 import multiprocessing as mp
 import resource
 import signal
+import sys
 from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from tripwire.controls.engine import Control
 from tripwire.controls.results import ControlResult
 
 __all__ = ["DEFAULT_MEMORY_MB", "Item", "Sandbox", "abort_note", "ended",
-           "limit_memory"]
+           "limit_memory", "start_apart"]
 
 DEFAULT_MEMORY_MB = 512
 Item = tuple[str, dict[str, Any], dict[str, Any], str]  # event type, event, features, entity key
+
+
+def start_apart(proc: BaseProcess) -> None:
+    """Start a spawned child that needs nothing of this program's main script.
+    Spawning runs the parent's main script again in the child before its target
+    (what the script defines may be pickled), unless the main is a module run
+    with ``-m``: for the `tripwire` console script that is the whole CLI, ~0.4 s
+    of every start or restart of a controls' child, and a script without a
+    ``__main__`` guard would start children without end. The script's path is
+    hidden while the child starts."""
+    main = sys.modules.get("__main__")
+    path = None if main is None or getattr(main, "__spec__", None) is not None else \
+        main.__dict__.get("__file__")
+    if path is None:
+        proc.start()
+        return
+    del main.__file__  # type: ignore[union-attr]
+    try:
+        proc.start()
+    finally:
+        main.__file__ = path  # type: ignore[union-attr]
 
 
 def limit_memory(memory_mb: int) -> None:
@@ -81,7 +104,7 @@ class Sandbox:
         sources = [(c.control_id, c.source, c.budget.budget_ns / 1e6) for c in self.controls]
         self.proc = self._ctx.Process(target=_serve, args=(child, sources, self.memory_mb),
                                       daemon=True, name="tripwire-sandbox")
-        self.proc.start()
+        start_apart(self.proc)
         child.close()
         self.conn = parent
         if parent.recv() != "ready":

@@ -29,7 +29,7 @@ from typing import Any
 
 from tripwire.controls.engine import Control, ControlSet
 from tripwire.controls.results import ControlResult, Verdict
-from tripwire.controls.sandbox import abort_note, ended, limit_memory
+from tripwire.controls.sandbox import abort_note, ended, limit_memory, start_apart
 
 __all__ = ["ControlProcess", "Item"]
 
@@ -106,7 +106,7 @@ class ControlProcess:
         proc = self._ctx.Process(target=_serve, name="tripwire-controls", daemon=True,
                                  args=(child, sources, sorted(self.controls.stopped),
                                        self.memory_mb, self.controls.remember))
-        proc.start()
+        start_apart(proc)
         child.close()
         self._proc, self._conn, self._running = proc, parent, self._shape()
         try:

@@ -5,13 +5,17 @@ process goes on (were it not contained, the crash would end the test run)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import Control, ControlSet
+from tripwire.controls.results import OUTCOMES
 from tripwire.controls.supervisor import ControlProcess
 from tripwire.features.engine import FeatureLibrary
 from tripwire.features.kinds import EVENT_KINDS
@@ -107,3 +111,33 @@ def test_a_remembering_child_answers_as_the_controls_do_in_process() -> None:
         box.close()
     assert [_same(v) for v in first] == [_same(plain.evaluate(*i)) for i in items]
     assert again == first[:40]
+
+
+def test_a_script_starts_a_child_without_running_itself_again(tmp_path: Path) -> None:
+    """A spawned child runs its parent's main script again first, unless told not
+    to: for the `tripwire` console script that is the whole CLI at every start,
+    and a script without a ``__main__`` guard would start children without end.
+    A controls' child (and the tier-2 sandbox, and a release's check) runs none
+    of it."""
+    ran = tmp_path / "ran"
+    script = tmp_path / "replay.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from tripwire.connectors.simulator import mixed_traffic\n"
+        "from tripwire.controls.engine import ControlSet\n"
+        "from tripwire.controls.isolate import check_apart\n"
+        "from tripwire.controls.supervisor import ControlProcess\n"
+        f"with open({str(ran)!r}, 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        "controls = ControlSet.from_dir()\n"
+        "box = ControlProcess(controls)\n"
+        "kind, ev = next(iter(mixed_traffic(3, 1_780_000_000_000, 1)))\n"
+        "print(box.evaluate(kind, ev, {}, 'acc').outcome, box.restarts)\n"
+        "box.close()\n"
+        "check_apart([(c.control_id, c.source) for c in controls.controls[:2]], 5.0)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    outcome, restarts = out.stdout.split()
+    assert outcome in OUTCOMES and restarts == "0", out.stdout
+    assert ran.read_text() == "ran\n"  # once: this process, not its children
