@@ -349,10 +349,10 @@ class Control:
     def _result(self, outcome: str | None, reason: str, actions: tuple[str, ...], score: float,
                 error: str | None, took_us: int, entity_key: str, signal: str | None,
                 given: dict[str, Any], given_json: str | None) -> ControlResult:
-        return ControlResult(self.control_id, self.version, outcome, reason, actions, score,
-                             error, took_us, self.mode,
-                             self.mode == "ACTIVE" or self.decides_for(entity_key),
-                             self.stage, signal, given, given_json)
+        return ControlResult.of((self.control_id, self.version, outcome, reason, actions,
+                                 score, error, took_us, self.mode,
+                                 self.mode == "ACTIVE" or self.decides_for(entity_key),
+                                 self.stage, signal, given, given_json))
 
     def failure_reason(self, error: str) -> str:
         """Why a failed control proposes its fail-policy outcome (empty: IGNORE)."""

@@ -4,7 +4,7 @@ a failed example; and the outcomes, least to most severe."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = ["OUTCOMES", "ControlError", "ControlResult", "ExampleFailure", "Verdict",
@@ -38,6 +38,21 @@ class ControlResult:
     @property
     def fired(self) -> bool:
         return self.signal is not None or self.outcome is not None
+
+    @classmethod
+    def of(cls, values: Iterable[Any]) -> ControlResult:
+        """The result of its field values in order (what :meth:`values` gives), at
+        half the cost of the frozen ``__init__``: results are made by the thousand."""
+        result = object.__new__(cls)
+        result.__dict__.update(zip(_RESULT_FIELDS, values, strict=True))
+        return result
+
+    def values(self) -> tuple[Any, ...]:
+        """Its field values in order: it pickles as a third of itself."""
+        return tuple(self.__dict__.values())
+
+
+_RESULT_FIELDS = tuple(f.name for f in fields(ControlResult))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tripwire.controls.engine import LIBRARY, Control, ControlSet
-from tripwire.controls.results import ControlError
+from tripwire.controls.results import ControlError, ControlResult
 
 BASE = '''
 APPLIES_TO = ["CardPayment"]
@@ -289,3 +289,13 @@ def test_a_remembering_set_calls_each_input_once() -> None:
     assert [r.duration_us for r in again] == [r.duration_us for r in reversed(firsts)]
     assert len(net._memos["spin"]) == 3 and firsts[0].duration_us > 0
     assert again[0] == firsts[2]  # the whole result, its duration too
+
+
+def test_a_result_is_made_again_from_its_values() -> None:
+    verdict = _network(_control("fine", 'return {"signal": "x", "score": 0.5, "reason": "ok"}')) \
+        .evaluate("CardPayment", {"country": "GB"}, {})
+    for r in verdict.results:
+        again = ControlResult.of(r.values())
+        assert again == r and again.values() == r.values() and again.fired == r.fired
+    with pytest.raises(ValueError):
+        ControlResult.of(verdict.results[0].values()[:-1])  # one value short
