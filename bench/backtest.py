@@ -9,14 +9,16 @@ traffic, the same events for every way):
   * ``one process``: today's code, as `tripwire backtest --workers 1` runs it;
   * ``two processes (the CLI now)``: as `tripwire backtest` runs it on two cores:
     intake and features in a second process, batches ahead of the decisions, and
-    two controls' children asked in turn, batches ahead of the decisions too;
+    the controls' child asked a batch or two ahead of them too;
   * ``two, in-process controls``: the same without isolating the controls;
   * the floor of one core, for the record: decoding every event once, and the
     control network alone, on the same events.
 
 Each way replays in a fresh Python of its own (the same for all), timed around
-the replay alone. Every way of today's code gives the same decisions (checked);
-the baseline's are compared with them and reported.
+the replay alone; the ways take turns, round after round, and each round's
+ratios to its own baseline are reported too (the machine's speed drifts).
+Every way of today's code gives the same decisions (checked); the baseline's
+are compared with them and reported.
 
     .venv/bin/python -m bench backtest --days 7 --customers 3000 --repeats 3
 """
@@ -147,9 +149,11 @@ def main(argv: list[str]) -> None:
     today = set().union(*(d for name, d in digests.items() if name != baseline))
     assert len(today) == 1, f"today's ways gave different decisions: {digests}"
     base = statistics.median(rates[baseline])
+    print(f"  {'':36} {'median':>8}           ratio of medians, median of each round's ratio")
     for name, got in rates.items():
         m = statistics.median(got)
-        print(f"  {name:36} {m:8.0f} events/s  {m / base:4.2f}x")
+        paired = statistics.median(g / b for g, b in zip(got, rates[baseline], strict=True))
+        print(f"  {name:36} {m:8.0f} events/s  {m / base:4.2f}x  {paired:4.2f}x")
     same = digests[baseline] == today
     print(f"decisions: today's ways identical; {against}'s "
           f"{'identical too' if same else 'differ (its code decides otherwise)'}")
