@@ -91,9 +91,8 @@ SLOW_FACTOR = 50
 # per call (5-9 µs less on the shipped detectors; docs/performance.md, 2026-11-29
 # session 4).
 _ENTRY = "tripwire_engine_entry"
-# one control's answers by the JSON of its inputs: outcome, reason, actions, score,
-# signal, and the microseconds the call that gave them took
-Memo = dict[str, tuple[str | None, str, tuple[str, ...], float, str | None, int]]
+# one control's results by the JSON of their inputs (ControlSet.remember)
+Memo = dict[str, ControlResult]
 _PARAMETERS = {"DETECTOR": ("event", "features"), "ACTION": ("event", "features", "detections"),
                "SELECTION": ("event", "proposals")}
 _GLOBALS = sl.Globals.extended_by([sl.LibraryExtension.Json])  # standard, and json
@@ -304,9 +303,10 @@ class Control:
         """One bounded call with the inputs this control reads; errors become the
         result's ``error`` and the fail policy. ``entity_key`` decides whether a
         canary's result counts. ``extra``: ``detections`` or ``proposals``.
-        ``memo``: this control's answers by the JSON of their inputs (a control is
-        a pure function of them); an answer found there is the result without a
-        call, with the duration of the call that gave it. Failures are never kept."""
+        ``memo``: this control's results by the JSON of their inputs (a control is
+        a pure function of them); one found there is the result again without a
+        call (the same object, unless a canary decides by entity), with the
+        duration of the call that gave it. Failures are never kept."""
         given = self.inputs(event, features, extra)
         start = time.perf_counter_ns()
         self.budget.deadline = start + self.budget.budget_ns
@@ -314,9 +314,11 @@ class Control:
         try:
             given_json = orjson.dumps(given).decode()
             if memo is not None and (known := memo.get(given_json)) is not None:
-                outcome, reason, actions, score, signal, took_us = known
-                return self._result(outcome, reason, actions, score, None, took_us,
-                                    entity_key, signal, given, given_json)
+                if self.mode != "CANARY":
+                    return known
+                return self._result(known.outcome, known.reason, known.actions, known.score,
+                                    None, known.duration_us, entity_key, known.signal, given,
+                                    given_json)
             out = self.module.call_with(self.budget.options, _ENTRY, given_json).value
             took = time.perf_counter_ns() - start
             if took > self.budget.slow_ns:
@@ -325,11 +327,12 @@ class Control:
                 raise ControlError(f"exceeded its {self.budget.budget_ns / 1e6:g} ms budget "
                                    f"inside one step ({took / 1e6:.0f} ms)")
             outcome, reason, actions, score, signal = self._parse(orjson.loads(out))
-            took_us = (time.perf_counter_ns() - start) // 1000
+            result = self._result(outcome, reason, actions, score, None,
+                                  (time.perf_counter_ns() - start) // 1000, entity_key,
+                                  signal, given, given_json)
             if memo is not None:
-                memo[given_json] = (outcome, reason, actions, score, signal, took_us)
-            return self._result(outcome, reason, actions, score, None, took_us, entity_key,
-                                signal, given, given_json)
+                memo[given_json] = result
+            return result
         except Exception as exc:
             error = str(exc)
             if isinstance(exc, ControlError) and error.startswith("exceeded its"):

@@ -53,7 +53,8 @@ def _serve(conn: Any, sources: list[tuple[str, str, float, frozenset[str]]],
         if msg is None:
             return
         if msg[0] == "events":
-            conn.send([_flat(controls.evaluate(*item)) for item in msg[1]])
+            flat: dict[int, tuple[ControlResult, tuple[Any, ...]]] = {}
+            conn.send([_flat(controls.evaluate(*item), flat) for item in msg[1]])
         elif msg[0] == "deferred":
             conn.send([r.values() for r in controls.evaluate_deferred(*msg[1:])])
         else:  # one control: ("call", control id, event, features, entity key, extra)
@@ -61,14 +62,32 @@ def _serve(conn: Any, sources: list[tuple[str, str, float, frozenset[str]]],
             conn.send(by_id[cid].run(event, features, key, **extra))
 
 
-def _flat(v: Verdict) -> tuple[Any, ...]:
-    """A verdict as plain tuples: a third of the time to send and rebuild."""
-    return v.outcome, v.actions, v.reason, [r.values() for r in v.results]
+def _flat(v: Verdict, flat: dict[int, tuple[ControlResult, tuple[Any, ...]]]) \
+        -> tuple[Any, ...]:
+    """A verdict as plain tuples: a third of the time to send and rebuild. A result
+    given again (a remembering set's) is the same tuple each time in ``flat``
+    (one batch's, by the result's id, the result kept alive there so that no
+    other takes its id): the reply pickles it once and refers to it."""
+    results = []
+    for r in v.results:
+        known = flat.get(id(r))
+        if known is None:
+            known = flat[id(r)] = (r, r.values())
+        results.append(known[1])
+    return v.outcome, v.actions, v.reason, results
 
 
-def _verdict(flat: tuple[Any, ...]) -> Verdict:
-    outcome, actions, reason, results = flat
-    return Verdict(outcome, actions, reason, [ControlResult.of(r) for r in results])
+def _verdict(flat: tuple[Any, ...], made: dict[int, ControlResult]) -> Verdict:
+    """The verdict of :func:`_flat`'s tuples; a tuple met again in the same reply
+    (``made``, by its id: the reply keeps its tuples alive) is the same result."""
+    outcome, actions, reason, values = flat
+    results = []
+    for r in values:
+        result = made.get(id(r))
+        if result is None:
+            result = made[id(r)] = ControlResult.of(r)
+        results.append(result)
+    return Verdict(outcome, actions, reason, results)
 
 
 class _Lost(Exception):
@@ -165,7 +184,8 @@ class ControlProcess:
         try:
             flats = self._ask(("events", [(t, dict(e), dict(f), k) for t, e, f, k in items]),
                               self.EVENT_S + self.PER_EVENT_S * len(items))
-            return [_verdict(f) for f in flats]
+            made: dict[int, ControlResult] = {}
+            return [_verdict(f, made) for f in flats]
         except _Lost as lost:
             logger.error("controls on a batch of %d events: %s; each event again",
                          len(items), lost)
@@ -176,7 +196,7 @@ class ControlProcess:
         """:meth:`ControlSet.evaluate` for one event, in the child."""
         try:
             return _verdict(self._ask(("events", [(event_type, dict(event), dict(features),
-                                                   entity_key)]), self.EVENT_S)[0])
+                                                   entity_key)]), self.EVENT_S)[0], {})
         except _Lost as lost:
             logger.error("controls on %s %s: %s; run again control by control", event_type,
                          event.get("event_id"), lost)

@@ -275,7 +275,7 @@ def test_a_remembering_set_answers_as_every_call_would(
         for r in got.results:
             assert r.error is None or r.inputs_json not in memo._memos[r.control_id]
             if r.inputs_json in known.get(r.control_id, {}):  # answered from the memo
-                assert r.duration_us == known[r.control_id][r.inputs_json][-1]
+                assert r.duration_us == known[r.control_id][r.inputs_json].duration_us
     assert all(len(m) <= remember for m in memo._memos.values())
     assert not plain._memos  # a plain set calls every time and keeps nothing
 
