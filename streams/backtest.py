@@ -62,7 +62,7 @@ TIMING_FIELDS = ("decided_at", "latency_us")  # measure the run, not the decisio
 # first event: a velocity control must see a few events before it can know.
 CAUGHT_WITHIN = 10
 # answers kept per control (ControlSet.remember): about two in three of a replay's
-# calls repeat inputs already seen (a country, a card's small count); a few MB
+# calls repeat inputs already seen (a country, a card's small count); ~1.5 KB each at most
 REMEMBER = 4096
 
 
