@@ -286,7 +286,7 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
     judged: Iterator[tuple[Prepared, list[Verdict]]] = (
         (batch, path.verdicts(batch)) for batch in batches)
     if box is not None and workers >= 2 and not any(c.tier == 2 for c in controls.controls):
-        judged = _judged(batches, [path.verdicts])
+        judged = _judged(batches, path.verdicts)
     try:
         return _replayed(run, path, judged, len(records), progress, started)
     finally:
@@ -294,25 +294,23 @@ def backtest(controls: ControlSet, records: list[InRecord], *,
             box.close()
 
 
-def _judged(batches: Iterable[Prepared], asks: Sequence[Callable[[Prepared], list[Verdict]]]) \
+def _judged(batches: Iterable[Prepared], ask: Callable[[Prepared], list[Verdict]]) \
         -> Iterator[tuple[Prepared, list[Verdict]]]:
-    """Each batch with its verdicts, in order: asked in turn of ``asks`` (one
-    thread each, so each child is asked one batch at a time), up to two batches
-    each ahead of the caller."""
-    pools = [ThreadPoolExecutor(1, thread_name_prefix="backtest-controls") for _ in asks]
+    """Each batch with its verdicts, in order: asked on a thread of their own (so
+    the child is asked one batch at a time), up to two batches ahead of the caller."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="backtest-controls")
     pending: deque[tuple[Prepared, Future[list[Verdict]]]] = deque()
     try:
-        for k, batch in enumerate(batches):
-            pending.append((batch, pools[k % len(asks)].submit(asks[k % len(asks)], batch)))
-            if len(pending) > 2 * len(asks):
+        for batch in batches:
+            pending.append((batch, pool.submit(ask, batch)))
+            if len(pending) > 2:
                 ready, verdicts = pending.popleft()
                 yield ready, verdicts.result()
         while pending:
             ready, verdicts = pending.popleft()
             yield ready, verdicts.result()
     finally:
-        for pool in pools:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _replayed(run: Backtest, path: DecisionPath, judged: Iterable[tuple[Prepared, list[Verdict]]],
