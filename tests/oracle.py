@@ -64,8 +64,17 @@ def by_time_index(specs: Sequence[FeatureSpec],
         newest = t if newest is None else max(newest, t)
     order = sorted(range(n), key=lambda j: events[j][0])
     times = [events[j][0] for j in order]
-    out = []
+    out: list[dict[str, Any]] = []
     wanted = None if rows is None else set(rows)
+
+    def counts(v: dict[str, Any], s: FeatureSpec) -> bool:
+        if not s.matches(v):
+            return False
+        return s.aggregate in ("count", "since_last") or v.get(s.field or "") is not None
+
+    # per spec, per event: on time and counted (the same for every row that sees it)
+    kept = {s.name: [(wm[j] is None or wm[j] - tj <= s.lateness_ms) and counts(vj, s)
+                     for j, (tj, vj) in enumerate(events)] for s in specs}
     for i, (t, view) in enumerate(events):
         row: dict[str, Any] = {}
         if wanted is not None and i not in wanted:
@@ -76,22 +85,12 @@ def by_time_index(specs: Sequence[FeatureSpec],
             wmi = wm[i]
             late = wmi is not None and wmi - t > lateness
             horizon = None if wmi is None else wmi - lateness - w
-
-            def counts(v: dict[str, Any], s: FeatureSpec = s) -> bool:
-                if not s.matches(v):
-                    return False
-                return s.aggregate in ("count", "since_last") or v.get(s.field or "") is not None
-
+            ok = kept[s.name]
             lo, hi = bisect.bisect_right(times, t - w), bisect.bisect_right(times, t)
-            inside = []
-            for k in range(lo, hi):
-                j = order[k]
-                tj, vj = events[j]
-                wmj = wm[j]
-                if j < i and (wmj is None or wmj - tj <= lateness) and counts(vj) and \
-                        (horizon is None or tj > horizon):
-                    inside.append((tj, vj))
-            if not late and counts(view) and s.aggregate != "since_last":
+            floor = horizon if horizon is not None else t - w - 1
+            inside = [events[j] for j in order[lo:hi]
+                      if j < i and ok[j] and events[j][0] > floor]
+            if not late and counts(view, s) and s.aggregate != "since_last":
                 inside.append((t, view))
             row[s.name] = _aggregate(s, t, inside)
         out.append(row)

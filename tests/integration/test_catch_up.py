@@ -112,7 +112,7 @@ def test_a_backlog_is_caught_up_exactly_through_a_killed_worker_and_a_broker_res
     faults: dict[str, float] = {}
 
     timeline: list[tuple[float, int]] = []
-    began = time.monotonic()
+    began, began_ms = time.monotonic(), time.time() * 1000
 
     def inject(decided: int) -> None:
         if not timeline or timeline[-1][1] != decided:
@@ -157,9 +157,14 @@ def test_a_backlog_is_caught_up_exactly_through_a_killed_worker_and_a_broker_res
                                                         topic("quarantine", namespace)))}
     assert set(quarantined) == poison, quarantined.keys()
     assert all(q["reasons"][0]["code"] for q in quarantined.values())
-    timed_out = [d["feature_errors"] for d in first.values()
+    timed_out = [(round((d["decided_at"] - began_ms) / 1000, 1), d["feature_errors"])
+                 for d in first.values()
                  if any("no answer" in e for e in d["feature_errors"].values())]
-    assert not timed_out, timed_out[:3]
+    # when (seconds from the start) and why, beside the faults and the progress
+    assert not timed_out, (f"{len(timed_out)} timed out, first and last: "
+                           f"{min(timed_out, key=lambda t: t[0])} "
+                           f"{max(timed_out, key=lambda t: t[0])}; faults {faults}; "
+                           f"timeline {timeline}\n{logs[-8000:]}")
 
     # the oracle: per entity key, its events in the order of the input logs' record
     # timestamps; the nodes applied them in exactly that order
