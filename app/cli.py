@@ -257,7 +257,7 @@ def run_stage(
         batch=BatchTable(settings.batch_table, settings.batch_refresh_s)
         if settings.batch_table else None,
         isolate_mb=settings.controls_memory_mb if settings.controls_isolated else None,
-        tune=True)
+        session_timeout_ms=settings.session_timeout_ms, tune=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop_requested(pipeline.stop_event))
     if stopping.is_set():

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]*$",
     )
     batch_size: int = Field(default=500, ge=1, le=100_000)
+    session_timeout_ms: int = Field(
+        default=45_000, ge=6_000, le=300_000,
+        description="How long a worker that died (killed, its machine gone) keeps its "
+        "partitions before its group moves them to the others: the consumer group's "
+        "session timeout. Shorter moves them sooner; shorter than the machine's longest "
+        "pauses moves them from live workers too. A worker that stops cleanly leaves at once.")
     delivery: Literal["eager", "transactional"] = Field(
         default="eager",
         description="eager: answers go out at once, state and offsets commit every "

@@ -78,7 +78,8 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
                                       state_dir=Path(state_dir),
                                       isolate_mb=settings.controls_memory_mb
                                       if settings.controls_isolated else None, applier=True,
-                                      reconcile=True)
+                                      reconcile=True,
+                                      session_timeout_ms=settings.session_timeout_ms)
             sender = AlertSender(cluster.bootstrap, lambda k: topic(k, ns), codec,
                                  SenderConfig(gateway.url, control_poll_s=0.2),
                                  f"{ns}alert-sender")

@@ -122,6 +122,7 @@ class BatchLoop(Partitions, Commits):
         commit_interval_ms: int = 100,
         eager: bool = True,
         peer_groups: Sequence[str] = (),
+        session_timeout_ms: int | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         # groups of other layouts of the same stages (one loop per stage, or every
@@ -161,9 +162,14 @@ class BatchLoop(Partitions, Commits):
         self._changelog_keys: dict[tuple[str | None, int | None],
                                    tuple[str, tuple[str, int]]] = {}
         # range assignment: docs/performance.md, "The loop's client settings"
+        # session_timeout_ms: how long a worker that died keeps its partitions before
+        # the group moves them (None: the client's 45 s); heartbeats 3 to a session
+        session = {} if session_timeout_ms is None else {
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": min(3000, session_timeout_ms // 3)}
         self.consumer = make_consumer(bootstrap, group_id,
                                       **{"partition.assignment.strategy": "range",
-                                         "enable.partition.eof": True})
+                                         "enable.partition.eof": True, **session})
         # input partitions at the end of their log (no lag): a processor that orders
         # its inputs across partitions marks them idle (tripwire.streams.align)
         self.at_end: set[TP] = set()

@@ -62,7 +62,8 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                batch: BatchTable | None = None,
                sources: Sequence[ReleaseSource] = (), commit_interval_ms: int | None = None,
                eager: bool = True, eager_hops: bool = True,
-               poll_timeout: float = 0.1, apart: Collection[str] = ()) -> BatchLoop:
+               poll_timeout: float = 0.1, apart: Collection[str] = (),
+               session_timeout_ms: int | None = None) -> BatchLoop:
     """A ready-to-run loop for one stage (``processor`` overrides the default one;
     ``apart``: the entities whose requests the intake sends to topics of their own
     (``TRIPWIRE_NODES_APART``); ``entities``: a features loop serves those nodes
@@ -71,7 +72,9 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
     ``commit_interval_ms``: how answers and state leave the loop, see
     :class:`~tripwire.streams.loop.BatchLoop`; ``eager_hops``: internal messages go
     out at once too, see :mod:`~tripwire.streams.hops`; the commit interval
-    defaults to :func:`~tripwire.config.commit_interval_for` the hops)."""
+    defaults to :func:`~tripwire.config.commit_interval_for` the hops;
+    ``session_timeout_ms``: how long a worker that died keeps its partitions, see
+    :class:`~tripwire.streams.loop.BatchLoop`)."""
     if commit_interval_ms is None:
         commit_interval_ms = commit_interval_for(eager_hops and eager)
     if processor is None:
@@ -85,7 +88,8 @@ def stage_loop(stage: str, bootstrap: str, namespace: str, *, codec: AvroCodec,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / stage,
                      commit_interval_ms=commit_interval_ms, eager=eager,
-                     peer_groups=() if entities else [stage_group("all", namespace)])
+                     peer_groups=() if entities else [stage_group("all", namespace)],
+                     session_timeout_ms=session_timeout_ms)
 
 
 def stage_group(stage: str, namespace: str) -> str:
@@ -189,7 +193,8 @@ def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                   batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
                   commit_interval_ms: int | None = None, eager: bool = True,
                   eager_hops: bool = True, poll_timeout: float = 0.1,
-                  apart: Collection[str] = ()) -> BatchLoop:
+                  apart: Collection[str] = (), session_timeout_ms: int | None = None) \
+        -> BatchLoop:
     """Every stage in one loop (:class:`Combined`); the arguments as
     :func:`stage_loop`'s. Its group is its own (``tripwire.all``), its changelogs
     the stages' own: a namespace can move between the layouts (stop one, start the
@@ -205,13 +210,15 @@ def combined_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / "all",
                      commit_interval_ms=commit_interval_ms, eager=eager,
-                     peer_groups=[stage_group(s, namespace) for s in STAGES])
+                     peer_groups=[stage_group(s, namespace) for s in STAGES],
+                     session_timeout_ms=session_timeout_ms)
 
 
 def applier_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                  policy: ActionPolicy | None = None, state_dir: Path | None,
                  batch_size: int = 500, poll_timeout: float = 0.1,
-                 commit_interval_ms: int = 100) -> BatchLoop:
+                 commit_interval_ms: int = 100, session_timeout_ms: int | None = None) \
+        -> BatchLoop:
     """The decisions carried out (:data:`~tripwire.streams.stages.OUTCOMES`): the
     actions and apply stages in one loop whose outputs all go inside its
     transactions (exactly once, visible to read-committed readers at the commit)."""
@@ -223,12 +230,14 @@ def applier_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                      processor, namespace=namespace, batch_size=batch_size,
                      poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / "applier",
-                     commit_interval_ms=commit_interval_ms, eager=False)
+                     commit_interval_ms=commit_interval_ms, eager=False,
+                     session_timeout_ms=session_timeout_ms)
 
 
 def reconcile_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
                    state_dir: Path | None, batch_size: int = 500, poll_timeout: float = 0.1,
-                   commit_interval_ms: int = 100, hold_ms: int = DEFAULT_HOLD_MS) -> BatchLoop:
+                   commit_interval_ms: int = 100, hold_ms: int = DEFAULT_HOLD_MS,
+                   session_timeout_ms: int | None = None) -> BatchLoop:
     """The inline decide API's late decisions set beside their stand-ins
     (:mod:`tripwire.streams.reconcile`), in a loop whose outputs go inside its
     transactions. The two topics must have as many partitions each: a stand-in
@@ -245,7 +254,8 @@ def reconcile_loop(bootstrap: str, namespace: str, *, codec: AvroCodec,
     return BatchLoop(bootstrap, stage_group("reconcile", namespace), names, processor,
                      namespace=namespace, batch_size=batch_size, poll_timeout=poll_timeout,
                      state_dir=None if state_dir is None else state_dir / "reconcile",
-                     commit_interval_ms=commit_interval_ms, eager=False)
+                     commit_interval_ms=commit_interval_ms, eager=False,
+                     session_timeout_ms=session_timeout_ms)
 
 
 def attach_deferred(decider: Decider, bootstrap: str, namespace: str, codec: AvroCodec,
@@ -322,7 +332,7 @@ class Pipeline:
               eager_hops: bool = True, apart: Collection[str] = (),
               isolate_mb: int | None = DEFAULT_MEMORY_MB, tune: bool = False,
               applier: bool = False, policy: ActionPolicy | None = None,
-              reconcile: bool = False) -> Pipeline:
+              reconcile: bool = False, session_timeout_ms: int | None = None) -> Pipeline:
         """``stages`` (None: every one) running in threads of this process, as
         `tripwire run stage` runs them: every stage in one loop (when all run and
         ``one_loop``) or a loop each (``entities``: the feature nodes a features loop
@@ -339,7 +349,7 @@ class Pipeline:
             codec=codec, controls=controls, library=library, state_dir=state_dir,
             batch_size=batch_size, node_timeout_ms=node_timeout_ms, batch=batch,
             sources=sources, commit_interval_ms=commit_interval_ms, eager=eager,
-            eager_hops=eager_hops, apart=apart)
+            eager_hops=eager_hops, apart=apart, session_timeout_ms=session_timeout_ms)
         if one_loop and stages == tuple(STAGES) and not entities:
             loops = {"all": combined_loop(bootstrap, namespace, **common)}
         else:
@@ -350,10 +360,11 @@ class Pipeline:
             loops["applier"] = applier_loop(
                 bootstrap, namespace, codec=codec, policy=policy, state_dir=state_dir,
                 batch_size=batch_size, commit_interval_ms=100 if commit_interval_ms is None
-                else commit_interval_ms)
+                else commit_interval_ms, session_timeout_ms=session_timeout_ms)
         if reconcile:
             loops["reconcile"] = reconcile_loop(bootstrap, namespace, codec=codec,
-                                                state_dir=state_dir, batch_size=batch_size)
+                                                state_dir=state_dir, batch_size=batch_size,
+                                                session_timeout_ms=session_timeout_ms)
         deciders = [p.decider for loop in loops.values() for p in processors_of(loop.processor)
                     if isinstance(p, DecisionStage)]
         deferred = [attach_deferred(d, bootstrap, namespace, codec) for d in deciders]

@@ -78,8 +78,10 @@ def test_decisions_sent_again_and_a_killed_worker_give_each_action_once(
     t0 = int(time.time() * 1000) - 3_600_000
     decisions = _decisions(400, t0)
     wanted = {r["action_id"]: r for d in decisions for r in requests_of(d)}
-    # a commit every 3 s: a kill finds work done but not committed
-    app = Applier(kafka, topics, tmp_path / "a", TRIPWIRE_COMMIT_INTERVAL_MS="3000")
+    # a commit every 3 s: a kill finds work done but not committed; the group moves
+    # the killed worker's partitions after 6 s (the default: 45 s)
+    app = Applier(kafka, topics, tmp_path / "a", TRIPWIRE_COMMIT_INTERVAL_MS="3000",
+                  TRIPWIRE_SESSION_TIMEOUT_MS="6000")
     app.start()
     try:
         _publish(kafka, topics, decisions[:150])

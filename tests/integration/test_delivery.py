@@ -37,8 +37,10 @@ from tripwire.streams.topics import INPUTS, topic
 
 pytestmark = pytest.mark.kafka
 
+# the group moves a dead worker's partitions after this (the client's default: 45 s)
+SESSION_MS = 6_000
 # A worker that decides but never reaches its first commit (10-minute interval).
-_NEVER_COMMITS = textwrap.dedent("""
+_NEVER_COMMITS = textwrap.dedent(f"""
     import sys, threading
     from pathlib import Path
     from tripwire.streams.decision_path import DecisionPath
@@ -48,7 +50,7 @@ _NEVER_COMMITS = textwrap.dedent("""
     boot, ns, group, state = sys.argv[1:5]
     loop = BatchLoop(boot, group, [topic(k, ns) for k in INPUTS], DecisionPath.default(),
                      namespace=ns, batch_size=50, state_dir=Path(state),
-                     commit_interval_ms=600_000)
+                     commit_interval_ms=600_000, session_timeout_ms={SESSION_MS})
     loop.run(threading.Event())
 """)
 
@@ -83,11 +85,16 @@ def test_decisions_precede_the_commit_and_a_crash_replays_them_identically(
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
 
-    # a new worker takes over: state from the changelog (nothing committed), inputs again
+    # a new worker takes over: state from the changelog (nothing committed), inputs
+    # again, once the group has moved the dead member's partitions: after the session
+    # timeout set, not the client's 45 s
+    killed = time.monotonic()
     loop = BatchLoop(kafka.bootstrap, group, [topic(k, topics) for k in INPUTS], path,
-                     namespace=topics, batch_size=50, state_dir=state)
+                     namespace=topics, batch_size=50, state_dir=state,
+                     session_timeout_ms=SESSION_MS)
     stats = loop.run(threading.Event(), idle_exit=3.0)
     assert stats.consumed == len(events) and stats.commits >= 1
+    assert time.monotonic() - killed < 40, "the dead member held its partitions too long"
     assert committed_inputs(kafka, group, topics) == len(events)
 
     decisions = [path.codec.decode(m.value())[1] for m in read_topic(

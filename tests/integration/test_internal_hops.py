@@ -36,8 +36,10 @@ pytestmark = pytest.mark.kafka
 CODEC = AvroCodec(SchemaStore.default())
 LIB = FeatureLibrary()
 
+# the group moves a dead intake's partitions after this (the client's default: 45 s)
+SESSION_MS = 6_000
 # An intake that sends its requests but never reaches its first commit.
-_INTAKE_NEVER_COMMITS = textwrap.dedent("""
+_INTAKE_NEVER_COMMITS = textwrap.dedent(f"""
     import sys, threading
     from pathlib import Path
     from tripwire.controls.engine import ControlSet
@@ -48,7 +50,8 @@ _INTAKE_NEVER_COMMITS = textwrap.dedent("""
     boot, ns, state = sys.argv[1:4]
     loop = stage_loop("intake", boot, ns, codec=AvroCodec(SchemaStore.default()),
                       controls=ControlSet.from_dir(), library=FeatureLibrary(),
-                      state_dir=Path(state), batch_size=10, commit_interval_ms=600_000)
+                      state_dir=Path(state), batch_size=10, commit_interval_ms=600_000,
+                      session_timeout_ms={SESSION_MS})
     loop.run(threading.Event())
 """)
 
@@ -85,7 +88,8 @@ def test_an_intake_dying_before_its_commit_sends_again_and_nothing_counts_twice(
         # a new intake takes over from the last commit (none): every request again
         publish(kafka, topics, CODEC, [("CardPayment", e) for e in later])
         intake = Pipeline.start({"intake": stage_loop(
-            "intake", kafka.bootstrap, topics, state_dir=tmp_path / "i2", **common)})
+            "intake", kafka.bootstrap, topics, state_dir=tmp_path / "i2",
+            session_timeout_ms=SESSION_MS, **common)})
         try:  # (once the dead member's session has expired and its partitions move)
             read_topic(kafka.bootstrap, [topic("decisions", topics)], len(events),
                        timeout=120)
