@@ -24,6 +24,8 @@ from tripwire.state.manager import StateManager, StateView
 from tripwire.streams.hops import (
     _FRAGMENT,
     ALIVE,
+    BACKLOG_LAG_MS,
+    BACKLOG_NODE_TIMEOUT_MS,
     DECISION_REQUESTS,
     NODE_TIMEOUT_MS,
     unpack,
@@ -47,6 +49,7 @@ class _Pending:
     first_offset: int
     request: dict[str, Any] | None = None
     arrived_ms: int = 0
+    timeout_ms: int = 0  # how long a silent node is waited for (set with the request)
     fragments: dict[str, dict[str, Any]] = field(default_factory=dict)
     repeats: int = 0
     deadline: int | None = None
@@ -54,7 +57,9 @@ class _Pending:
 
 
 class DecisionStage(Processor):
-    """Gathers each event's fragments, then decides; partial after ``node_timeout_ms``.
+    """Gathers each event's fragments, then decides; partial after ``node_timeout_ms``
+    of a node's silence (``backlog_timeout_ms`` for an event of a backlog: its
+    request came more than ``backlog_lag_ms`` after the event arrived).
 
     Gathering is kept in memory; the loop commits input offsets only up to the
     oldest event still gathering (:meth:`safe_offsets`), so after a restart those
@@ -68,13 +73,17 @@ class DecisionStage(Processor):
     def __init__(self, codec: AvroCodec, controls: ControlSet,
                  node_timeout_ms: int = NODE_TIMEOUT_MS,
                  ttl_ms: int = 7 * DAY_MS, library: FeatureLibrary | None = None,
-                 batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = ()) \
-            -> None:
+                 batch: BatchTable | None = None, sources: Sequence[ReleaseSource] = (),
+                 backlog_timeout_ms: int = BACKLOG_NODE_TIMEOUT_MS,
+                 backlog_lag_ms: int = BACKLOG_LAG_MS) -> None:
         self.codec = codec
         self.batch = batch
         self.decider = Decider(codec, controls, ttl_ms,
                                (library or FeatureLibrary()).feature_meta(), sources)
         self.node_timeout_ms = node_timeout_ms
+        # for an event of a backlog (tripwire.streams.hops.BACKLOG_NODE_TIMEOUT_MS)
+        self.backlog_timeout_ms = max(node_timeout_ms, backlog_timeout_ms)
+        self.backlog_lag_ms = backlog_lag_ms
         self.pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self._orphans: set[str] = set()  # fragments gathering, their event not yet here
@@ -122,7 +131,7 @@ class DecisionStage(Processor):
 
     def _waiting_until(self, p: _Pending, now_ms: int) -> int | None:
         """When to look at an event again whose deadline came: None to decide it now
-        (every node it misses silent for ``node_timeout_ms``). A node that is busy or
+        (every node it misses silent for its timeout). A node that is busy or
         waiting for its inputs still sends heartbeats: it is waited for, however
         long the queue in front of it (catching up a backlog)."""
         if now_ms - self._input_ms > self.CUT_OFF_MS:
@@ -131,8 +140,7 @@ class DecisionStage(Processor):
         since, until = self._resumed_ms, 0
         for node in p.request["nodes"]:
             if node not in p.fragments:
-                until = max(until, max(self._heard.get(node, since), since) +
-                            self.node_timeout_ms)
+                until = max(until, max(self._heard.get(node, since), since) + p.timeout_ms)
         return until if until > now_ms else None
 
     def _take(self, rec: InRecord, view: StateView, msg: dict[str, Any], is_request: bool,
@@ -169,6 +177,10 @@ class DecisionStage(Processor):
                 self._orphans.discard(tagged)
                 return [self._conflict(rec, msg, tagged, now_ms)]
             p.request, p.arrived_ms = msg, msg["arrived_ms"]
+            # an event that waited in a backlog before its request came waits longer
+            # for a silent node (tripwire.streams.hops.BACKLOG_LAG_MS)
+            p.timeout_ms = self.backlog_timeout_ms \
+                if now_ms - p.arrived_ms > self.backlog_lag_ms else self.node_timeout_ms
             p.deadline = now_ms + self.node_timeout_ms
             heapq.heappush(self._deadlines, (p.deadline, tagged))
             self._orphans.discard(tagged)
@@ -253,7 +265,7 @@ class DecisionStage(Processor):
                 frag = p.fragments.get(node)
                 if frag is None:
                     errors[node] = (f"no answer: the node was silent for more than "
-                                    f"{self.node_timeout_ms} ms")
+                                    f"{p.timeout_ms} ms")
                     continue
                 features.update(frag["values"])
                 if frag["notes"]:

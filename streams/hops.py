@@ -87,6 +87,15 @@ TP3 = tuple[str, int, int]  # topic, partition, offset
 # queue in front of it (DecisionStage._waiting_until). This is for a node that is
 # stalled or dead, not for a backlog.
 NODE_TIMEOUT_MS = 2_000
+# ... unless the event is part of a backlog: its request reached the decide stage
+# more than BACKLOG_LAG_MS after the event arrived (the path is catching up; no
+# card scheme or payment system waits that long for an answer). Then it waits
+# this long for a silent node: long enough for the group to move a dead worker's
+# partitions (the session timeout, 45 s by default) and for their new owner to
+# restore them, and for every client to be back after a broker restart. It is
+# late already; its features are worth more than the seconds.
+BACKLOG_LAG_MS = 10_000
+BACKLOG_NODE_TIMEOUT_MS = 60_000
 
 
 class Packer(Processor):
