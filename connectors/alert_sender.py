@@ -96,11 +96,21 @@ class AlertSender:
         self.stats = SenderStats()
         self.consumer = consumer(bootstrap, group, **{"enable.partition.eof": False})
         self.consumer.subscribe([topics("customer_alerts")])
-        self.control = ControlWatch(bootstrap, topics("alert_control"), codec, CONTROL_KEY,
-                                    config.control_poll_s)
-        self.producer = producer(bootstrap, **{
-            "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
-        self.producer.init_transactions(30)
+        try:
+            self.control = ControlWatch(bootstrap, topics("alert_control"), codec,
+                                        CONTROL_KEY, config.control_poll_s)
+            self.producer = producer(bootstrap, **{
+                "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
+            self.producer.init_transactions(30)
+        except BaseException:
+            # closed here, not left to the garbage collector: librdkafka's destroy of
+            # a consumer never closed can hang the process (seen: its main thread
+            # spinning after a failed start)
+            with contextlib.suppress(RuntimeError):
+                self.consumer.close()
+            if hasattr(self, "control"):
+                self.control.close()
+            raise
         self.http = httpx.Client(timeout=config.timeout_s)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="alert-send")
 

@@ -70,8 +70,12 @@ class Sink:
         self.http = httpx.Client(timeout=timeout_s) if webhook else None
         # `tripwire sink pause GROUP`: a sink whose retries misbehave (a reversal loop
         # hammering a bank system) stops sending, holding where it is, until resumed
-        self.control = None if control_topic is None else \
-            ControlWatch(bootstrap, control_topic, codec, sink_control_key(group))
+        try:
+            self.control = None if control_topic is None else \
+                ControlWatch(bootstrap, control_topic, codec, sink_control_key(group))
+        except BaseException:  # closed, not left to the garbage collector (AlertSender)
+            self.consumer.close()
+            raise
 
     def run(self, stop: threading.Event, idle_exit: float | None = None) -> SinkStats:
         try:

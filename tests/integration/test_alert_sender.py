@@ -9,9 +9,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from tripwire.broker import KafkaCluster
+from tripwire.connectors import alert_sender, control_watch
 from tripwire.connectors.alert_sender import AlertSender, SenderConfig
-from tripwire.connectors.control_watch import CONTROL_KEY
+from tripwire.connectors.control_watch import CONTROL_KEY, ControlWatch
 from tripwire.connectors.events import EventProducer, read_to_end
 from tripwire.connectors.standin_gateway import Gateway
 from tripwire.controls.actions import ALERT_SCHEMA
@@ -142,3 +145,31 @@ def test_an_alert_the_gateway_refuses_goes_to_the_dead_letters_with_the_reason(
     finally:
         gw.close()
 
+
+
+def test_a_sender_that_fails_to_start_closes_the_consumers_it_opened(
+        kafka: KafkaCluster, topics: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start that fails (the pause switch unreadable: a topic whose leader has not
+    settled) closes what it opened: a consumer left to the garbage collector can
+    hang the process in librdkafka's destroy (a CI run hung so)."""
+    opened: list[Any] = []
+
+    def recorded(make: Any) -> Any:
+        def consumer(*args: Any, **kwargs: Any) -> Any:
+            opened.append(make(*args, **kwargs))
+            return opened[-1]
+        return consumer
+
+    def unreadable(self: ControlWatch, topic_name: str) -> None:
+        raise RuntimeError(f"{topic_name}: not readable")
+
+    monkeypatch.setattr(alert_sender, "consumer", recorded(alert_sender.consumer))
+    monkeypatch.setattr(control_watch, "consumer", recorded(control_watch.consumer))
+    monkeypatch.setattr(ControlWatch, "_catch_up", unreadable)
+    with pytest.raises(RuntimeError, match="not readable"):
+        AlertSender(kafka.bootstrap, lambda k: topic(k, topics), CODEC,
+                    SenderConfig("http://127.0.0.1:9"), f"{topics}alert-sender")
+    assert len(opened) == 2  # the sender's and its pause switch's
+    for c in opened:
+        with pytest.raises(RuntimeError, match="closed"):
+            c.assignment()
