@@ -364,50 +364,31 @@ def prepared(path: DecisionPath, records: Sequence[InRecord], batch_size: int = 
     """The batches of ``records`` through intake and features
     (:meth:`DecisionPath.prepare`, over a state of its own), in order: here, or
     with ``workers`` 2 or more (and a platform that forks) in a child process
-    that keeps a few batches ahead of the caller, while this one scans the
-    records for repeats (:func:`_marked`). A child that fails or dies raises
-    here, with its traceback or its exit code."""
+    that keeps a few batches ahead of the caller. A child that fails or dies
+    raises here, with its traceback or its exit code."""
     chunks = range(0, len(records), batch_size)
     if workers < 2 or len(chunks) < 2 or not _CAN_FORK:
-        again = _repeated(path.codec, records)
-        return (_unasked(b, again) for b in _prepare_here(path, records, batch_size))
+        return _prepare_here(path, records, batch_size)
     ctx = multiprocessing.get_context("fork")  # the records and path, not pickled
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_prepare_all, args=(path, records, batch_size, sender),
                         name="tripwire-backtest-features", daemon=True)
     child.start()  # now: before the caller starts threads or children of its own
     sender.close()
-    # the scan for repeats, here and meanwhile: the feature process starts at once
-    scan = ThreadPoolExecutor(1, thread_name_prefix="backtest-repeats")
-    repeated = scan.submit(_repeated, path.codec, records)
-    scan.shutdown(wait=False)
-    return _marked(_received(child, receiver, len(chunks)), repeated)
+    return _received(child, receiver, len(chunks))
 
 
 def _prepare_here(path: DecisionPath, records: Sequence[InRecord],
                   batch_size: int) -> Iterator[Prepared]:
     state = OneLogState(path.name, list(PREPARE_STORES))
+    again = _repeated(path.codec, records)
     for i in range(0, len(records), batch_size):
         batch = path.prepare(records[i:i + batch_size], _now_ms(), state)
         state.batch_done()
+        batch.unasked = frozenset(
+            n for n, (tp, a, values, _) in enumerate(batch.items)
+            if values is not None and isinstance(a, Admitted) and a.identity not in again)
         yield batch
-
-
-def _unasked(batch: Prepared, again: set[str]) -> Prepared:
-    """``batch`` with its fresh events that no record repeats (``again``: the
-    identities some record repeats) marked: their decisions need not be kept."""
-    batch.unasked = frozenset(
-        n for n, (tp, a, values, _) in enumerate(batch.items)
-        if values is not None and isinstance(a, Admitted) and a.identity not in again)
-    return batch
-
-
-def _marked(batches: Iterator[Prepared], again: Future[set[str]]) -> Iterator[Prepared]:
-    """The batches, marked (:func:`_unasked`) once the scan for repeats is done;
-    until then none is: every decision is kept, more than needed, never less. The
-    decisions are the same either way."""
-    for batch in batches:
-        yield _unasked(batch, again.result()) if again.done() else batch
 
 
 def _repeated(codec: AvroCodec, records: Sequence[InRecord]) -> set[str]:

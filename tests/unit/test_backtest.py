@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -208,45 +207,6 @@ def test_a_replay_state_is_written_back_only_when_its_cache_is_full(
             assert len(cache) <= 50 + 64 * 6 and len(list(store.items(b""))) > 1000
         else:  # nothing written back: all of it held decoded
             assert len(cache) > 1000 and not list(store.items(b""))
-
-
-def test_a_replay_whose_scan_for_repeats_ends_late_decides_the_same(
-        day: tuple[list[InRecord], Labels], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over two processes the scan for repeats runs beside the feature process; the
-    batches decided before it ends keep every decision (none known unasked), the
-    later ones only those asked again: the decisions, repeats included, are the
-    one-process replay's."""
-    from tripwire.streams import backtest as module
-
-    records, labels = day
-    one = backtest(ControlSet.from_dir(), records, codec=CODEC, labels=labels, batch_size=64)
-    decided, marked = threading.Event(), {"batches": 0}
-    original_scan, original_decide = module._repeated, DecisionPath.decide
-    original_unasked = module._unasked
-
-    def late_scan(*args: Any) -> set[str]:
-        assert decided.wait(60), "no batch decided"
-        return original_scan(*args)
-
-    def decide(self: DecisionPath, *args: Any, **kwargs: Any) -> Any:
-        out = original_decide(self, *args, **kwargs)
-        decided.set() if sum(o.topic_key == "decisions" for o in out) else None
-        return out
-
-    def counted(*args: Any) -> Any:
-        marked["batches"] += 1
-        return original_unasked(*args)
-
-    monkeypatch.setattr(module, "_repeated", late_scan)
-    monkeypatch.setattr(DecisionPath, "decide", decide)
-    monkeypatch.setattr(module, "_unasked", counted)
-    two = backtest(ControlSet.from_dir(), records, codec=CODEC, labels=labels, batch_size=64,
-                   workers=2)
-    batches = -(-len(records) // 64)
-    assert 0 < marked["batches"] < batches, (marked, batches)  # some of each
-    assert sum(d["repeat"] for d in two.decisions) >= 10
-    assert [comparable(d) for d in two.decisions] == [comparable(d) for d in one.decisions]
-    assert two.quarantined == one.quarantined
 
 
 def test_the_second_process_is_a_process_and_its_failures_are_raised(
