@@ -96,21 +96,17 @@ class AlertSender:
         self.stats = SenderStats()
         self.consumer = consumer(bootstrap, group, **{"enable.partition.eof": False})
         self.consumer.subscribe([topics("customer_alerts")])
-        try:
+        # a start that fails closes what it opened (see ControlWatch: a consumer
+        # left to the garbage collector can hang the process)
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.consumer.close)
             self.control = ControlWatch(bootstrap, topics("alert_control"), codec,
                                         CONTROL_KEY, config.control_poll_s)
+            undo.callback(self.control.close)
             self.producer = producer(bootstrap, **{
                 "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
             self.producer.init_transactions(30)
-        except BaseException:
-            # closed here, not left to the garbage collector: librdkafka's destroy of
-            # a consumer never closed can hang the process (seen: its main thread
-            # spinning after a failed start)
-            with contextlib.suppress(RuntimeError):
-                self.consumer.close()
-            if hasattr(self, "control"):
-                self.control.close()
-            raise
+            undo.pop_all()
         self.http = httpx.Client(timeout=config.timeout_s)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="alert-send")
 

@@ -146,7 +146,6 @@ def test_an_alert_the_gateway_refuses_goes_to_the_dead_letters_with_the_reason(
         gw.close()
 
 
-
 def test_a_sender_that_fails_to_start_closes_the_consumers_it_opened(
         kafka: KafkaCluster, topics: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A start that fails (the pause switch unreadable: a topic whose leader has not
