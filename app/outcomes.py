@@ -185,7 +185,7 @@ def alerts_status() -> None:
 
     from tripwire.connectors.control_watch import CONTROL_KEY, paused_state
     from tripwire.connectors.events import read_to_end
-    from tripwire.connectors.kafka import consumer
+    from tripwire.connectors.kafka import consumer, watermarks
 
     ctx = _Context()
     pause = None
@@ -198,7 +198,7 @@ def alerts_status() -> None:
         parts = [TopicPartition(name, p) for p in c.list_topics(name, timeout=30)
                  .topics[name].partitions]
         done = {t.partition: t.offset for t in c.committed(parts, timeout=30)}
-        waiting = sum(c.get_watermark_offsets(tp, timeout=30)[1] - max(done[tp.partition], 0)
+        waiting = sum(watermarks(c, tp)[1] - max(done[tp.partition], 0)
                       for tp in parts)
     finally:
         c.close()

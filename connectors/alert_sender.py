@@ -45,7 +45,7 @@ from confluent_kafka import Message, TopicPartition
 
 from tripwire.connectors.control_watch import CONTROL_KEY, ControlWatch
 from tripwire.connectors.http_post import post_until_taken
-from tripwire.connectors.kafka import consumer, producer, serve_batches
+from tripwire.connectors.kafka import closed_on_failure, consumer, producer, serve_batches
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
 __all__ = ["DELIVERY_SCHEMA", "AlertSender", "SenderConfig",
@@ -96,17 +96,14 @@ class AlertSender:
         self.stats = SenderStats()
         self.consumer = consumer(bootstrap, group, **{"enable.partition.eof": False})
         self.consumer.subscribe([topics("customer_alerts")])
-        # a start that fails closes what it opened (see ControlWatch: a consumer
-        # left to the garbage collector can hang the process)
-        with contextlib.ExitStack() as undo:
-            undo.callback(self.consumer.close)
+        # a start that fails closes what it opened (kafka.closed_on_failure)
+        with closed_on_failure(self.consumer):
             self.control = ControlWatch(bootstrap, topics("alert_control"), codec,
                                         CONTROL_KEY, config.control_poll_s)
-            undo.callback(self.control.close)
-            self.producer = producer(bootstrap, **{
-                "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
-            self.producer.init_transactions(30)
-            undo.pop_all()
+            with closed_on_failure(self.control.consumer):
+                self.producer = producer(bootstrap, **{
+                    "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
+                self.producer.init_transactions(30)
         self.http = httpx.Client(timeout=config.timeout_s)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="alert-send")
 

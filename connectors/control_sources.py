@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from tripwire.connectors.kafka import consumer
+from tripwire.connectors.kafka import closed_on_failure, consumer
 from tripwire.controls.plane import RELEASE_SCHEMA, ReleaseSource, release
 from tripwire.schemas.codec import AvroCodec
 
@@ -33,12 +33,14 @@ class TopicSource:
         self.topic = topic_name
         self.consumer = consumer(bootstrap, f"tripwire-controls-{uuid.uuid4().hex[:12]}",
                                  **{"enable.auto.commit": False})
-        md = self.consumer.list_topics(topic_name, timeout=30)
-        parts = md.topics[topic_name].partitions if topic_name in md.topics else {}
-        if not parts:
-            raise RuntimeError(f"controls topic {topic_name} does not exist; run "
-                               "`tripwire topics create` first")
-        self.consumer.assign([TopicPartition(topic_name, p, OFFSET_BEGINNING) for p in parts])
+        with closed_on_failure(self.consumer):
+            md = self.consumer.list_topics(topic_name, timeout=30)
+            parts = md.topics[topic_name].partitions if topic_name in md.topics else {}
+            if not parts:
+                raise RuntimeError(f"controls topic {topic_name} does not exist; run "
+                                   "`tripwire topics create` first")
+            self.consumer.assign([TopicPartition(topic_name, p, OFFSET_BEGINNING)
+                                  for p in parts])
 
     def poll(self) -> list[dict[str, Any]]:
         """The releases read since the last call. A record that is not a readable

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from tripwire.connectors.kafka import consumer, settled
+from tripwire.connectors.kafka import closed_on_failure, consumer, watermarks
 from tripwire.schemas.codec import AvroCodec
 
 __all__ = ["CONTROL_KEY", "ControlWatch", "paused_state", "sink_control_key"]
@@ -51,13 +51,8 @@ class ControlWatch:
         self.consumer = consumer(bootstrap, f"tripwire-control-{uuid.uuid4().hex[:8]}",
                                  **{"enable.auto.commit": False,
                                     "fetch.wait.max.ms": max(10, int(poll_s * 500))})
-        try:
+        with closed_on_failure(self.consumer):
             self._catch_up(topic_name)
-        except BaseException:
-            # closed here: a consumer left to the garbage collector can hang the
-            # process in librdkafka's destroy (seen: its main thread spinning)
-            self.close()
-            raise
 
     def _catch_up(self, topic_name: str) -> None:
         # one key: its records on one partition, in order
@@ -66,18 +61,13 @@ class ControlWatch:
         self.consumer.assign(tps)
         # the switch as it is now, before the first delivery: read to the end (a
         # topic just made may not have its leader yet: asked again while it settles)
-        ends = {tp.partition: self._end(tp) for tp in tps}
+        ends = {tp.partition: watermarks(self.consumer, tp)[1] for tp in tps}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             self.read(force=True)
             pos = {tp.partition: tp.offset for tp in self.consumer.position(tps)}
             if all(end <= 0 or pos[p] >= end for p, end in ends.items()):
                 break
-
-    def _end(self, tp: TopicPartition) -> int:
-        def ask() -> int:
-            return int(self.consumer.get_watermark_offsets(tp, timeout=30)[1])
-        return settled(ask, f"the end of {tp.topic}[{tp.partition}]", 30.0)
 
     def read(self, force: bool = False) -> None:
         now = time.monotonic()

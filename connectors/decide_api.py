@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -66,7 +66,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tripwire.connectors.http_ingest import Signed, _problem
-from tripwire.connectors.kafka import consume_available, consumer, settled
+from tripwire.connectors.kafka import (
+    closed_on_failure,
+    consume_available,
+    consumer,
+    settled,
+    watermarks,
+)
 from tripwire.connectors.sdk import InvalidEvent, TripwireProducer
 from tripwire.controls.decider import DECISION_SCHEMA
 from tripwire.controls.standin import (
@@ -108,22 +114,26 @@ class _Replies:
     from its end when the worker starts; a waiter is woken with its decision."""
 
     def __init__(self, bootstrap: str, name: str, codec: AvroCodec) -> None:
-        self.name, self.codec = name, codec
-        self.consumer = consumer(bootstrap, f"tripwire-decide-replies-{uuid.uuid4().hex[:12]}",
-                                 **{"fetch.wait.max.ms": 50, "enable.partition.eof": False})
+        self.bootstrap, self.name, self.codec = bootstrap, name, codec
+        self.consumer: Consumer  # made when the app starts (assign), closed by run
         self.keys: dict[bytes, int] = {}  # entity key -> waiters
         self.waiting: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self.lock = threading.Lock()
 
     def assign(self) -> None:
-        md = self.consumer.list_topics(self.name, timeout=30).topics[self.name]
-        if md.error is not None:
-            raise RuntimeError(f"{self.name}: {md.error}")
-        # explicit offsets: a decision written before the first fetch is not missed
-        tps = []
-        for p in md.partitions:
-            tps.append(TopicPartition(self.name, p, _watermarks(self.consumer, self.name, p)[1]))
-        self.consumer.assign(tps)
+        """Opens the consumer at the topic's end (closed again if that fails)."""
+        self.consumer = consumer(self.bootstrap,
+                                 f"tripwire-decide-replies-{uuid.uuid4().hex[:12]}",
+                                 **{"fetch.wait.max.ms": 50, "enable.partition.eof": False})
+        with closed_on_failure(self.consumer):
+            md = self.consumer.list_topics(self.name, timeout=30).topics[self.name]
+            if md.error is not None:
+                raise RuntimeError(f"{self.name}: {md.error}")
+            # explicit offsets: a decision written before the first fetch is not missed
+            tps = [TopicPartition(self.name, p) for p in md.partitions]
+            for tp in tps:
+                tp.offset = watermarks(self.consumer, tp)[1]
+            self.consumer.assign(tps)
 
     def watch(self, key: bytes, identity: str,
               wake: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
@@ -175,10 +185,9 @@ class _Book:
     transactions, and a reconcile stage's open transaction must not hold them up."""
 
     def __init__(self, bootstrap: str, name: str, codec: AvroCodec, remember_s: int) -> None:
-        self.name, self.codec, self.remember_ms = name, codec, remember_s * 1000
-        self.consumer = consumer(bootstrap, f"tripwire-decide-answers-{uuid.uuid4().hex[:12]}",
-                                 **{"fetch.wait.max.ms": 50,
-                                    "isolation.level": "read_uncommitted"})
+        self.bootstrap, self.name, self.codec = bootstrap, name, codec
+        self.remember_ms = remember_s * 1000
+        self.consumer: Consumer  # made when the app starts (assign), closed by run
         self.first: dict[str, dict[str, Any]] = {}  # reference -> its first answer
         self._order: deque[tuple[int, str]] = deque()  # (answered_at, reference)
         self.position: dict[int, int] = {}  # partition -> next offset to read
@@ -188,21 +197,28 @@ class _Book:
         self.lock = threading.Lock()
 
     def assign(self, now_ms: int) -> None:
-        md = self.consumer.list_topics(self.name, timeout=30).topics[self.name]
-        if md.error is not None:
-            raise RuntimeError(f"{self.name}: {md.error}")
-        since = [TopicPartition(self.name, p, now_ms - self.remember_ms) for p in md.partitions]
-        starts = settled(lambda: self.consumer.offsets_for_times(since, timeout=30),
-                         f"{self.name}'s offsets by time", 30.0)
-        tps = []
-        for tp in starts:
-            low, high = _watermarks(self.consumer, self.name, tp.partition)
-            start = high if tp.offset < 0 else max(tp.offset, low)
-            self.position[tp.partition] = start
-            if high > start:
-                self._until[tp.partition] = high
-            tps.append(TopicPartition(self.name, tp.partition, start))
-        self.consumer.assign(tps)
+        """Opens the consumer ``remember_s`` back (closed again if that fails)."""
+        self.consumer = consumer(self.bootstrap,
+                                 f"tripwire-decide-answers-{uuid.uuid4().hex[:12]}",
+                                 **{"fetch.wait.max.ms": 50,
+                                    "isolation.level": "read_uncommitted"})
+        with closed_on_failure(self.consumer):
+            md = self.consumer.list_topics(self.name, timeout=30).topics[self.name]
+            if md.error is not None:
+                raise RuntimeError(f"{self.name}: {md.error}")
+            since = [TopicPartition(self.name, p, now_ms - self.remember_ms)
+                     for p in md.partitions]
+            starts = settled(lambda: self.consumer.offsets_for_times(since, timeout=30),
+                             f"{self.name}'s offsets by time", 30.0)
+            tps = []
+            for tp in starts:
+                low, high = watermarks(self.consumer, TopicPartition(self.name, tp.partition))
+                start = high if tp.offset < 0 else max(tp.offset, low)
+                self.position[tp.partition] = start
+                if high > start:
+                    self._until[tp.partition] = high
+                tps.append(TopicPartition(self.name, tp.partition, start))
+            self.consumer.assign(tps)
         if not self._until:
             self.ready.set()
 
@@ -442,7 +458,8 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         replies.assign()
-        book.assign(int(clock() * 1000))
+        with closed_on_failure(replies.consumer):  # its run, which closes it, is not begun
+            book.assign(int(clock() * 1000))
         threads = [threading.Thread(target=pump, name="decide-delivery-reports", daemon=True),
                    threading.Thread(target=replies.run, args=(stop,), name="decide-replies",
                                     daemon=True),
@@ -466,13 +483,6 @@ def create_app(producer: TripwireProducer, bootstrap: str, config: DecideConfig,
                     lifespan=lifespan)
     app.state.replies, app.state.book, app.state.metrics = replies, book, metrics
     return app
-
-
-def _watermarks(c: Any, name: str, partition: int) -> tuple[int, int]:
-    tp = TopicPartition(name, partition)
-    marks: tuple[int, int] = settled(lambda: c.get_watermark_offsets(tp, timeout=30),
-                                     f"{name}[{partition}]", 30.0)
-    return marks
 
 
 def _settle_from_thread(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any],
@@ -510,15 +520,23 @@ class Served:
 
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0,
                                                     log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, name="decide-api", daemon=True)
+        self.exit_code: int | str | None = None  # uvicorn's, when its start failed
+        self.thread = threading.Thread(target=self._run, name="decide-api", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the decide API did not start (its log says why)")
+                raise RuntimeError(f"the decide API did not start (exit {self.exit_code}; "
+                                   "its log says why)")
             time.sleep(0.05)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://{host}:{port}"
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except SystemExit as exc:  # a failed start: uvicorn exits, here only its thread
+            self.exit_code = exc.code
 
     def close(self) -> None:
         self.server.should_exit = True

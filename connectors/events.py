@@ -9,7 +9,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
-from tripwire.connectors.kafka import consume_available, consumer, produce_waiting, producer
+from tripwire.connectors.kafka import (
+    consume_available,
+    consumer,
+    produce_waiting,
+    producer,
+    watermarks,
+)
 from tripwire.schemas.codec import AvroCodec
 
 __all__ = ["DeliveryError", "EventProducer", "read_to_end", "read_topic", "scan"]
@@ -109,7 +115,7 @@ def read_to_end(bootstrap: str, name: str, timeout: float = 60.0,
         md = c.list_topics(name, timeout=10).topics[name]
         ends = {}
         for p in md.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            low, high = watermarks(c, TopicPartition(name, p))
             if high > low:
                 ends[p] = high
         c.assign([TopicPartition(name, p, 0) for p in ends])
@@ -159,7 +165,7 @@ def scan(bootstrap: str, name: str, *, since_ms: int | None = None,
         first.update(starts or {})
         ends: dict[int, int] = {}
         for p in parts:
-            low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            low, high = watermarks(c, TopicPartition(name, p))
             end = high if to_offset is None else min(high, to_offset)
             if ends_out is not None:
                 ends_out[p] = end
@@ -201,7 +207,7 @@ def audit_tail(bootstrap: str, name: str, codec: AvroCodec, timeout: float = 10.
     c = consumer(bootstrap, f"tripwire-audit-tail-{uuid.uuid4().hex[:8]}",
                  **{"enable.partition.eof": True})
     try:
-        low, high = c.get_watermark_offsets(TopicPartition(name, 0), timeout=timeout)
+        low, high = watermarks(c, TopicPartition(name, 0), timeout)
         if high <= low:
             return ""
         c.assign([TopicPartition(name, 0, max(low, high - 50))])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -22,8 +23,9 @@ class TopicShape(Protocol):
     def partitions(self) -> int: ...
     def config(self) -> dict[str, str]: ...
 
-__all__ = ["admin", "answer_producer", "consume_available", "consumer", "create_topics",
-           "delete_topics", "produce_waiting", "producer"]
+__all__ = ["admin", "answer_producer", "closed_on_failure", "consume_available", "consumer",
+           "create_topics", "delete_topics", "produce_waiting", "producer", "settled",
+           "watermarks"]
 
 logger = logging.getLogger(__name__)
 
@@ -304,3 +306,25 @@ def settled(ask: Callable[[], T], what: str, within_s: float = 60.0,
             meanwhile()
             logger.info("waiting for %s: %s", what, err)
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def closed_on_failure(c: Consumer) -> Iterator[None]:
+    """Closes ``c`` if the block raises, so that a start that fails leaves nothing
+    open: a consumer left to the garbage collector can hang the process for good in
+    librdkafka's destroy (seen: the main thread joining, ``rdk:main`` spinning)."""
+    try:
+        yield
+    except BaseException:
+        c.close()
+        raise
+
+
+def watermarks(c: Consumer, tp: TopicPartition, within_s: float = 30.0,
+               meanwhile: Callable[[], None] = lambda: None) -> tuple[int, int]:
+    """(low, high) offsets of ``tp``, asked again while leadership settles (a topic
+    just made, a broker just restarted): :func:`settled`; each ask waits at most 2 s."""
+    def ask() -> tuple[int, int]:
+        low, high = c.get_watermark_offsets(tp, timeout=min(2.0, within_s))
+        return int(low), int(high)
+    return settled(ask, f"the offsets of {tp.topic}[{tp.partition}]", within_s, meanwhile)

@@ -32,7 +32,7 @@ from confluent_kafka import Message
 
 from tripwire.connectors.control_watch import ControlWatch, sink_control_key
 from tripwire.connectors.http_post import post_until_taken
-from tripwire.connectors.kafka import consumer, serve_batches
+from tripwire.connectors.kafka import closed_on_failure, consumer, serve_batches
 from tripwire.schemas.codec import AvroCodec, DecodeError
 
 __all__ = ["ID_FIELDS", "Sink", "SinkStats"]
@@ -70,12 +70,9 @@ class Sink:
         self.http = httpx.Client(timeout=timeout_s) if webhook else None
         # `tripwire sink pause GROUP`: a sink whose retries misbehave (a reversal loop
         # hammering a bank system) stops sending, holding where it is, until resumed
-        try:
+        with closed_on_failure(self.consumer):
             self.control = None if control_topic is None else \
                 ControlWatch(bootstrap, control_topic, codec, sink_control_key(group))
-        except BaseException:  # closed, not left to the garbage collector (AlertSender)
-            self.consumer.close()
-            raise
 
     def run(self, stop: threading.Event, idle_exit: float | None = None) -> SinkStats:
         try:

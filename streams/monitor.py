@@ -56,7 +56,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from tripwire.connectors.events import read_to_end
-from tripwire.connectors.kafka import consume_available, consumer, producer
+from tripwire.connectors.kafka import closed_on_failure, consume_available, consumer, producer
 from tripwire.controls.actions import OPS_ALERT_SCHEMA
 from tripwire.controls.monitor import (
     EMERGENCY_ID,
@@ -250,7 +250,8 @@ class MonitorLoop:
         self._advanced = 0  # the watermark the tripwires were last advanced to
         self._last_txn = time.monotonic()
         self.gauges: dict[str, Any] = {}
-        self._restore()
+        with closed_on_failure(self.consumer):
+            self._restore()
 
     # -- restore ---------------------------------------------------------------------
     def _restore(self) -> None:

@@ -18,7 +18,7 @@ from confluent_kafka import (
 )
 
 from tripwire.connectors.kafka import consumer as make_consumer
-from tripwire.connectors.kafka import settled
+from tripwire.connectors.kafka import settled, watermarks
 from tripwire.schemas.records import TP
 from tripwire.state.manager import StateManager
 from tripwire.streams.processor import Processor
@@ -151,8 +151,7 @@ class Partitions:
         """The changelog's end offset, retrying while leadership settles (a broker
         just restarted) — but not past a stop."""
         what = f"{ctp.topic}[{ctp.partition}]"
-        return int(settled(lambda: c.get_watermark_offsets(ctp, timeout=2)[1], what, timeout,
-                           lambda: self._check_stop(what)))
+        return watermarks(c, ctp, timeout, lambda: self._check_stop(what))[1]
 
     def _committed(self, c: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
         """The group's committed offsets of ``tps``, retrying while its coordinator

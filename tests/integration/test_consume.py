@@ -43,3 +43,32 @@ def test_a_lone_message_is_taken_without_waiting_for_a_full_batch(kafka: KafkaCl
         assert seen == [f"m{i}".encode() for i in range(20)]
     finally:
         c.close()
+
+
+
+def test_the_offsets_of_a_topic_not_yet_led_are_asked_again_until_it_is(
+        kafka: KafkaCluster) -> None:
+    """``watermarks`` on a topic that has no leader yet (a topic just made, a broker
+    just restarted; here one not made yet) asks again until it has one, instead of
+    raising; past its limit the error is raised."""
+    import threading
+
+    from confluent_kafka import KafkaException
+
+    name = f"watermarks-{uuid.uuid4().hex[:8]}"
+    c = consumer(kafka.bootstrap, f"g-{name}")
+    try:
+        with pytest.raises(KafkaException):  # what the client says without the helper
+            c.get_watermark_offsets(TopicPartition(name, 0), timeout=5)
+        with pytest.raises(KafkaException):
+            kafka_clients.watermarks(c, TopicPartition(name, 0), within_s=1.0)
+        maker = threading.Timer(1.5, create_topics, (kafka.bootstrap, "",
+                                                     [TopicSpec(name, name, "test", 1)]))
+        maker.start()
+        asked = []
+        assert kafka_clients.watermarks(c, TopicPartition(name, 0), within_s=30.0,
+                                        meanwhile=lambda: asked.append(1)) == (0, 0)
+        assert asked  # it did wait: the topic came after the first ask
+        maker.join()
+    finally:
+        c.close()

@@ -251,3 +251,31 @@ def test_the_served_api_runs_several_workers_and_counts_them_all(
         client.close()
         api.terminate()
         api.wait(30)
+
+
+def test_an_api_that_fails_to_start_closes_the_readers_it_opened(
+        kafka: KafkaCluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers topic missing: the start fails with the reason, and the decisions
+    reader, opened just before, is closed too (a consumer left to the garbage
+    collector can hang the process in librdkafka's destroy)."""
+    from tripwire.connectors import decide_api
+    from tripwire.streams.topics import create_topics, declared
+
+    create_topics(kafka.bootstrap, namespace, [t for t in declared() if t.key == "decisions"])
+    opened: list[Any] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        opened.append(made(*args, **kwargs))
+        return opened[-1]
+
+    made = decide_api.consumer
+    monkeypatch.setattr(decide_api, "consumer", recorded)
+    config = DecideConfig(KEYS, parse_deadlines("CardPayment=300"),
+                          StandInPolicy.parse(POLICY), worker="w")
+    producer = TripwireProducer(kafka.bootstrap, namespace=namespace, codec=CODEC)
+    with pytest.raises(RuntimeError, match="did not start"):
+        Served(create_app(producer, kafka.bootstrap, config, namespace))
+    assert len(opened) == 2  # the decisions reader and the answers reader
+    for c in opened:
+        with pytest.raises(RuntimeError, match="closed"):
+            c.assignment()
