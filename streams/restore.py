@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 
+# a restore that reads nothing for this long fails its loop, loudly (the broker
+# away for ten minutes); until then it waits: a store short of its changelog would
+# give wrong answers
+RESTORE_PATIENCE_S = 600.0
+
+
 class RestoreStopped(Exception):
     """A restore given up because its loop is stopping."""
 
@@ -175,7 +181,8 @@ class Partitions:
             return 0
         c.assign([ctp])
         n = 0
-        idle_since = time.monotonic()
+        what = f"{ctp.topic}[{ctp.partition}]"
+        moved = told = time.monotonic()
         while True:
             msgs = c.consume(1000, 0.2)
             at_end = False
@@ -184,20 +191,28 @@ class Partitions:
                 if err is None:
                     self.state.apply(store, tp, m.key() or b"", m.value(), m.offset() or 0)
                     n += 1
+                    moved = told = time.monotonic()
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end = True
-                else:
+                    at_end = True  # read committed: the end is the last stable offset
+                elif err.fatal():
                     raise KafkaException(err)
+                else:  # the broker away, a leader moving: the client fetches again
+                    logger.warning("restoring %s: %s; reading on", what, err)
             pos = c.position([ctp])[0].offset
             if at_end or pos >= high:
                 break
-            self._check_stop(f"{ctp.topic}[{ctp.partition}]")
-            if msgs:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > 10:
-                logger.warning("restore of %s stalled at %d/%d (open transaction?)",
-                               ctp.topic, pos, high)
-                break
+            self._check_stop(what)
+            # Nothing read is never taken for the end: the state would be short of
+            # what was committed (a broker away for more than seconds did that).
+            now = time.monotonic()
+            if now - moved > RESTORE_PATIENCE_S:
+                raise KafkaException(KafkaError(
+                    KafkaError._TIMED_OUT, f"restoring {what}: nothing read for "
+                    f"{RESTORE_PATIENCE_S:.0f} s, at {pos} of {high}"))
+            if now - told > 10:
+                told = now
+                logger.warning("restoring %s: nothing read for %.0f s, at %d of %d (the "
+                               "broker away?); waiting", what, now - moved, pos, high)
         c.unassign()
         logger.info("restored %d records of %s[%d]", n, ctp.topic, tp[1])
         return n
