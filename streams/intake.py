@@ -53,6 +53,11 @@ class Admitted:
     repeat: bool = False
     digest: bytes = b""  # of its content (what a repeat must match)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its fields' values (see InRecord.__reduce__)."""
+        return Admitted, (self.kind, self.event, self.identity, self.rec, self.repeat,
+                          self.digest)
+
     @property
     def tagged(self) -> str:
         """The identity with the content's digest (``<identity>#<16 hex>``): what the
