@@ -370,42 +370,24 @@ def prepared(path: DecisionPath, records: Sequence[InRecord], batch_size: int = 
     if workers < 2 or len(chunks) < 2 or not _CAN_FORK:
         return _prepare_here(path, records, batch_size)
     ctx = multiprocessing.get_context("fork")  # the records and path, not pickled
-    # The scan for repeats in a third process, so that it holds up neither the
-    # features nor the decisions (in the parent, a thread of it took the GIL from
-    # the decisions): until it answers, batches remember every decision.
-    # Each process started now, before the caller starts threads or children of its
-    # own; each pipe's sending end held only by its sender, so that a process that
-    # dies is seen (EOF).
-    found, scan_sender = ctx.Pipe(duplex=False)
-    scanner = ctx.Process(target=_scan_all, args=(path.codec, records, scan_sender),
-                          name="tripwire-backtest-scan", daemon=True)
-    scanner.start()
-    scan_sender.close()
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_prepare_all, args=(path, records, batch_size, sender, found),
+    child = ctx.Process(target=_prepare_all, args=(path, records, batch_size, sender),
                         name="tripwire-backtest-features", daemon=True)
-    child.start()
+    child.start()  # now: before the caller starts threads or children of its own
     sender.close()
-    found.close()
-    return _received(child, receiver, len(chunks), scanner)
+    return _received(child, receiver, len(chunks))
 
 
-def _prepare_here(path: DecisionPath, records: Sequence[InRecord], batch_size: int,
-                  repeats: Callable[[], set[str] | None] | None = None) -> Iterator[Prepared]:
-    """``repeats``: the identities carried more than once, once known (None until
-    then: every decision of the batch is remembered); without it, scanned here first."""
+def _prepare_here(path: DecisionPath, records: Sequence[InRecord],
+                  batch_size: int) -> Iterator[Prepared]:
     state = OneLogState(path.name, list(PREPARE_STORES))
-    if repeats is None:
-        scanned = _repeated(path.codec, records)
-        repeats = lambda: scanned  # noqa: E731
+    again = _repeated(path.codec, records)
     for i in range(0, len(records), batch_size):
         batch = path.prepare(records[i:i + batch_size], _now_ms(), state)
         state.batch_done()
-        again = repeats()
-        if again is not None:
-            batch.unasked = frozenset(
-                n for n, (tp, a, values, _) in enumerate(batch.items)
-                if values is not None and isinstance(a, Admitted) and a.identity not in again)
+        batch.unasked = frozenset(
+            n for n, (tp, a, values, _) in enumerate(batch.items)
+            if values is not None and isinstance(a, Admitted) and a.identity not in again)
         yield batch
 
 
@@ -426,41 +408,7 @@ def _repeated(codec: AvroCodec, records: Sequence[InRecord]) -> set[str]:
     return again
 
 
-def _scan_all(codec: AvroCodec, records: Sequence[InRecord], sender: Connection) -> None:
-    """The scan process of :func:`prepared`: the identities carried more than once,
-    pickled; a failure as its traceback (a str)."""
-    try:
-        sender.send_bytes(pickle.dumps(_repeated(codec, records),
-                                       protocol=pickle.HIGHEST_PROTOCOL))
-    except BaseException:  # told to the feature process, which fails with it
-        sender.send_bytes(pickle.dumps(traceback.format_exc()))
-    finally:
-        sender.close()
-
-
-class _Scanned:
-    """What the scan process found, once it has said (None before): never waited for."""
-
-    def __init__(self, found: Connection) -> None:
-        self.found = found
-        self.again: set[str] | None = None
-
-    def __call__(self) -> set[str] | None:
-        if self.again is None and self.found.poll():
-            try:
-                told = pickle.loads(self.found.recv_bytes())
-            except EOFError:
-                raise RuntimeError("the backtest's scan for repeats ended without an "
-                                   "answer") from None
-            if isinstance(told, str):
-                raise RuntimeError(f"the backtest's scan for repeats failed:\n{told}")
-            self.again = told
-            self.found.close()
-        return self.again
-
-
-def _received(child: BaseProcess, receiver: Connection, batches: int,
-              scanner: BaseProcess | None = None) -> Iterator[Prepared]:
+def _received(child: BaseProcess, receiver: Connection, batches: int) -> Iterator[Prepared]:
     def frames() -> Iterator[bytes]:  # read off the decisions' thread (it waits, GIL free)
         with contextlib.suppress(EOFError, OSError):
             while True:
@@ -485,10 +433,6 @@ def _received(child: BaseProcess, receiver: Connection, batches: int,
             child.terminate()
         child.join(5)
         receiver.close()
-        if scanner is not None:  # done long before, unless the replay was short
-            if scanner.is_alive():
-                scanner.terminate()
-            scanner.join(5)
 
 
 def _ahead(items: Iterator[T], depth: int, name: str) -> Iterator[T]:
@@ -527,12 +471,11 @@ _CAN_FORK = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_
 
 
 def _prepare_all(path: DecisionPath, records: Sequence[InRecord], batch_size: int,
-                 sender: Connection, found: Connection) -> None:
-    """The feature process of :func:`prepared`: every batch, pickled, in order, with
-    the scan process's answer once it has come (``found``); a failure as its
-    traceback (a str)."""
+                 sender: Connection) -> None:
+    """The feature process of :func:`prepared`: every batch, pickled, in order; a
+    failure as its traceback (a str)."""
     try:
-        for batch in _prepare_here(path, records, batch_size, _Scanned(found)):
+        for batch in _prepare_here(path, records, batch_size):
             sender.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
     except BaseException:  # told to the parent, which raises it
         sender.send_bytes(pickle.dumps(traceback.format_exc()))
