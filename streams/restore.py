@@ -193,7 +193,10 @@ class Partitions:
                     n += 1
                     moved = told = time.monotonic()
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end = True  # read committed: the end is the last stable offset
+                    # read committed: the end, like the end offset asked for above,
+                    # is the last stable offset - a dead worker's open transaction
+                    # ends a restore at its first record (checked against the broker)
+                    at_end = True
                 elif err.fatal():
                     raise KafkaException(err)
                 else:  # the broker away, a leader moving: the client fetches again
