@@ -87,6 +87,16 @@ def _decisions_until(kafka: KafkaCluster, ns: str, wanted: int, timeout: float,
     return records
 
 
+def _broker_said(kafka: KafkaCluster, lines: int = 40) -> str:
+    """The local broker's last warnings and errors (after a restart, what its
+    transaction and group coordinators did): for a failure's message."""
+    if kafka.local is None or not kafka.local.log_path.exists():
+        return ""
+    said = [line for line in kafka.local.log_path.read_text(errors="replace").splitlines()
+            if " WARN " in line or " ERROR " in line]
+    return "\n--- the broker's last warnings ---\n" + "\n".join(said[-lines:])
+
+
 def _run(workers: list[Worker], kafka: KafkaCluster, ns: str, wanted: int,
          inject: Callable[[int], None]) -> tuple[list[dict[str, Any]], list[Any]]:
     """Start the workers, read decisions until ``wanted`` events are decided
@@ -140,7 +150,8 @@ def test_a_backlog_is_caught_up_exactly_through_a_killed_worker_and_a_broker_res
                      if code != 0)
     # a str message: pytest shortens any other kind of message
     assert all(code == 0 for code, _ in stops), \
-        f"stops {stops}, faults {faults}, timeline {timeline[-20:]}\n{hung or logs}"
+        f"stops {stops}, faults {faults}, timeline {timeline[-20:]}\n{hung or logs}" \
+        f"{_broker_said(kafka)}"
 
     # every event one decision; one sent again after the crash is the same decision
     # (only when this copy was made differs: decided_at, latency_us)
@@ -152,6 +163,9 @@ def test_a_backlog_is_caught_up_exactly_through_a_killed_worker_and_a_broker_res
             again += 1
             differ = {k for k, v in d.items() if seen[k] != v}
             assert differ <= {"decided_at", "latency_us"}, (d["event_id"], differ)
+    undecided = {ev["event_id"] for _, ev in traffic} - set(first)
+    assert not undecided, (f"{len(undecided)} events undecided; faults {faults}; timeline "
+                           f"{timeline[-20:]}\n{logs[-8000:]}{_broker_said(kafka)}")
     assert set(first) == {ev["event_id"] for _, ev in traffic}
     assert not any(d["repeat"] for d in first.values())
     # each poison record quarantined with its reason; its partition kept moving
