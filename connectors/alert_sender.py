@@ -100,7 +100,7 @@ class AlertSender:
         with closed_on_failure(self.consumer):
             self.control = ControlWatch(bootstrap, topics("alert_control"), codec,
                                         CONTROL_KEY, config.control_poll_s)
-            with closed_on_failure(self.control.consumer):
+            with closed_on_failure(self.control):
                 self.producer = producer(bootstrap, **{
                     "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
                 self.producer.init_transactions(30)

@@ -308,15 +308,21 @@ def settled(ask: Callable[[], T], what: str, within_s: float = 60.0,
             time.sleep(0.2)
 
 
+class Closable(Protocol):
+    def close(self) -> Any: ...
+
+
 @contextlib.contextmanager
-def closed_on_failure(c: Consumer) -> Iterator[None]:
-    """Closes ``c`` if the block raises, so that a start that fails leaves nothing
-    open: a consumer left to the garbage collector can hang the process for good in
-    librdkafka's destroy (seen: the main thread joining, ``rdk:main`` spinning)."""
+def closed_on_failure(c: Closable) -> Iterator[None]:
+    """Closes ``c`` (a consumer, or what holds one) if the block raises, so that a
+    start that fails leaves nothing open: a consumer left to the garbage collector
+    can hang the process for good in librdkafka's destroy (seen: the main thread
+    joining, ``rdk:main`` spinning). The block's error is what is raised."""
     try:
         yield
     except BaseException:
-        c.close()
+        with contextlib.suppress(Exception):
+            c.close()
         raise
 
 

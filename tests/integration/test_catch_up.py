@@ -166,7 +166,7 @@ def test_a_backlog_is_caught_up_exactly_through_a_killed_worker_and_a_broker_res
     undecided = {ev["event_id"] for _, ev in traffic} - set(first)
     assert not undecided, (f"{len(undecided)} events undecided; faults {faults}; timeline "
                            f"{timeline[-20:]}\n{logs[-8000:]}{_broker_said(kafka)}")
-    assert set(first) == {ev["event_id"] for _, ev in traffic}
+    assert not set(first) - {ev["event_id"] for _, ev in traffic}  # none made up
     assert not any(d["repeat"] for d in first.values())
     # each poison record quarantined with its reason; its partition kept moving
     quarantined = {(q["source_topic"], q["original"]): q for q in (
