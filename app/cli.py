@@ -652,7 +652,8 @@ def main() -> None:
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] invalid configuration: {exc}")
         sys.exit(2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # a time on every line: a worker's log is read after the fact, beside the broker's
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tripwire.librdkafka").setLevel(logging.ERROR)
     try:
         app()

@@ -147,7 +147,7 @@ class Feed:
     def _run(self) -> None:
         from confluent_kafka import TopicPartition
 
-        from tripwire.connectors.kafka import consume_available, consumer
+        from tripwire.connectors.kafka import consume_available, consumer, offsets_by_time
 
         c = consumer(self.bootstrap, f"tripwire-dashboard-{uuid.uuid4().hex[:8]}")
         keys = {self.topic_of(k): k for k in TOPICS}
@@ -160,7 +160,7 @@ class Feed:
                     self.errors.append(f"no topic {name}")
                     continue
                 wanted += [TopicPartition(name, p, since) for p in md.partitions]
-            c.assign(c.offsets_for_times(wanted, timeout=10) if wanted else [])
+            c.assign(offsets_by_time(c, wanted) if wanted else [])
             while not self.stop.is_set():
                 for m in consume_available(c, 1000, 0.5):
                     if m.error() is not None or m.value() is None:

@@ -70,7 +70,7 @@ from tripwire.connectors.kafka import (
     closed_on_failure,
     consume_available,
     consumer,
-    settled,
+    offsets_by_time,
     watermarks,
 )
 from tripwire.connectors.sdk import InvalidEvent, TripwireProducer
@@ -208,8 +208,7 @@ class _Book:
                 raise RuntimeError(f"{self.name}: {md.error}")
             since = [TopicPartition(self.name, p, now_ms - self.remember_ms)
                      for p in md.partitions]
-            starts = settled(lambda: self.consumer.offsets_for_times(since, timeout=30),
-                             f"{self.name}'s offsets by time", 30.0)
+            starts = offsets_by_time(self.consumer, since)
             tps = []
             for tp in starts:
                 low, high = watermarks(self.consumer, TopicPartition(self.name, tp.partition))

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, Message
 from tripwire.connectors.kafka import (
     consume_available,
     consumer,
+    offsets_by_time,
     produce_waiting,
     producer,
     watermarks,
@@ -159,8 +160,7 @@ def scan(bootstrap: str, name: str, *, since_ms: int | None = None,
         parts = sorted(md.partitions)
         first = {p: max(0, from_offset or 0) for p in parts}
         if since_ms is not None:
-            for tp in c.offsets_for_times([TopicPartition(name, p, since_ms) for p in parts],
-                                          timeout=10):
+            for tp in offsets_by_time(c, [TopicPartition(name, p, since_ms) for p in parts]):
                 first[tp.partition] = tp.offset  # -1: nothing that recent
         first.update(starts or {})
         ends: dict[int, int] = {}

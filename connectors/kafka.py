@@ -326,11 +326,48 @@ def closed_on_failure(c: Closable) -> Iterator[None]:
         raise
 
 
+# a partition or topic the client's metadata does not hold
+UNKNOWN = (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+           KafkaError._UNKNOWN_TOPIC)
+
+
+def refresh_metadata(c: Consumer, topic: str) -> None:
+    """Ask the broker for ``topic``'s metadata now. librdkafka answers offset
+    queries from the metadata it holds and does not ask again by itself: a
+    client whose first metadata came from a broker shutting down held a topic
+    with no partitions, and "Unknown partition" for every ask, until it was
+    asked for (seen after a broker restart: a restore failed after 60 s of it;
+    tests/integration/test_consume.py)."""
+    with contextlib.suppress(KafkaException):
+        c.list_topics(topic, timeout=2)
+
+
 def watermarks(c: Consumer, tp: TopicPartition, within_s: float = 30.0,
                meanwhile: Callable[[], None] = lambda: None) -> tuple[int, int]:
     """(low, high) offsets of ``tp``, asked again while leadership settles (a topic
     just made, a broker just restarted): :func:`settled`; each ask waits at most 2 s."""
     def ask() -> tuple[int, int]:
-        low, high = c.get_watermark_offsets(tp, timeout=min(2.0, within_s))
+        try:
+            low, high = c.get_watermark_offsets(tp, timeout=min(2.0, within_s))
+        except KafkaException as exc:
+            if exc.args[0].code() in UNKNOWN:
+                refresh_metadata(c, tp.topic)
+            raise
         return int(low), int(high)
     return settled(ask, f"the offsets of {tp.topic}[{tp.partition}]", within_s, meanwhile)
+
+
+def offsets_by_time(c: Consumer, tps: list[TopicPartition], within_s: float = 30.0,
+                    meanwhile: Callable[[], None] = lambda: None) -> list[TopicPartition]:
+    """The earliest offset of each partition whose record time is at least its
+    ``offset`` field (-1: none that recent), asked again while the cluster settles
+    (:func:`settled`), the topics' metadata refreshed after "unknown partition"."""
+    def ask() -> list[TopicPartition]:
+        try:
+            return list(c.offsets_for_times(tps, timeout=min(10.0, within_s)))
+        except KafkaException as exc:
+            if exc.args[0].code() in UNKNOWN:
+                for name in sorted({tp.topic for tp in tps}):
+                    refresh_metadata(c, name)
+            raise
+    return settled(ask, "offsets by time", within_s, meanwhile)

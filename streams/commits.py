@@ -24,6 +24,7 @@ from tripwire.streams.processor import Processor
 from tripwire.streams.tally import Tally
 from tripwire.streams.txn import (
     COMMIT_STUCK_S,
+    OFFSETS_STUCK_S,
     TXN_CALL_S,
     _Chunk,
     _Committer,
@@ -57,6 +58,7 @@ class Commits:
     _chunk: _Chunk
     _inflight: Future[bool] | None
     _inflight_since: float
+    _inflight_chunk: _Chunk | None
     _committer: _Committer
     _txn_conf: dict[str, Any]
     _eager_by_key: dict[str, Any]
@@ -132,7 +134,7 @@ class Commits:
             if not chunk.begun:
                 self.producer.begin_transaction()
                 chunk.begun = True
-            self._produce_chunk(chunk, early=True)
+            self._produce_chunk(self.producer, chunk, early=True)
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():
                 raise
@@ -165,6 +167,7 @@ class Commits:
         chunk.eager_upto = self._eager_sent
         self._inflight = self._committer.submit(self._transact, chunk)
         self._inflight_since = time.monotonic()
+        self._inflight_chunk = chunk
 
     def _check_committer(self, wait: bool = False, leaving: set[TP] | None = None) -> bool:
         """Collect the background transaction's result; after an abort, go back to
@@ -173,9 +176,8 @@ class Commits:
         if f is None:
             return True
         started = time.monotonic()
-        stuck_at = self._inflight_since + COMMIT_STUCK_S
         if not (wait or f.done()):
-            if started < stuck_at:
+            if started < self._stuck_at():
                 return True
             return self._unstick(leaving or set())
         try:
@@ -188,6 +190,7 @@ class Commits:
                     break
                 now = time.monotonic()
                 stop_by = self._stopping_by()
+                stuck_at = self._stuck_at()
                 limit = stuck_at if stop_by is None else \
                     min(stuck_at, max(stop_by, started + 0.1))  # past the stop: a glance
                 if now >= limit:
@@ -199,13 +202,27 @@ class Commits:
                     continue
         finally:
             self.stats.wait_seconds += time.monotonic() - started
-        self._inflight = None
+        self._inflight = self._inflight_chunk = None
         if not ok:
             if self._stopping_by() is None:
                 self._recover(leaving or set())
             else:
                 self._abandon()
         return ok
+
+    def _stuck_at(self) -> float:
+        """When the commit under way is given up (monotonic clock): COMMIT_STUCK_S
+        after it started, or OFFSETS_STUCK_S after it began adding the input
+        offsets. That call never takes seconds with the broker answering, and is
+        where librdkafka hangs after a broker restart (a group coordinator it
+        dropped while the broker was away is never looked up again: librdkafka
+        #5511); a new producer looks it up afresh. Measured in the catch-up test:
+        every broker restart left one or two loops there for the whole 30 s."""
+        at = self._inflight_since + COMMIT_STUCK_S
+        chunk = self._inflight_chunk
+        if chunk is not None and chunk.offsets_since is not None:
+            at = min(at, chunk.offsets_since + OFFSETS_STUCK_S)
+        return at
 
     def _abandon(self) -> None:
         """Stopping after a commit failed or was given up: nothing is read again
@@ -222,11 +239,15 @@ class Commits:
         timeout, once the group coordinator's broker went away and came back
         (librdkafka #5456, #5511): a worker then stopped committing after a broker
         restart and could not be stopped. Returns False (nothing committed)."""
-        self._inflight = None
+        chunk, self._inflight, self._inflight_chunk = self._inflight_chunk, None, None
+        if chunk is not None:
+            chunk.given_up = True  # its thread gives up too, once librdkafka lets it go
         self._committer = _Committer(f"{self.processor.name}-commit")
         stopping = self._stopping_by() is not None
-        logger.error("a commit did not finish in %.0f s (the broker away, or a client that "
-                     "lost its coordinator): %s", COMMIT_STUCK_S,
+        logger.error("%s: a commit did not finish in %.0f s (the broker away, or a client "
+                     "that lost its coordinator; it was %s): %s", self.processor.name,
+                     time.monotonic() - self._inflight_since,
+                     chunk.phase if chunk is not None else "not started",
                      "abandoned - its inputs are read again by their next owner" if stopping
                      else "starting over from the last commit with a new producer")
         if stopping:
@@ -253,11 +274,15 @@ class Commits:
         started = time.monotonic()
         producer = self.producer
         phases = self.stats.commit_phases
+
+        def until() -> float | None:  # a commit given up stops trying at its next return
+            return 0.0 if chunk.given_up else self._stopping_by()
         try:
+            chunk.phase = "waiting for the broker to acknowledge the answers sent before it"
             if not self._eager_acknowledged(chunk.eager_upto, self._wait(30)):
                 if chunk.begun:  # records of the loop's are in it: they go
                     _resuming(lambda: producer.abort_transaction(self._wait(TXN_CALL_S)),
-                              "aborting", until=self._stopping_by)
+                              "aborting", until=until)
                 return False
             t = time.monotonic()
             phases["acks"] += t - started
@@ -265,22 +290,27 @@ class Commits:
                 raise KafkaException(KafkaError(
                     KafkaError._STATE, "producing the transaction's records failed",
                     txn_requires_abort=True))
+            chunk.phase = "producing its records"
             if not chunk.begun:
                 producer.begin_transaction()
                 chunk.begun = True
-            self._produce_chunk(chunk)
+            self._produce_chunk(producer, chunk)
             t2 = time.monotonic()
             phases["produce"] += t2 - t
             if chunk.offsets:
+                chunk.phase = "adding the input offsets (send_offsets_to_transaction)"
+                chunk.offsets_since = time.monotonic()
                 offsets = [TopicPartition(tp, p, off) for (tp, p), off in chunk.offsets.items()]
                 _resuming(lambda: producer.send_offsets_to_transaction(
                     offsets, chunk.group, self._wait(TXN_CALL_S)),
-                    "sending offsets to the transaction", until=self._stopping_by)
+                    "sending offsets to the transaction", until=until)
             t3 = time.monotonic()
             phases["offsets"] += t3 - t2
+            chunk.phase, chunk.offsets_since = "committing (commit_transaction)", None
             _resuming(lambda: producer.commit_transaction(self._wait(TXN_CALL_S)),
-                      "committing", until=self._stopping_by)
+                      "committing", until=until)
             phases["commit"] += time.monotonic() - t3
+            chunk.phase = "done"
             producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
             err = exc.args[0]
@@ -296,7 +326,7 @@ class Commits:
             logger.warning("transaction aborted; reading again from the last commit: %s",
                            err)
             _resuming(lambda: producer.abort_transaction(self._wait(TXN_CALL_S)), "aborting",
-                      until=self._stopping_by)
+                      until=until)
             return False
         finally:
             self.stats.commit_seconds += time.monotonic() - started
@@ -304,12 +334,11 @@ class Commits:
         self.stats.produced.update(chunk.produced)
         return True
 
-    def _produce_chunk(self, chunk: _Chunk, early: bool = False) -> None:
+    def _produce_chunk(self, producer: Any, chunk: _Chunk, early: bool = False) -> None:
         """Produce the chunk's outputs and changelog records not produced yet into
         its open transaction (from the loop's thread while the committer is idle,
         or from the committer's at hand-over: one at a time). ``early``: a key
         already produced into this transaction is kept back for the hand-over."""
-        producer = self.producer
         outputs, chunk.outputs = chunk.outputs, []
         self._send(producer, outputs)
         chunk.produced.update(o.topic_key for o in outputs)

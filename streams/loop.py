@@ -147,6 +147,7 @@ class BatchLoop(Partitions, Commits):
         self._inflight: Future[bool] | None = None
         self._committer = _Committer(f"{processor.name}-commit")
         self._inflight_since = 0.0
+        self._inflight_chunk: _Chunk | None = None
         self._eager_error: KafkaError | None = None
         self._eager_sent = 0  # eager outputs handed to the producer (the loop's thread)
         self._eager_done = 0  # ... and acknowledged or failed (delivery reports)
@@ -402,6 +403,8 @@ class BatchLoop(Partitions, Commits):
         def close() -> None:
             try:
                 self.consumer.close()
+            except RestoreStopped as exc:  # an assignment served while closing: not ours
+                logger.warning("%s; the partition's next owner restores the rest", exc)
             except BaseException as exc:
                 failed.append(exc)
             finally:

@@ -20,8 +20,8 @@ from confluent_kafka import KafkaException
 from tripwire.connectors.kafka import produce_waiting
 from tripwire.schemas.records import TP, OutRecord
 
-__all__ = ["COMMIT_STUCK_S", "HOPS", "TXN_CALL_S", "TXN_RETRY", "TXN_TIMEOUT_MS", "Pending",
-           "send_outputs"]
+__all__ = ["COMMIT_STUCK_S", "HOPS", "OFFSETS_STUCK_S", "TXN_CALL_S", "TXN_RETRY",
+           "TXN_TIMEOUT_MS", "Pending", "send_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ TXN_CALL_S = 5.0
 # coordinator aborts one older than TXN_TIMEOUT_MS anyway; a
 # broker away for longer holds the loop in init_transactions until it is back
 COMMIT_STUCK_S = 30.0
+# ... and one this long in send_offsets_to_transaction (Commits._stuck_at)
+OFFSETS_STUCK_S = 10.0
 HOPS = {"linger.ms": 5, "message.timeout.ms": 0}  # internal records' producer: BatchLoop.__init__
 
 
@@ -91,6 +93,11 @@ class _Chunk:
     begun: bool = False  # its transaction is open, some of its records in it
     failed: bool = False  # producing early failed: the committer aborts it
     produced: Counter[str] = field(default_factory=Counter)  # outputs produced, by topic key
+    # where its commit is (for the message when one is given up): waiting to start,
+    # acknowledgements, producing, offsets, committing, done
+    phase: str = "waiting for the committer"
+    offsets_since: float | None = None  # when it began adding the input offsets
+    given_up: bool = False  # the loop went on without it (Commits._unstick)
 
     def __bool__(self) -> bool:
         return bool(self.begun or self.outputs or self.changes or self.offsets)

@@ -4,6 +4,7 @@ whole timeout, which at low rates added the poll timeout to every hop."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 
@@ -72,3 +73,66 @@ def test_the_offsets_of_a_topic_not_yet_led_are_asked_again_until_it_is(
         maker.join()
     finally:
         c.close()
+
+
+def test_offsets_are_found_by_a_client_that_met_the_broker_shutting_down(
+        kafka: KafkaCluster) -> None:
+    """A client whose first metadata of a topic came from a broker shutting down
+    holds that topic with no partitions, and librdkafka answers every offset query
+    from it, "Unknown partition", without asking the broker again (a restore after a
+    broker restart failed so after 60 s). Clients made every 50 ms around a restart
+    each ask once; afterwards ``watermarks`` and ``offsets_by_time`` answer on all
+    of them, where the plain call still fails on some."""
+    import threading
+
+    from confluent_kafka import Consumer, KafkaError, KafkaException
+
+    if kafka.local is None:
+        pytest.skip("restarts the broker: only one tripwire started")
+    name = f"shutdown-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka.bootstrap, "", [TopicSpec(name, name, "test", partitions=4)])
+    p = producer(kafka.bootstrap)
+    for part in range(4):
+        for i in range(part + 1):
+            p.produce(name, f"v{i}".encode(), b"k", partition=part)
+    assert p.flush(30) == 0
+    tps = [TopicPartition(name, part) for part in range(4)]
+    made: list[Consumer] = []
+
+    def ask_once(c: Consumer) -> None:
+        with contextlib.suppress(KafkaException):
+            c.get_watermark_offsets(tps[0], timeout=2)
+
+    def make(n: int) -> None:
+        for _ in range(n):
+            c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "unused",
+                          "logger": kafka_clients.client_logger})
+            made.append(c)
+            threading.Thread(target=ask_once, args=(c,), daemon=True).start()
+            time.sleep(0.05)
+
+    maker = threading.Thread(target=make, args=(80,))
+    maker.start()
+    time.sleep(0.2)
+    kafka.restart(down_s=2)
+    maker.join()
+    time.sleep(2)  # every first ask answered or given up
+    try:
+        stale = []
+        for c in made:
+            try:
+                c.get_watermark_offsets(tps[0], timeout=2)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._UNKNOWN_PARTITION:
+                    stale.append(c)
+        assert stale, "no client met the broker shutting down: the case was not made"
+        since = [TopicPartition(name, part, 0) for part in range(4)]
+        for c in stale[1::2]:  # every other stale client asks by time first
+            assert [tp.offset for tp in kafka_clients.offsets_by_time(c, since, 20.0)] == \
+                [0] * 4
+        for c in made:
+            assert [kafka_clients.watermarks(c, tp, within_s=20.0)[1] for tp in tps] == \
+                [1, 2, 3, 4]
+    finally:
+        for c in made:
+            c.close()

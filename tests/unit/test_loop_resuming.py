@@ -68,6 +68,7 @@ def test_a_stop_gives_up_a_commit_stuck_in_the_client_at_its_deadline() -> None:
     loop = Loop.__new__(Loop)
     loop._inflight = Future()  # never done
     loop._inflight_since = time.monotonic()
+    loop._inflight_chunk = None
     loop._stop_event, loop._stop_by = threading.Event(), None
     loop.stats, loop._chunk = LoopStats(), _Chunk()
     loop.processor = SimpleNamespace(name="t")  # type: ignore[assignment]
@@ -77,3 +78,44 @@ def test_a_stop_gives_up_a_commit_stuck_in_the_client_at_its_deadline() -> None:
     took = time.monotonic() - started
     assert 0.7 < took < 2.0 < COMMIT_STUCK_S, took
     assert loop.stats.aborted == 1 and loop._inflight is None
+
+
+def test_a_commit_stuck_adding_its_offsets_is_given_up_sooner(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """send_offsets_to_transaction is where librdkafka hangs after a broker restart
+    (#5511): a commit that has sat there for OFFSETS_STUCK_S is given up then, not
+    at COMMIT_STUCK_S; one in another phase waits the whole COMMIT_STUCK_S. Given
+    up, its chunk is marked so that its own thread stops retrying."""
+    import threading
+    import time
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    import tripwire.streams.commits as commits
+    from tripwire.streams.commits import Commits
+    from tripwire.streams.loop import LoopStats
+    from tripwire.streams.txn import COMMIT_STUCK_S, OFFSETS_STUCK_S, _Chunk
+
+    assert OFFSETS_STUCK_S < COMMIT_STUCK_S / 2
+    monkeypatch.setattr(commits, "OFFSETS_STUCK_S", 0.4)
+    loop = Commits.__new__(Commits)
+    loop._stop_event, loop._stop_by = threading.Event(), None
+    loop._inflight = Future()  # never done
+    chunk = loop._inflight_chunk = _Chunk()
+    started = loop._inflight_since = time.monotonic()
+    assert loop._stuck_at() == started + COMMIT_STUCK_S  # acknowledgements, producing
+    assert loop._check_committer() is True  # not stuck yet: the loop goes on
+    chunk.phase, chunk.offsets_since = "adding the input offsets", started + 0.2
+    assert loop._stuck_at() == started + 0.6
+
+    calls: list[set[object]] = []
+    unstick = Commits._unstick
+    monkeypatch.setattr(Commits, "_unstick",
+                        lambda self, leaving: calls.append(leaving) or unstick(self, leaving))
+    loop._stop_event.set()  # given up while stopping: abandoned, no new producer made
+    loop.stats, loop._chunk = LoopStats(), _Chunk()
+    loop.processor = SimpleNamespace(name="t")  # type: ignore[assignment]
+    assert loop._check_committer(wait=True) is False
+    took = time.monotonic() - started
+    assert calls == [set()] and 0.55 < took < 2.0, took
+    assert chunk.given_up and loop._inflight is None and loop.stats.aborted == 1
