@@ -154,6 +154,11 @@ def main(argv: list[str]) -> None:
         m = statistics.median(got)
         paired = statistics.median(g / b for g, b in zip(got, rates[baseline], strict=True))
         print(f"  {name:36} {m:8.0f} events/s  {m / base:4.2f}x  {paired:4.2f}x")
+    print("each round's ratio to its own baseline:")
+    for name, got in rates.items():
+        if name != baseline:
+            print(f"  {name:36} " + " ".join(
+                f"{g / b:.2f}" for g, b in zip(got, rates[baseline], strict=True)))
     same = digests[baseline] == today
     print(f"decisions: today's ways identical; {against}'s "
           f"{'identical too' if same else 'differ (its code decides otherwise)'}")

@@ -314,6 +314,9 @@ class Commits:
             producer.poll(0)  # serve delivery reports: changelog offsets
         except KafkaException as exc:
             err = exc.args[0]
+            if chunk.given_up:  # the loop went on without it (a new producer fenced this one)
+                logger.info("a commit given up ended: %s", err)
+                return False
             if self._stopping_by() is not None and not err.fatal():
                 logger.warning("stopping: the last commit could not be made in time (%s); "
                                "abandoned - its inputs are read again by their next owner",
