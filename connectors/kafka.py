@@ -24,8 +24,8 @@ class TopicShape(Protocol):
     def config(self) -> dict[str, str]: ...
 
 __all__ = ["admin", "answer_producer", "closed_on_failure", "consume_available", "consumer",
-           "create_topics", "delete_topics", "produce_waiting", "producer", "settled",
-           "watermarks"]
+           "create_topics", "delete_topics", "offsets_by_time", "produce_waiting", "producer",
+           "settled", "watermarks"]
 
 logger = logging.getLogger(__name__)
 
@@ -331,15 +331,26 @@ UNKNOWN = (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
            KafkaError._UNKNOWN_TOPIC)
 
 
-def refresh_metadata(c: Consumer, topic: str) -> None:
-    """Ask the broker for ``topic``'s metadata now. librdkafka answers offset
-    queries from the metadata it holds and does not ask again by itself: a
-    client whose first metadata came from a broker shutting down held a topic
-    with no partitions, and "Unknown partition" for every ask, until it was
-    asked for (seen after a broker restart: a restore failed after 60 s of it;
-    tests/integration/test_consume.py)."""
-    with contextlib.suppress(KafkaException):
-        c.list_topics(topic, timeout=2)
+def _refreshing(c: Consumer, topics: Iterable[str], ask: Callable[[], T]) -> Callable[[], T]:
+    """``ask``, which after an error of :data:`UNKNOWN` first asks the broker for
+    the topics' metadata, then raises (for :func:`settled` to ask again).
+    librdkafka answers offset queries from the metadata it holds and does not ask
+    again by itself: a client whose first metadata came from a broker shutting
+    down held a topic with no partitions, and "Unknown partition" for every ask,
+    until it was asked for (seen after a broker restart: a restore failed after
+    60 s of it; tests/integration/test_consume.py)."""
+    names = sorted(set(topics))
+
+    def asked() -> T:
+        try:
+            return ask()
+        except KafkaException as exc:
+            if exc.args[0].code() in UNKNOWN:
+                for name in names:
+                    with contextlib.suppress(KafkaException):
+                        c.list_topics(name, timeout=2)
+            raise
+    return asked
 
 
 def watermarks(c: Consumer, tp: TopicPartition, within_s: float = 30.0,
@@ -347,27 +358,18 @@ def watermarks(c: Consumer, tp: TopicPartition, within_s: float = 30.0,
     """(low, high) offsets of ``tp``, asked again while leadership settles (a topic
     just made, a broker just restarted): :func:`settled`; each ask waits at most 2 s."""
     def ask() -> tuple[int, int]:
-        try:
-            low, high = c.get_watermark_offsets(tp, timeout=min(2.0, within_s))
-        except KafkaException as exc:
-            if exc.args[0].code() in UNKNOWN:
-                refresh_metadata(c, tp.topic)
-            raise
+        low, high = c.get_watermark_offsets(tp, timeout=min(2.0, within_s))
         return int(low), int(high)
-    return settled(ask, f"the offsets of {tp.topic}[{tp.partition}]", within_s, meanwhile)
+    return settled(_refreshing(c, [tp.topic], ask),
+                   f"the offsets of {tp.topic}[{tp.partition}]", within_s, meanwhile)
 
 
 def offsets_by_time(c: Consumer, tps: list[TopicPartition], within_s: float = 30.0,
                     meanwhile: Callable[[], None] = lambda: None) -> list[TopicPartition]:
     """The earliest offset of each partition whose record time is at least its
     ``offset`` field (-1: none that recent), asked again while the cluster settles
-    (:func:`settled`), the topics' metadata refreshed after "unknown partition"."""
+    (:func:`settled`, :func:`_refreshing`)."""
     def ask() -> list[TopicPartition]:
-        try:
-            return list(c.offsets_for_times(tps, timeout=min(10.0, within_s)))
-        except KafkaException as exc:
-            if exc.args[0].code() in UNKNOWN:
-                for name in sorted({tp.topic for tp in tps}):
-                    refresh_metadata(c, name)
-            raise
-    return settled(ask, "offsets by time", within_s, meanwhile)
+        return list(c.offsets_for_times(tps, timeout=min(10.0, within_s)))
+    return settled(_refreshing(c, (tp.topic for tp in tps), ask), "offsets by time",
+                   within_s, meanwhile)
