@@ -180,10 +180,7 @@ class Decider:
                 "control_id": r.control_id, "control_version": r.version, "stage": r.stage,
                 "mode": r.mode, "tier": tiers.get(r.control_id, 1),
                 "inputs_json": r.inputs_json or orjson.dumps(r.inputs, default=repr).decode(),
-                "output_json": None if r.error else orjson.dumps(
-                    {"signal": r.signal, "score": r.score, "reason": r.reason} if r.stage ==
-                    "DETECTOR" else {"outcome": r.outcome, "actions": list(r.actions),
-                                     "reason": r.reason}).decode(),
+                "output_json": r.output_json,
                 "error": r.error, "duration_us": r.duration_us} for r in results]}
         value = b"" if self.records_only else self.codec.encode(EXECUTION_SCHEMA, record)
         return [OutRecord("control_executions", event_id.encode(), value, meta=(

@@ -67,7 +67,7 @@ from tripwire.controls.results import (
     most_severe,
 )
 
-__all__ = ["CONTROL_STAGES", "LIBRARY", "MODES", "Control", "ControlSet", "load_dir"]
+__all__ = ["CONTROL_STAGES", "LIBRARY", "MODES", "Control", "ControlSet", "load_dir", "pick"]
 
 MODES = ("ACTIVE", "SHADOW", "CANARY")
 CONTROL_STAGES = ("DETECTOR", "ACTION", "SELECTION")  # the order they run in
@@ -127,8 +127,10 @@ def literals(source: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _pick(values: Mapping[str, Any], names: frozenset[str],
-          memo: dict[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
+def pick(values: Mapping[str, Any], names: frozenset[str],
+         memo: dict[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
+    """The entries of ``values`` named in ``names``; ``memo`` keeps, per shape of
+    ``values``, which those are."""
     # in the order of ``values`` (the schema's): the same JSON in every process (a
     # frozenset's order follows string hashing, which differs between processes).
     # Which of an event type's fields (or features) are wanted is found once.
@@ -291,9 +293,9 @@ class Control:
         """What this control is given: the fields and features it names, and the
         network's own input (detections or proposals)."""
         memo = self._picks
-        given: dict[str, Any] = {"event": _pick(event, self.reads, memo)}
+        given: dict[str, Any] = {"event": pick(event, self.reads, memo)}
         if features is not None:
-            given["features"] = _pick(features, self.reads, memo)
+            given["features"] = pick(features, self.reads, memo)
         if extra:
             given.update(extra)
         return given

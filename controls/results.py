@@ -3,9 +3,13 @@ a failed example; and the outcomes, least to most severe."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from itertools import islice
 from typing import Any
+
+import orjson
 
 __all__ = ["OUTCOMES", "ControlError", "ControlResult", "ExampleFailure", "Verdict",
            "most_severe"]
@@ -49,7 +53,18 @@ class ControlResult:
 
     def values(self) -> tuple[Any, ...]:
         """Its field values in order: it pickles as a third of itself."""
-        return tuple(self.__dict__.values())
+        return tuple(islice(self.__dict__.values(), len(_RESULT_FIELDS)))  # fields come first
+
+    @functools.cached_property
+    def output_json(self) -> str | None:
+        """What it gave, as its execution record carries it (None for a failure): made
+        once for a result given again and again (a remembering set's)."""
+        if self.error:
+            return None
+        return orjson.dumps({"signal": self.signal, "score": self.score, "reason": self.reason}
+                            if self.stage == "DETECTOR" else
+                            {"outcome": self.outcome, "actions": list(self.actions),
+                             "reason": self.reason}).decode()
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(ControlResult))

@@ -27,7 +27,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tripwire.controls.engine import Control, ControlSet
+from tripwire.controls.engine import Control, ControlSet, pick
 from tripwire.controls.results import ControlResult, Verdict
 from tripwire.controls.sandbox import abort_note, ended, limit_memory, start_apart
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 def _serve(conn: Any, sources: list[tuple[str, str, float, frozenset[str]]],
-           stopped: list[str], memory_mb: int, remember: int) -> None:
+           stopped: list[str], memory_mb: int, remember: int, sent_max: int) -> None:
     """The child: cap the address space, compile, answer until told to stop."""
     limit_memory(memory_mb)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a crash's backtrace: the result says it
@@ -47,14 +47,19 @@ def _serve(conn: Any, sources: list[tuple[str, str, float, frozenset[str]]],
                            for cid, src, budget, reads in sources], remember)
     controls.emergency_stop(stopped)
     by_id = controls.by_id()
+    sent: dict[int, tuple[int, ControlResult]] = {}  # see _flat
     conn.send("ready")
     while True:
         msg = conn.recv()
         if msg is None:
             return
         if msg[0] == "events":
-            flat: dict[int, tuple[ControlResult, tuple[Any, ...]]] = {}
-            conn.send([_flat(controls.evaluate(*item), flat) for item in msg[1]])
+            # a remembering set gives the same results again and again: each is sent
+            # once, then by its number, until the table is full; otherwise, once a reply
+            afresh = not remember or len(sent) >= sent_max
+            if afresh:
+                sent.clear()
+            conn.send((afresh, [_flat(controls.evaluate(*item), sent) for item in msg[1]]))
         elif msg[0] == "deferred":
             conn.send([r.values() for r in controls.evaluate_deferred(*msg[1:])])
         else:  # one control: ("call", control id, event, features, entity key, extra)
@@ -62,31 +67,34 @@ def _serve(conn: Any, sources: list[tuple[str, str, float, frozenset[str]]],
             conn.send(by_id[cid].run(event, features, key, **extra))
 
 
-def _flat(v: Verdict, flat: dict[int, tuple[ControlResult, tuple[Any, ...]]]) \
-        -> tuple[Any, ...]:
-    """A verdict as plain tuples: a third of the time to send and rebuild. A result
-    given again (a remembering set's) is the same tuple each time in ``flat``
-    (one batch's, by the result's id, the result kept alive there so that no
-    other takes its id): the reply pickles it once and refers to it."""
-    results = []
+def _flat(v: Verdict, sent: dict[int, tuple[int, ControlResult]]) -> tuple[Any, ...]:
+    """A verdict as plain values: a third of the time to send and rebuild. A result
+    already in ``sent`` (by its id; kept alive there, so that no other takes its id)
+    is sent as its number; a new one as its field values, numbered in the order
+    sent (:func:`_verdict` numbers them alike)."""
+    results: list[Any] = []
     for r in v.results:
-        known = flat.get(id(r))
+        known = sent.get(id(r))
         if known is None:
-            known = flat[id(r)] = (r, r.values())
-        results.append(known[1])
+            sent[id(r)] = (len(sent), r)
+            results.append(r.values())
+        else:
+            results.append(known[0])
     return v.outcome, v.actions, v.reason, results
 
 
-def _verdict(flat: tuple[Any, ...], made: dict[int, ControlResult]) -> Verdict:
-    """The verdict of :func:`_flat`'s tuples; a tuple met again in the same reply
-    (``made``, by its id: the reply keeps its tuples alive) is the same result."""
+def _verdict(flat: tuple[Any, ...], made: list[ControlResult]) -> Verdict:
+    """The verdict of :func:`_flat`'s values; ``made``: the results sent so far (since
+    the child last began afresh), by number."""
     outcome, actions, reason, values = flat
     results = []
     for r in values:
-        result = made.get(id(r))
-        if result is None:
-            result = made[id(r)] = ControlResult.of(r)
-        results.append(result)
+        if r.__class__ is int:
+            results.append(made[r])
+        else:
+            result = ControlResult.of(r)
+            made.append(result)
+            results.append(result)
     return Verdict(outcome, actions, reason, results)
 
 
@@ -102,6 +110,7 @@ class ControlProcess:
     PER_EVENT_S = 0.02  # and this much more per event of a batch
     CALL_S = 1.0  # one control call, when the event is run again control by control
     START_S = 60.0
+    SENT_MAX = 16_384  # results a remembering child refers to by number, at most
 
     def __init__(self, controls: ControlSet, memory_mb: int = 1024) -> None:
         self.memory_mb = memory_mb
@@ -128,10 +137,13 @@ class ControlProcess:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, name="tripwire-controls", daemon=True,
                                  args=(child, sources, sorted(self.controls.stopped),
-                                       self.memory_mb, self.controls.remember))
+                                       self.memory_mb, self.controls.remember,
+                                       self.SENT_MAX))
         start_apart(proc)
         child.close()
         self._proc, self._conn, self._running = proc, parent, self._shape()
+        self._made: list[ControlResult] = []  # the results it sent, by number (_verdict)
+        self._picks: dict[tuple[str, ...], tuple[str, ...]] = {}  # for _only
         try:
             if not parent.poll(self.START_S):
                 raise RuntimeError(f"the control process did not start in {self.START_S:g} s")
@@ -186,29 +198,33 @@ class ControlProcess:
         if not items:
             return []
         try:
-            flats = self._ask(("events", [(t, self._only(e), self._only(f), k)
-                                          for t, e, f, k in items]),
-                              self.EVENT_S + self.PER_EVENT_S * len(items))
-            made: dict[int, ControlResult] = {}
-            return [_verdict(f, made) for f in flats]
+            return self._verdicts(self._ask(("events", [(t, self._only(e), self._only(f), k)
+                                                        for t, e, f, k in items]),
+                                             self.EVENT_S + self.PER_EVENT_S * len(items)))
         except _Lost as lost:
             logger.error("controls on a batch of %d events: %s; each event again",
                          len(items), lost)
         return [self.evaluate(*item) for item in items]
 
+    def _verdicts(self, reply: tuple[bool, list[tuple[Any, ...]]]) -> list[Verdict]:
+        afresh, flats = reply
+        made = self._made
+        if afresh:
+            made.clear()
+        return [_verdict(f, made) for f in flats]
+
     def _only(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The fields (or features) some control can read, in their order: the
         controls are given the same, and the request is half the size."""
-        read = self._read
-        return {k: v for k, v in values.items() if k in read}
+        return pick(values, self._read, self._picks)
 
     def evaluate(self, event_type: str, event: Mapping[str, Any],
                  features: Mapping[str, Any], entity_key: str = "") -> Verdict:
         """:meth:`ControlSet.evaluate` for one event, in the child."""
         try:
-            return _verdict(self._ask(("events", [(event_type, self._only(event),
-                                                   self._only(features), entity_key)]),
-                                      self.EVENT_S)[0], {})
+            return self._verdicts(self._ask(("events", [(event_type, self._only(event),
+                                                        self._only(features), entity_key)]),
+                                            self.EVENT_S))[0]
         except _Lost as lost:
             logger.error("controls on %s %s: %s; run again control by control", event_type,
                          event.get("event_id"), lost)

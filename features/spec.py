@@ -120,6 +120,13 @@ class FeatureSpec:
         return f"{self.name}@{self.version}"
 
     @functools.cached_property
+    def hot(self) -> tuple[str, str, int, int, str, str]:
+        """(name, state key, lateness and window in ms, aggregate, field or ""): what
+        :func:`tripwire.features.window.update` reads of it for every event."""
+        return (self.name, self.state_key, self.lateness_ms, self.window_ms, self.aggregate,
+                self.field or "")
+
+    @functools.cached_property
     def _conditions(self) -> tuple[tuple[str, bool, Any], ...]:
         return tuple((k, isinstance(w, (list, tuple, set, frozenset)),
                       frozenset(w) if isinstance(w, (list, tuple, set, frozenset)) else w)
@@ -130,6 +137,13 @@ class FeatureSpec:
             got = view.get(k)
             if (got not in want) if is_set else (got != want):
                 return False
+        return True
+
+    def matches_type(self, event_type: Any) -> bool:
+        """Whether an event of ``event_type`` can match (its other fields aside)."""
+        for k, is_set, want in self._conditions:
+            if k == "event_type":
+                return (event_type in want) if is_set else (event_type == want)
         return True
 
     def fields_read(self) -> set[str]:

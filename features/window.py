@@ -363,29 +363,30 @@ def _late_note(spec: FeatureSpec, late_by: int) -> str:
 
 
 def update(state: EntityState, specs: Sequence[FeatureSpec], view: Mapping[str, Any],
-           t: int) -> tuple[dict[str, Any], list[str]]:
+           t: int, may_match: Sequence[bool] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Add the event at time ``t`` to ``state`` (in place) and return
-    (values per feature name, notes). Notes report lateness."""
+    (values per feature name, notes). Notes report lateness. ``may_match``: per
+    spec, False where the event cannot match it (its type is not the spec's),
+    known beforehand; None: each spec's filter decides."""
     notes: list[str] = []
     wm = state.get("wm")
     late_by = (wm - t) if wm is not None else 0
     values: dict[str, Any] = {}
     new_wm = t if wm is None else max(wm, t)
-    for spec in specs:
-        lateness, window = spec.lateness_ms, spec.window_ms
+    for i, spec in enumerate(specs):
+        name, state_key, lateness, window, aggregate, field = spec.hot
         late = late_by > lateness
-        column: Column | None = state.get(spec.state_key)
+        column: Column | None = state.get(state_key)
         item = None
-        if not late and spec.matches(view):
-            aggregate = spec.aggregate
-            item = 1 if aggregate in ("count", "since_last") else view.get(spec.field or "")
+        if not late and (may_match is None or may_match[i]) and spec.matches(view):
+            item = 1 if aggregate == "count" or aggregate == "since_last" else view.get(field)
         if column is None:
             if item is None:  # nothing kept, nothing to add: the empty aggregate
-                values[spec.name] = _EMPTY[spec.aggregate]
+                values[name] = _EMPTY[aggregate]
                 if late:
                     notes.append(_late_note(spec, late_by))
                 continue
-            column = state[spec.state_key] = Column()
+            column = state[state_key] = Column()
         if item is not None:
             times = column.times
             if (times and times[-1] >= t) or column.cursors or column.paged \
@@ -397,12 +398,13 @@ def update(state: EntityState, specs: Sequence[FeatureSpec], view: Mapping[str, 
                 column.size += 1
         if late:
             notes.append(_late_note(spec, late_by))
-        values[spec.name] = column.value(
-            spec, t, None if wm is None else wm - lateness - window, item is not None)
+        kept = lateness + window  # how far behind the newest event a bucket counts
+        values[name] = column.value(spec, t, None if wm is None else wm - kept,
+                                    item is not None)
         times = column.times
-        if times and times[0] <= new_wm - lateness - window:
-            column.forget(new_wm - lateness - window)
+        if times and times[0] <= new_wm - kept:
+            column.forget(new_wm - kept)
         if not times and not column.paged:
-            del state[spec.state_key]
+            del state[state_key]
     state["wm"] = new_wm
     return values, notes

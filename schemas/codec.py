@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from tripwire.schemas.registry import AvroSchema, SchemaStore, UnknownSchemaError
+from tripwire.schemas.registry import AvroSchema, SchemaStore, UnknownSchemaError, strip_logical
 
 __all__ = [
     "CONFLUENT_MAGIC",
@@ -131,6 +132,7 @@ class AvroCodec:
     def __init__(self, store: SchemaStore, registry: RegistryFraming | None = None) -> None:
         self.store = store
         self.registry = registry
+        self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any]] = {}  # leading()
 
     @classmethod
     def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
@@ -158,30 +160,76 @@ class AvroCodec:
         return buf.getvalue()
 
     def decode(self, data: bytes | None) -> tuple[AvroSchema, dict[str, Any]]:
+        writer, start = self._writer(data)
+        return self._body(writer, data or b"", start)
+
+    def leading(self, data: bytes | None, fields: Mapping[str, str]) -> tuple[AvroSchema, Any]:
+        """The record's schema (as :meth:`decode` gives it) and one of its fields
+        (``fields``: its name, by the record's full name; KeyError for a record not
+        named there), read from the front of the body: the fields up to that one,
+        none after it. For a field near the start (an event's identity) a fraction
+        of a whole decode; when the writer has no such field or writes it in another
+        type than the reader's, the whole record is decoded instead. Raises what
+        :meth:`decode` raises (a record whose later fields are corrupt is not read
+        that far)."""
+        writer, start = self._writer(data)
+        data = data or b""
+        name = fields[writer.name]
+        key = (writer.fingerprint, name)
+        known = self._leading.get(key)
+        if known is None:
+            known = self._leading[key] = self._prefix(writer, name)
+        reader, prefix = known
+        if prefix is None:
+            schema, record = self._body(writer, data, start)
+            return schema, record[name]
+        buf = io.BytesIO(data)
+        buf.seek(start)
+        try:
+            front = schemaless_reader(buf, prefix, None)
+        except Exception as exc:  # fastavro raises many kinds on corrupt input
+            raise DecodeError("BODY_INVALID", f"{writer.name} v{writer.version}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        assert isinstance(front, dict)  # a record schema's
+        return reader, front[name]
+
+    def _prefix(self, writer: AvroSchema, name: str) -> tuple[AvroSchema, Any]:
+        """The reader of ``writer``'s records, and a schema of ``writer``'s fields up
+        to ``name`` (None: read whole records). A record's body is its fields one
+        after the other, so the first fields of one are a record of those fields."""
+        reader = self.store.get(writer.name)
+        fields = writer.source.get("fields", [])
+        names = [f.get("name") for f in fields]
+        theirs = {f.get("name"): f.get("type") for f in reader.source.get("fields", [])}
+        if name not in names or name not in theirs or \
+                strip_logical(theirs[name]) != strip_logical(fields[names.index(name)]["type"]):
+            return reader, None
+        head = {k: v for k, v in writer.source.items() if k != "fields"}
+        return reader, parse_schema(strip_logical({**head,
+                                                   "fields": fields[:names.index(name) + 1]}))
+
+    def _writer(self, data: bytes | None) -> tuple[AvroSchema, int]:
+        """The writer's schema of framed ``data``, and where its body starts."""
         if data is None:
             raise DecodeError("EMPTY", "message has no value (tombstone)")
         if data[:1] == b"\x00":
-            return self._decode_confluent(data)
+            if len(data) < _CONFLUENT_HEADER:
+                raise DecodeError("TRUNCATED", f"{len(data)} bytes, shorter than the 5-byte "
+                                  "Confluent header")
+            schema_id = int.from_bytes(data[1:5], "big")
+            if self.registry is None:
+                raise DecodeError("UNKNOWN_SCHEMA", f"Confluent wire format (schema id "
+                                  f"{schema_id}) but no SCHEMA_REGISTRY_URL is configured")
+            return self.registry.writer(schema_id), _CONFLUENT_HEADER
         if len(data) < _HEADER:
             raise DecodeError("TRUNCATED", f"{len(data)} bytes, shorter than the 10-byte header")
         if data[:2] != SINGLE_OBJECT_MAGIC:
             raise DecodeError("BAD_MAGIC", f"header {data[:2].hex()} is neither c301 (Avro "
                               "single-object encoding) nor 00 (Confluent wire format)")
         try:
-            schema = self.store.by_fingerprint(data[2:_HEADER])
+            return self.store.by_fingerprint(data[2:_HEADER]), _HEADER
         except UnknownSchemaError as exc:
             raise DecodeError("UNKNOWN_SCHEMA", str(exc)) from None
-        return self._body(schema, data, _HEADER)
-
-    def _decode_confluent(self, data: bytes) -> tuple[AvroSchema, dict[str, Any]]:
-        if len(data) < _CONFLUENT_HEADER:
-            raise DecodeError("TRUNCATED", f"{len(data)} bytes, shorter than the 5-byte "
-                              "Confluent header")
-        schema_id = int.from_bytes(data[1:5], "big")
-        if self.registry is None:
-            raise DecodeError("UNKNOWN_SCHEMA", f"Confluent wire format (schema id "
-                              f"{schema_id}) but no SCHEMA_REGISTRY_URL is configured")
-        return self._body(self.registry.writer(schema_id), data, _CONFLUENT_HEADER)
 
     def _body(self, writer: AvroSchema, data: bytes, start: int) \
             -> tuple[AvroSchema, dict[str, Any]]:

@@ -30,7 +30,8 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-__all__ = ["AvroSchema", "SchemaStore", "UnknownSchemaError", "load_compatibility"]
+__all__ = ["AvroSchema", "SchemaStore", "UnknownSchemaError", "load_compatibility",
+           "strip_logical"]
 
 _FILE = re.compile(r"^(?P<subject>[a-z0-9_]+)\.v(?P<version>\d+)\.avsc$")
 
@@ -52,7 +53,7 @@ class AvroSchema:
     @classmethod
     def from_json(cls, source: dict[str, Any], path: str = "", version: int = 1) -> AvroSchema:
         full = parse_schema(copy.deepcopy(source))
-        plain = parse_schema(_strip_logical(copy.deepcopy(source)))
+        plain = parse_schema(strip_logical(copy.deepcopy(source)))
         if not isinstance(full, dict) or not isinstance(plain, dict):
             raise ValueError(f"{path or 'schema'}: the top level must be one named record")
         canonical = to_parsing_canonical_form(full)
@@ -60,13 +61,14 @@ class AvroSchema:
         return cls(full["name"], version, source, plain, canonical, fp, path)
 
 
-def _strip_logical(node: Any) -> Any:
+def strip_logical(node: Any) -> Any:
+    """A schema (or part of one) with its logical types left out: as it is encoded."""
     if isinstance(node, dict):
         if "logicalType" in node and isinstance(node.get("type"), str):
             return node["type"]
-        return {k: _strip_logical(v) for k, v in node.items() if k != "logicalType"}
+        return {k: strip_logical(v) for k, v in node.items() if k != "logicalType"}
     if isinstance(node, list):
-        return [_strip_logical(v) for v in node]
+        return [strip_logical(v) for v in node]
     return node
 
 

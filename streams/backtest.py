@@ -335,8 +335,7 @@ def _replayed(run: Backtest, path: DecisionPath, judged: Iterable[tuple[Prepared
                 rec = codec.decode(o.value)[1]
             if o.topic_key == "decisions":
                 run.decisions.append(rec)
-                day = days[rec["event_id"]] = time.strftime(
-                    "%Y-%m-%d", time.gmtime(rec["event_time"] / 1000))
+                day = days[rec["event_id"]] = _day(rec["event_time"] // 86_400_000)
                 run.outcomes_per_day[day][rec["outcome"]] += 1
             elif o.topic_key == "quarantine":
                 run.quarantined.update(r["code"] for r in rec["reasons"])
@@ -344,7 +343,7 @@ def _replayed(run: Backtest, path: DecisionPath, judged: Iterable[tuple[Prepared
                 executions.append(rec)
         for rec in executions:
             for ex in rec["executions"]:
-                _count(run, {**ex, "event_id": rec["event_id"]}, versions, days)
+                _count(run, ex, rec["event_id"], versions, days)
         done += len(batch.items)
         progress(done, total)
     fraud = sum(run.labels.values())
@@ -398,10 +397,12 @@ def _repeated(codec: AvroCodec, records: Sequence[InRecord]) -> set[str]:
     needed, never less.)"""
     seen: set[str] = set()
     again: set[str] = set()
+    fields = {name: kind.identity_field for name, kind in EVENT_KINDS.items()}
     for rec in records:
-        try:
-            schema, event = codec.decode(rec.value)
-            key = EVENT_KINDS[schema.name].identity(event)
+        try:  # the identity alone, from the front of the record (it leads an event)
+            schema, value = codec.leading(rec.value, fields)
+            kind = EVENT_KINDS[schema.name]
+            key = kind.identity({kind.identity_field: value})
         except (DecodeError, KeyError):
             continue  # not an event: quarantined, never remembered
         (again if key in seen else seen).add(key)
@@ -483,7 +484,13 @@ def _prepare_all(path: DecisionPath, records: Sequence[InRecord], batch_size: in
         sender.close()
 
 
-def _count(run: Backtest, ex: dict[str, Any], versions: Mapping[str, Any],
+@functools.lru_cache(maxsize=4096)
+def _day(day: int) -> str:
+    """A day since the epoch as its date (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+
+
+def _count(run: Backtest, ex: dict[str, Any], event_id: str, versions: Mapping[str, Any],
            days: Mapping[str, str]) -> None:
     cid = ex["control_id"]
     stats = run.controls.get(cid)
@@ -502,7 +509,7 @@ def _count(run: Backtest, ex: dict[str, Any], versions: Mapping[str, Any],
         c = versions.get(cid)
         typology = c.typology(out.get("signal")) if c is not None else None
         if typology:
-            run.flags.setdefault(ex["event_id"], set()).add(typology)
+            run.flags.setdefault(event_id, set()).add(typology)
         stats.hits += 1
-        stats.true_hits += run.labels.get(ex["event_id"], False)
-        stats.hits_per_day[days.get(ex["event_id"], "unknown")] += 1
+        stats.true_hits += run.labels.get(event_id, False)
+        stats.hits_per_day[days.get(event_id, "unknown")] += 1

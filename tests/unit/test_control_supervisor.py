@@ -113,6 +113,36 @@ def test_a_remembering_child_answers_as_the_controls_do_in_process() -> None:
     assert again == first[:40]
 
 
+def test_a_remembering_child_sends_each_result_once_and_begins_afresh_when_full() -> None:
+    """Batch after batch, a remembering child sends a result it sent before as its
+    number: the parent's verdicts hold the very result it made the first time. When
+    its table is full, or the child is started again (a control killed it), both
+    sides begin afresh; the verdicts stay the in-process ones throughout."""
+
+    class Small(ControlProcess):
+        SENT_MAX = 60
+
+    plain = ControlSet([*ControlSet.from_dir().controls, Control.compile("crashes", CRASH)])
+    box = Small(plain.remembering(10_000), memory_mb=1024)
+    items = _items(150)
+    crash = next(i for i in items if i[0] == "CardPayment")
+    try:
+        first = box.evaluate_many(items[:10])  # fewer results than the table holds
+        again = box.evaluate_many(items[:10])
+        assert all(a is b for v, w in zip(first, again, strict=True)  # failures: never kept
+                   for a, b in zip(v.results, w.results, strict=True) if not a.error)
+        got = [*first, *again]
+        for i in range(0, 150, 25):  # the table fills and begins afresh, many times
+            got += box.evaluate_many(items[i:i + 25])
+        box.evaluate(crash[0], {**crash[1], "amount_minor": 4242}, *crash[2:])
+        assert box.restarts  # started again, afresh
+        got += box.evaluate_many(items[:50])
+    finally:
+        box.close()
+    want = [*items[:10], *items[:10], *items, *items[:50]]
+    assert [_same(v) for v in got] == [_same(plain.evaluate(*i)) for i in want]
+
+
 def test_a_script_starts_a_child_without_running_itself_again(tmp_path: Path) -> None:
     """A spawned child runs its parent's main script again first, unless told not
     to: for the `tripwire` console script that is the whole CLI at every start,

@@ -178,3 +178,30 @@ def test_bad_definitions_are_refused() -> None:
         FeatureSpec("x", "card", "sum", "1m")
     with pytest.raises(ValueError, match="duration"):
         FeatureSpec("x", "card", "count", "ten minutes")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 900_000), st.fixed_dictionaries({
+    "event_type": st.sampled_from(["CardPayment", "LoginEvent", "FpsMessage"]),
+    "kind": st.sampled_from(["AUTHORISATION", "TOPUP"]),
+    "type": st.sampled_from(["LOGIN_FAILED", "LOGIN_SUCCEEDED"]),
+    "amount": st.integers(1, 500)})), max_size=40))
+def test_the_librarys_filter_by_event_type_changes_no_value(events: list) -> None:
+    """``FeatureLibrary.compute`` tells ``update`` which specs an event's type rules
+    out; the values and the state are those of every spec's own filter."""
+    from tripwire.features.engine import FeatureLibrary
+
+    specs = [FeatureSpec("auths", "card", "count", "1m", where={
+                 "event_type": "CardPayment", "kind": "AUTHORISATION"}),
+             FeatureSpec("logins", "card", "count", "1m", where={
+                 "event_type": ["LoginEvent", "FpsMessage"], "type": "LOGIN_FAILED"}),
+             FeatureSpec("amounts", "card", "sum", "1m", field="amount"),
+             FeatureSpec("fps", "card", "max", "1m", field="amount",
+                         where={"event_type": "FpsMessage"})]
+    assert [s.matches_type("FpsMessage") for s in specs] == [False, True, True, True]
+    lib = FeatureLibrary(specs)
+    filtered: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
+    for t, view in sorted(events, key=lambda e: e[0]):
+        assert lib.compute("card", filtered, view, t) == update(plain, specs, view, t)
+        assert [sorted(filtered)] == [sorted(plain)]

@@ -41,6 +41,7 @@ def test_we_read_what_confluent_tooling_writes(client: SchemaRegistryClient) -> 
     codec = AvroCodec(STORE, RegistryFraming(client, STORE))
     schema, rec = codec.decode(data)
     assert schema.name == CARD_SCHEMA and rec == EVENT
+    assert codec.leading(data, {CARD_SCHEMA: "event_id"}) == (schema, EVENT["event_id"])
 
 
 def test_both_framings_are_accepted_and_unknown_ids_refused(
