@@ -485,6 +485,14 @@ def _prepare_all(path: DecisionPath, records: Sequence[InRecord], batch_size: in
 
 
 @functools.lru_cache(maxsize=4096)
+def _output(output_json: str) -> dict[str, Any]:
+    """An execution's output, parsed once: a remembered result gives the same
+    string again (its hash kept), and the counts only read it."""
+    out: dict[str, Any] = orjson.loads(output_json)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
 def _day(day: int) -> str:
     """A day since the epoch as its date (UTC)."""
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
@@ -502,7 +510,7 @@ def _count(run: Backtest, ex: dict[str, Any], event_id: str, versions: Mapping[s
     if ex["error"]:
         stats.errors += 1
         return
-    out = orjson.loads(ex["output_json"] or b"{}")
+    out = _output(ex["output_json"] or "{}")
     fired = out.get("signal") is not None if ex["stage"] == "DETECTOR" else \
         ex["stage"] == "ACTION" and out.get("outcome") is not None
     if fired:
