@@ -3,6 +3,7 @@ controls: errors, runaway loops and deep recursion are recorded as values, other
 controls still run, and the declared fail policy applies."""
 
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -270,8 +271,8 @@ def test_a_remembering_set_answers_as_every_call_would(
         known = {cid: dict(m) for cid, m in memo._memos.items()}
         want, got = plain.evaluate(*args), memo.evaluate(*args)
         assert (want.outcome, want.actions, want.reason) == (got.outcome, got.actions, got.reason)
-        assert [{**r.__dict__, "duration_us": 0} for r in want.results] == \
-            [{**r.__dict__, "duration_us": 0} for r in got.results]
+        assert [replace(r, duration_us=0) for r in want.results] == \
+            [replace(r, duration_us=0) for r in got.results]
         for r in got.results:
             assert r.error is None or r.inputs_json not in memo._memos[r.control_id]
             if r.inputs_json in known.get(r.control_id, {}):  # answered from the memo
