@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from tripwire.features.kinds import EVENT_KINDS
 from tripwire.features.library import DEFAULT_FEATURES
 from tripwire.features.spec import ENTITIES, FeatureSpec
 from tripwire.features.window import Column, EntityState, update
@@ -127,7 +128,9 @@ class FeatureLibrary:
             grouped[s.entity].append(s)
         self.by_entity = dict(grouped)
         # (entity, event type) → per spec, whether an event of that type can match it
-        self._may_match: dict[tuple[str, Any], tuple[bool, ...]] = {}
+        self._may_match: dict[tuple[str, Any], tuple[bool, ...]] = {
+            (e, kind.short): tuple(s.matches_type(kind.short) for s in specs)
+            for e, specs in self.by_entity.items() for kind in EVENT_KINDS.values()}
         self._fields = {e: frozenset({"event_type"}.union(*(s.fields_read() for s in specs)))
                         for e, specs in self.by_entity.items()}
 
@@ -149,14 +152,8 @@ class FeatureLibrary:
     def compute(self, entity: str, state: EntityState, view: Mapping[str, Any], t: int) \
             -> tuple[dict[str, Any], list[str]]:
         """Update ``state`` of one entity key with the event; its feature values."""
-        kind = view.get("event_type")
-        may = self._may_match.get((entity, kind))
-        if may is None:
-            if len(self._may_match) > 1024:  # bounded, whatever the types
-                self._may_match.clear()
-            may = self._may_match[(entity, kind)] = tuple(
-                s.matches_type(kind) for s in self.by_entity[entity])
-        return update(state, self.by_entity[entity], view, t, may)
+        return update(state, self.by_entity[entity], view, t,
+                      self._may_match.get((entity, view.get("event_type"))))
 
     def feature_meta(self) -> dict[str, str]:
         """Provenance: feature name → "entity/aggregate/window@version"."""

@@ -72,7 +72,11 @@ class EventKind:
         >>> EVENT_KINDS["tripwire.events.LoginEvent"].identity({"event_id": "e1"})
         'LoginEvent:e1'
         """
-        return f"{self.short}:{event[self.identity_field]}"
+        return self.identity_of(event[self.identity_field])
+
+    def identity_of(self, value: Any) -> str:
+        """:meth:`identity` from the identity field's value alone."""
+        return f"{self.short}:{value}"
 
     def subjects(self, event: Mapping[str, Any]) -> dict[str, str]:
         """The event's subjects that it has (a field left empty is no subject).

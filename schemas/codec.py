@@ -183,14 +183,7 @@ class AvroCodec:
         if prefix is None:
             schema, record = self._body(writer, data, start)
             return schema, record[name]
-        buf = io.BytesIO(data)
-        buf.seek(start)
-        try:
-            front = schemaless_reader(buf, prefix, None)
-        except Exception as exc:  # fastavro raises many kinds on corrupt input
-            raise DecodeError("BODY_INVALID", f"{writer.name} v{writer.version}: "
-                              f"{type(exc).__name__}: {exc}") from None
-        assert isinstance(front, dict)  # a record schema's
+        front, _ = self._read(writer, data, start, prefix, None)
         return reader, front[name]
 
     def _prefix(self, writer: AvroSchema, name: str) -> tuple[AvroSchema, Any]:
@@ -235,17 +228,25 @@ class AvroCodec:
             -> tuple[AvroSchema, dict[str, Any]]:
         """Read the body written with ``writer`` into the newest version of its name."""
         reader = self.store.get(writer.name)
+        record, end = self._read(writer, data, start, writer.parsed,
+                                 None if reader is writer else reader.parsed)
+        if end != len(data):
+            raise DecodeError("TRAILING_BYTES",
+                              f"{writer.name}: {len(data) - end} bytes after the record")
+        return reader, record
+
+    @staticmethod
+    def _read(writer: AvroSchema, data: bytes, start: int, schema: Any,
+              reader: Any) -> tuple[dict[str, Any], int]:
+        """A record read from ``start`` with fastavro (``schema`` as written,
+        ``reader`` as wanted), and where it ended; every failure a DecodeError."""
         buf = io.BytesIO(data)
         buf.seek(start)
         try:
-            record = schemaless_reader(buf, writer.parsed,
-                                       None if reader is writer else reader.parsed)
+            record = schemaless_reader(buf, schema, reader)
         except Exception as exc:  # fastavro raises many kinds on corrupt input
             raise DecodeError("BODY_INVALID", f"{writer.name} v{writer.version}: "
                               f"{type(exc).__name__}: {exc}") from None
-        if buf.tell() != len(data):
-            raise DecodeError("TRAILING_BYTES",
-                              f"{writer.name}: {len(data) - buf.tell()} bytes after the record")
         if not isinstance(record, dict):
             raise DecodeError("BODY_INVALID", f"{writer.name}: not a record")
-        return reader, record
+        return record, buf.tell()

@@ -401,8 +401,7 @@ def _repeated(codec: AvroCodec, records: Sequence[InRecord]) -> set[str]:
     for rec in records:
         try:  # the identity alone, from the front of the record (it leads an event)
             schema, value = codec.leading(rec.value, fields)
-            kind = EVENT_KINDS[schema.name]
-            key = kind.identity({kind.identity_field: value})
+            key = EVENT_KINDS[schema.name].identity_of(value)
         except (DecodeError, KeyError):
             continue  # not an event: quarantined, never remembered
         (again if key in seen else seen).add(key)
