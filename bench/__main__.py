@@ -19,6 +19,7 @@ BENCHES = {
     "backtest": "bench.backtest",
     "peer": "bench.peer",
     "rates": "bench.rates",
+    "primitives": "bench.primitives",
 }
 
 

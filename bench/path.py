@@ -33,6 +33,7 @@ import contextlib
 import io
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import statistics
 import sys
@@ -94,7 +95,8 @@ COMBINED = ("combined",)  # a worker running every stage in one loop
 
 
 def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
-            stages: tuple[str, ...], ready: Any, stop: Any, poll_s: float) -> None:
+            stages: tuple[str, ...], ready: Any, stop: Any, poll_s: float,
+            tally_to: str = "") -> None:
     from tripwire.controls.engine import ControlSet
     from tripwire.features.engine import FeatureLibrary
     from tripwire.streams.loop import BatchLoop, tune_gc
@@ -102,6 +104,10 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
     from tripwire.streams.stages import PATH, Parts
 
     eager, interval, hops = MODES[mode]
+    tally = None
+    if tally_to:  # a counting round (bench.primitives): every primitive counted
+        from bench.primitives import install
+        tally, _ = install()
     if stages == ONE:
         path = PATH.build(Parts(AvroCodec(SchemaStore.default()), ControlSet.from_dir()))
         loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in PATH.inputs(())],
@@ -130,6 +136,12 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
         t.join(30)
     # per event the worker's first stage read (a decide-only worker: per gather record)
     events = next(iter(loops.values())).stats.consumed
+    if tally is not None:
+        for lp in loops.values():
+            tally.records_read += lp.stats.consumed
+            tally.records_written += sum(lp.stats.produced.values()) + \
+                lp.stats.changelog_records
+        Path(tally_to, f"{os.getpid()}.tally").write_bytes(pickle.dumps(tally.plain()))
     by_thread = sorted(thread_cpu().items(), key=lambda kv: -kv[1])
     print(f"  worker {os.getpid()} CPU µs per event by thread: " + ", ".join(
         f"{name} {sec / max(events, 1) * 1e6:.0f}" for name, sec in by_thread if sec > 0),
@@ -337,11 +349,13 @@ class _Workers:
 
 
 def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: str,
-                   rev: str | None = None) -> _Workers:
+                   rev: str | None = None, tally_to: str = "") -> _Workers:
     """One worker process per entry of ``layout`` (the stages it runs), their state in
     the same kind of scratch folder as the benchmark's broker (memory where there is
     room, see tripwire.broker.scratch); with ``mode`` RELAY, as many bare relays.
-    ``rev``: the workers run that commit's tripwire (:mod:`bench.ab`), this harness."""
+    ``rev``: the workers run that commit's tripwire (:mod:`bench.ab`), this harness.
+    ``tally_to``: a folder where each worker leaves the primitives it counted
+    (:mod:`bench.primitives`); today's workers only."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     procs = []
@@ -353,7 +367,8 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
                                                  stop), daemon=True)
         else:
             args = (bootstrap, ns, str(homes[i]), batch, mode, stages, ready, stop, POLL_S)
-            p = ctx.Process(target=_worker, args=args, daemon=True) if rev is None else \
+            p = ctx.Process(target=_worker, args=(*args, tally_to), daemon=True) \
+                if rev is None else \
                 ctx.Process(target=at_commit, args=(str(site_of(rev)), __name__, "_worker",
                                                     *args), daemon=True)
         p.start()
@@ -368,8 +383,8 @@ def _start_workers(bootstrap: str, ns: str, layout: Layout, batch: int, mode: st
 
 def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
                layout: Layout, partitions: int, batch: int, mode: str,
-               broker_cpu: Any, backlog: bool = False, rev: str | None = None) \
-        -> dict[str, float]:
+               broker_cpu: Any, backlog: bool = False, rev: str | None = None,
+               tally_to: str = "") -> dict[str, float]:
     """Workers join and settle first; then every event is offered at once and the
     rate is taken from the start of the offer to the last answer (the same origin
     for every mode: answers inside a transaction appear only at its commit).
@@ -380,7 +395,7 @@ def saturation(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, 
     ns = f"bench-path-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec, count_only=True)
-    ws = _start_workers(bootstrap, ns, layout, batch, mode, rev)
+    ws = _start_workers(bootstrap, ns, layout, batch, mode, rev, tally_to)
     procs = ws.procs
     time.sleep(3)  # the group settles: no rebalance inside the measurement
     if backlog:
