@@ -136,3 +136,71 @@ def test_a_corrupt_front_is_refused_and_a_corrupt_tail_is_not_read() -> None:
         CODEC.leading(good[:11], IDENTITY_FIELDS)  # the identity cut short
     assert info.value.reason == "BODY_INVALID"
     assert CODEC.leading(good[:-3], IDENTITY_FIELDS)[1] == EVENT["event_id"]
+
+
+# a decision's wire form (decision v5, tripwire.schemas.wire)
+DECISION_NAME = "tripwire.decisions.Decision"
+_feature_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8),
+    st.floats(allow_nan=False), st.just(float("nan")), st.just(float("-inf")))
+
+
+def _decision(features: dict[str, object], provenance: dict[str, str],
+              versions: dict[str, str]) -> dict[str, object]:
+    return {"decision_id": "d" * 32, "event_id": "e-1", "event_type": CARD_SCHEMA,
+            "entity_key": "tok-1", "event_time": 1, "decided_at": 2, "outcome": "DENY",
+            "actions": ["BLOCK_CARD"], "rule_hits": [], "features": features,
+            "feature_errors": {"x": "no answer"}, "feature_provenance": provenance,
+            "control_errors": {}, "control_versions": versions, "engine_version": "t",
+            "latency_us": 3, "repeat": False, "subjects": {"card": "tok-1"},
+            "typology": "", "attributes": {"method": "card"}}
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, NaN equal to NaN, and of the same types (True is not 1)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and a != a:
+        return b != b
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=150, deadline=None)
+@given(features=st.dictionaries(st.text(min_size=1, max_size=6), _feature_values, max_size=12),
+       provenance=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=5),
+       versions=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=5))
+def test_a_decision_reads_back_the_same_from_its_wire_form_and_from_v4(
+        features: dict[str, object], provenance: dict[str, str],
+        versions: dict[str, str]) -> None:
+    from fastavro import schemaless_reader
+
+    decision = _decision(features, provenance, versions)
+    kept = _decision(dict(features), dict(provenance), dict(versions))
+    newest = CODEC.encode(DECISION_NAME, decision)
+    assert _same(decision, kept)  # the caller's record is not changed
+    for data in (newest, CODEC.encode(DECISION_NAME, decision, version=4)):
+        schema, back = CODEC.decode(data)
+        assert schema.version == 5 and _same(back, kept), (back, kept)
+    # what is on the wire: the maps empty, the values grouped by type and as JSON text
+    v5 = SchemaStore.default().get(DECISION_NAME)
+    import io
+    raw = schemaless_reader(io.BytesIO(newest[10:]), v5.parsed, None)
+    assert raw["features"] == {} and raw["feature_provenance"] == {} and \
+        raw["control_versions"] == {}
+    assert sorted(raw["feature_nulls"]) == sorted(k for k, v in features.items() if v is None)
+    assert raw["feature_longs"] == {k: v for k, v in features.items()
+                                    if type(v) is int}
+    assert (raw["control_versions_json"] != "") == bool(versions)
+
+
+def test_a_decision_value_of_no_feature_type_is_refused_as_before() -> None:
+    for big in (2**63, -(2**63) - 1):  # beyond a long: a double, as the union wrote it
+        _, back = CODEC.decode(CODEC.encode(DECISION_NAME, _decision({"f": big, "g": 1}, {}, {})))
+        assert back["features"] == {"f": float(big), "g": 1}
+    for bad in ([1, 2], {"a": 1}, b"bytes", 10**400):
+        with pytest.raises(EncodeError):
+            CODEC.encode(DECISION_NAME, _decision({"f": bad}, {}, {}))
+        with pytest.raises(EncodeError):
+            CODEC.encode(DECISION_NAME, _decision({"f": bad}, {}, {}), version=4)
+    with pytest.raises(EncodeError):  # a version that is not text
+        CODEC.encode(DECISION_NAME, _decision({"f": 1}, {}, {"c": 3}))  # type: ignore[dict-item]
