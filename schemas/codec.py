@@ -25,7 +25,6 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from tripwire.schemas.registry import AvroSchema, SchemaStore, UnknownSchemaError, strip_logical
-from tripwire.schemas.wire import WIRE_FORMS, DecisionForm
 
 __all__ = [
     "CONFLUENT_MAGIC",
@@ -134,7 +133,6 @@ class AvroCodec:
         self.store = store
         self.registry = registry
         self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any]] = {}  # leading()
-        self._forms: dict[bytes, DecisionForm | None] = {}  # by writer fingerprint
 
     @classmethod
     def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
@@ -146,12 +144,8 @@ class AvroCodec:
 
     def encode(self, schema_name: str, record: dict[str, Any], version: int | None = None) \
             -> bytes:
-        """Encode with the newest version of ``schema_name`` (or the given ``version``),
-        in that version's wire form when it has one (:mod:`tripwire.schemas.wire`)."""
+        """Encode with the newest version of ``schema_name`` (or the given ``version``)."""
         schema = self.store.get(schema_name, version)
-        form = self._form_of(schema)
-        if form is not None:
-            record = form.pack(record)
         buf = io.BytesIO()
         if self.registry is None:
             buf.write(SINGLE_OBJECT_MAGIC)
@@ -161,21 +155,9 @@ class AvroCodec:
             buf.write(self.registry.schema_id(schema).to_bytes(4, "big"))
         try:
             schemaless_writer(buf, schema.parsed, record, strict_allow_default=True)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise EncodeError(f"{schema_name}: {exc}") from exc
         return buf.getvalue()
-
-    def _form_of(self, schema: AvroSchema) -> DecisionForm | None:
-        """The wire form ``schema`` writes (None: the record as it is)."""
-        try:
-            return self._forms[schema.fingerprint]
-        except KeyError:
-            form = WIRE_FORMS.get(schema.name)
-            if form is not None and not any(f.get("name") == form.marker
-                                            for f in schema.source.get("fields", [])):
-                form = None
-            self._forms[schema.fingerprint] = form
-            return form
 
     def decode(self, data: bytes | None) -> tuple[AvroSchema, dict[str, Any]]:
         writer, start = self._writer(data)
@@ -251,9 +233,6 @@ class AvroCodec:
         if end != len(data):
             raise DecodeError("TRAILING_BYTES",
                               f"{writer.name}: {len(data) - end} bytes after the record")
-        form = WIRE_FORMS.get(reader.name)
-        if form is not None:  # the record as tripwire handles it, whatever the writer's form
-            record = form.unpack(record)
         return reader, record
 
     @staticmethod
