@@ -155,8 +155,8 @@ class AvroCodec:
             buf.write(self.registry.schema_id(schema).to_bytes(4, "big"))
         try:
             schemaless_writer(buf, schema.parsed, record, strict_allow_default=True)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise EncodeError(f"{schema_name}: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise EncodeError(f"{schema_name}: {exc}") from exc  # (an int beyond a long)
         return buf.getvalue()
 
     def decode(self, data: bytes | None) -> tuple[AvroSchema, dict[str, Any]]:

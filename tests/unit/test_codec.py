@@ -136,3 +136,10 @@ def test_a_corrupt_front_is_refused_and_a_corrupt_tail_is_not_read() -> None:
         CODEC.leading(good[:11], IDENTITY_FIELDS)  # the identity cut short
     assert info.value.reason == "BODY_INVALID"
     assert CODEC.leading(good[:-3], IDENTITY_FIELDS)[1] == EVENT["event_id"]
+
+
+def test_an_integer_beyond_a_long_is_an_encode_error() -> None:
+    for big in (2**63, -(2**63) - 1):
+        with pytest.raises(EncodeError, match="amount_minor|too large"):
+            CODEC.encode(CARD_SCHEMA, {**EVENT, "amount_minor": big})
+    CODEC.encode(CARD_SCHEMA, {**EVENT, "amount_minor": 2**63 - 1})  # a long's largest
