@@ -124,9 +124,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {line}")
     if against is not None:
         then = _median_round(rounds[against])
+        # each round's pair ran back to back: the machine's drift (the broker's JIT
+        # still warming over minutes, a shared host's slow spells) hits both alike
+        paired = statistics.median(a["rate"] / b["rate"]
+                                   for a, b in zip(rounds[None], rounds[against], strict=True))
         print(f"saturation, A/B of commits ({len(rounds[None])} rounds each, A B B A..., "
               f"medians): today {sat['rate']:,.0f} events/s, {against} {then['rate']:,.0f}: "
-              f"x{sat['rate'] / then['rate']:.2f}; CPU per event (workers + broker) today "
+              f"x{sat['rate'] / then['rate']:.2f} (median of the rounds' pairs "
+              f"x{paired:.2f}); CPU per event (workers + broker) today "
               f"{sat['cpu_us']:.0f} + {sat['broker_us']:.0f} µs, {against} "
               f"{then['cpu_us']:.0f} + {then['broker_us']:.0f} µs")
     print(f"{'offered/s':>9} {'relays p50/p99 ms':>18} {'path p50/p99 ms':>16} "

@@ -140,6 +140,6 @@ def test_a_corrupt_front_is_refused_and_a_corrupt_tail_is_not_read() -> None:
 
 def test_an_integer_beyond_a_long_is_an_encode_error() -> None:
     for big in (2**63, -(2**63) - 1):
-        with pytest.raises(EncodeError, match="amount_minor|too large"):
+        with pytest.raises(EncodeError, match=r"too large"):
             CODEC.encode(CARD_SCHEMA, {**EVENT, "amount_minor": big})
     CODEC.encode(CARD_SCHEMA, {**EVENT, "amount_minor": 2**63 - 1})  # a long's largest
