@@ -141,7 +141,7 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
             tally.records_read += lp.stats.consumed
             tally.records_written += sum(lp.stats.produced.values()) + \
                 lp.stats.changelog_records
-        Path(tally_to, f"{os.getpid()}.tally").write_bytes(pickle.dumps(tally.plain()))
+        Path(tally_to, f"{os.getpid()}.tally").write_bytes(pickle.dumps(tally))
     by_thread = sorted(thread_cpu().items(), key=lambda kv: -kv[1])
     print(f"  worker {os.getpid()} CPU µs per event by thread: " + ", ".join(
         f"{name} {sec / max(events, 1) * 1e6:.0f}" for name, sec in by_thread if sec > 0),

@@ -13,8 +13,8 @@ measured in the same run, on one broker (issue 26):
   saturation's; at the lowest rate, the workers' and the broker's CPU to the
   relays';
 * **the primitives:** the workers' CPU per event at saturation against the sum
-  of the primitives they did (Avro, state, Starlark, the hops' client), counted
-  in one more round and priced in this run (:mod:`bench.primitives`);
+  of the primitives they did (Avro, state, Starlark, the hops' client), each
+  counted and timed in one more round (:mod:`bench.primitives`);
 * **no traffic:** the workers' and the broker's shares of a core, against the
   broker with no client at all.
 
@@ -38,7 +38,7 @@ from bench.ab import FILED, resolve
 from bench.common import bench_cluster, calibrate
 from bench.idle import idle_round
 from bench.path import RELAY, _events, _raw_round, layout_of, open_loop, saturation
-from bench.primitives import counted, price, report
+from bench.primitives import counted, report
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                 rounds[rev].append(got)
                 print(f"saturation ({rev or 'today'}): {got['rate']:,.0f} events/s", flush=True)
         sat = _median_round(rounds[None])
-        tally = counted(cluster.bootstrap, codec, sat_events, layout, args.partitions,
-                        broker_cpu)
+        tally, counting = counted(cluster.bootstrap, codec, sat_events, layout,
+                                  args.partitions, broker_cpu)
         for rate in rates:
             # event times end 5 min ago: within the allowed clock skew however long the offer
             offered = _events(codec, int(rate * (args.seconds + args.warm_up)),
@@ -111,16 +111,15 @@ def main(argv: list[str] | None = None) -> None:
                     figures["failed"] = str(exc).split(";")[0]
                 runs[(rate, mode)] = figures
 
-    prices = price(tally, codec)  # with the broker stopped: each primitive alone
     given = argv if argv is not None else sys.argv[2:]
     print(f"\ncommand: python -m bench rates {' '.join(given)}")
     sat_cpu = sat["cpu_us"] + sat["broker_us"]
     print(f"saturation: {sat['rate']:,.0f} events/s; {sat['cpu_us']:.0f} µs of worker CPU and "
           f"{sat['broker_us']:.0f} µs of broker CPU per event (a raw hop of the same messages: "
           f"{raw['rate']:,.0f}/s, {raw['cpu_us']:.1f} + {raw['broker_us']:.1f} µs)")
-    print("tripwire's own CPU against its primitives (bench.primitives: counted in one more "
-          "saturation round, priced here):")
-    for line in report(tally, prices, len(sat_events), raw["cpu_us"], sat["cpu_us"]):
+    print("tripwire's own CPU against its primitives (bench.primitives: one more saturation "
+          f"round, {counting['rate']:,.0f} events/s, each primitive counted and timed in it):")
+    for line in report(tally, len(sat_events), raw["cpu_us"], counting["cpu_us"]):
         print(f"  {line}")
     if against is not None:
         then = _median_round(rounds[against])
