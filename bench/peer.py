@@ -54,7 +54,7 @@ from tripwire.streams.runner import Combined, stage_topics
 from tripwire.streams.stages import STAGES, Parts
 from tripwire.streams.topics import create_topics, topic
 
-__all__ = ["main"]
+__all__ = ["main", "peer_lines", "peer_rounds"]
 
 QUIX = "quixstreams[avro]==3.28.1"
 # the peer's one feature, as a tripwire feature
@@ -71,8 +71,11 @@ def peer_python(cache: Path) -> Path:
     if not python.exists():
         print(f"making the peer's virtual environment ({QUIX}) in {home} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(home)], check=True)
+        # without PYTHONPATH: a checkout on it would show pip tripwire's metadata, and
+        # pip would print tripwire's requirements as conflicts of the peer's venv
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", QUIX], check=True,
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, env=env)
     return python
 
 
@@ -215,6 +218,61 @@ def feature_round(bootstrap: str, codec: AvroCodec, events: Events, partitions: 
     return {"rate": n / wall, "cpu_us": cpu / n * 1e6, "broker_us": bcpu / n * 1e6}
 
 
+Rows = dict[tuple[str, int], list[dict[str, float]]]
+
+
+def peer_rounds(bootstrap: str, broker_cpu: Any, codec: AvroCodec, events: Events,
+                partitions: int, counts: list[int], repeats: int, python: Path) -> Rows:
+    """Quix and tripwire alternated, ``repeats`` rounds of each worker count (with
+    1 worker, tripwire's intake and feature stage and its feature stage alone
+    too): each side's figures by (side, workers)."""
+    rows: Rows = {}
+    for r in range(repeats):
+        for w in counts:  # alternating: drift hits both alike
+            q = quix_round(bootstrap, codec, events, partitions, w, broker_cpu, python)
+            t = saturation(bootstrap, codec, events, layout_of("", "split", w), partitions,
+                           500, "eager", broker_cpu, backlog=True)
+            rows.setdefault(("quix", w), []).append(q)
+            rows.setdefault(("tripwire", w), []).append(t)
+            if w == 1:
+                for side, intake in (("intake", True), ("feature", False)):
+                    rows.setdefault((side, 1), []).append(feature_round(
+                        bootstrap, codec, events, partitions, broker_cpu, intake))
+            print(f"peer round {r + 1}, {w} worker(s): Quix {q['rate']:,.0f}/s "
+                  f"({q['cpu_us']:.0f} µs CPU); tripwire {t['rate']:,.0f}/s "
+                  f"({t['cpu_us']:.0f} µs CPU)", flush=True)
+    return rows
+
+
+def peer_lines(rows: Rows, counts: list[int]) -> list[str]:
+    """The peer's table (medians of the rounds), and each side's workers against
+    the fewest. Lines to print."""
+    def med(side: str, w: int, key: str) -> float:
+        return statistics.median(x[key] for x in rows[(side, w)])
+
+    lines = [f"{'case':70} {'events/s':>9} {'µs CPU/event':>13} {'+broker µs':>11} "
+             f"{'x Quix rate':>12}"]
+    names = {"quix": "Quix Streams: one sliding 10-min count per card (baseline)",
+             "tripwire": "tripwire: the whole decision path",
+             "intake": "tripwire's intake and feature stage, the same one count",
+             "feature": "  ... its feature stage alone (requests made beforehand)"}
+    for w in counts:
+        for side in ("quix", "tripwire", "intake", "feature"):
+            if (side, w) not in rows:
+                continue
+            ratio = med(side, w, "rate") / med("quix", w, "rate")
+            name = f"{names[side]}, {w} worker(s)"
+            lines.append(f"{name:70} {med(side, w, 'rate'):>9,.0f} "
+                         f"{med(side, w, 'cpu_us'):>13.1f} {med(side, w, 'broker_us'):>11.1f} "
+                         f"{ratio:>12.2f}")
+    if len(counts) > 1:
+        lo, hi = min(counts), max(counts)
+        for side in ("quix", "tripwire"):
+            lines.append(f"{side}: {hi} workers against {lo}: "
+                         f"x{med(side, hi, 'rate') / med(side, lo, 'rate'):.2f} the rate")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench peer")
     ap.add_argument("--events", type=int, default=50_000)
@@ -229,50 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(events)} card payments ({args.events // max(100, args.events // 20)} per "
           f"card), {args.partitions} partitions; {os.cpu_count()} cores; machine: "
           f"{calibrate(codec):.1f} µs per Avro decode; peer: {QUIX}")
-    rows: dict[tuple[str, int], list[dict[str, float]]] = {}
     with bench_cluster() as (cluster, broker_cpu):
-        for r in range(args.repeats):
-            for w in counts:  # alternating: drift hits both alike
-                q = quix_round(cluster.bootstrap, codec, events, args.partitions, w,
-                               broker_cpu, python)
-                t = saturation(cluster.bootstrap, codec, events, layout_of("", "split", w),
-                               args.partitions, 500, "eager", broker_cpu, backlog=True)
-                rows.setdefault(("quix", w), []).append(q)
-                rows.setdefault(("tripwire", w), []).append(t)
-                if w == 1:
-                    for side, intake in (("intake", True), ("feature", False)):
-                        rows.setdefault((side, 1), []).append(feature_round(
-                            cluster.bootstrap, codec, events, args.partitions, broker_cpu,
-                            intake))
-                print(f"round {r + 1}, {w} worker(s): Quix {q['rate']:,.0f}/s "
-                      f"({q['cpu_us']:.0f} µs CPU); tripwire {t['rate']:,.0f}/s "
-                      f"({t['cpu_us']:.0f} µs CPU)", flush=True)
-
-    def med(side: str, w: int, key: str) -> float:
-        return statistics.median(x[key] for x in rows[(side, w)])
-
+        rows = peer_rounds(cluster.bootstrap, broker_cpu, codec, events, args.partitions,
+                           counts, args.repeats, python)
     print(f"\nmedians of {args.repeats} rounds; command: python -m bench peer "
           f"{' '.join(argv if argv is not None else sys.argv[2:])}")
-    print(f"{'case':70} {'events/s':>9} {'µs CPU/event':>13} {'+broker µs':>11} "
-          f"{'x Quix rate':>12}")
-    names = {"quix": "Quix Streams: one sliding 10-min count per card (baseline)",
-             "tripwire": "tripwire: the whole decision path",
-             "intake": "tripwire's intake and feature stage, the same one count",
-             "feature": "  ... its feature stage alone (requests made beforehand)"}
-    for w in counts:
-        for side in ("quix", "tripwire", "intake", "feature"):
-            if (side, w) not in rows:
-                continue
-            ratio = med(side, w, "rate") / med("quix", w, "rate")
-            name = f"{names[side]}, {w} worker(s)"
-            print(f"{name:70} {med(side, w, 'rate'):>9,.0f} "
-                  f"{med(side, w, 'cpu_us'):>13.1f} {med(side, w, 'broker_us'):>11.1f} "
-                  f"{ratio:>12.2f}")
-    if len(counts) > 1:
-        lo, hi = min(counts), max(counts)
-        for side in ("quix", "tripwire"):
-            print(f"{side}: {hi} workers against {lo}: "
-                  f"x{med(side, hi, 'rate') / med(side, lo, 'rate'):.2f} the rate")
+    for line in peer_lines(rows, counts):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ measured in the same run, on one broker (issue 26):
   of the primitives they did (Avro, state, Starlark, the hops' client), each
   counted and timed in one more round (:mod:`bench.primitives`);
 * **no traffic:** the workers' and the broker's shares of a core, against the
-  broker with no client at all.
+  broker with no client at all;
+* **a peer:** Quix Streams and tripwire on the same card payments, 1 and 2
+  workers each (:mod:`bench.peer`; ``--peer 0`` leaves it out).
 
 A rate the machine cannot carry is reported as such (the answers fell behind),
-and the run goes on. About 10 minutes on 2 cores with the defaults.
+and the run goes on. About 12 minutes on 2 cores with the defaults (and the
+peer's virtual environment, made on first use).
 
     .venv/bin/python -m bench rates
     .venv/bin/python -m bench rates --rates 50,1000 --seconds 15 --warm-up 15
@@ -38,13 +41,16 @@ from bench.ab import FILED, resolve
 from bench.common import bench_cluster, calibrate
 from bench.idle import idle_round
 from bench.path import RELAY, _events, _raw_round, layout_of, open_loop, saturation
+from bench.peer import QUIX, card_events, peer_lines, peer_python, peer_rounds
 from bench.primitives import counted, report
+from tripwire.config import Settings
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
 
 __all__ = ["main"]
 
 MODE = "eager"  # the live default: answers and hops at once, state every second
+PEER_WORKERS = [1, 2]
 
 
 def _quantiles(lat: list[float]) -> tuple[float, float]:
@@ -71,10 +77,14 @@ def main(argv: list[str] | None = None) -> None:
                     f"(default {FILED}: the code when this issue was filed; '' for none)")
     ap.add_argument("--ab-rounds", type=int, default=2,
                     help="saturation rounds of each commit, alternated (medians)")
+    ap.add_argument("--peer", type=int, default=20_000, metavar="EVENTS",
+                    help="Quix Streams beside tripwire (bench.peer: 1 and 2 workers, one "
+                    "round each) on this many card payments; 0: not run")
     args = ap.parse_args(argv)
     against = resolve(args.against)[:10] if args.against else None
     rates = [int(r) for r in args.rates.split(",") if r]
     codec = AvroCodec(SchemaStore.default())
+    python = peer_python(Settings().cache_dir) if args.peer else None  # made on first use
     layout = layout_of("", "split", args.workers)
     print(f"{args.workers} workers (every stage in one loop each), {args.partitions} "
           f"partitions; {os.cpu_count()} cores; machine: {calibrate(codec):.1f} µs per Avro "
@@ -86,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
                           10.0, args.idle_seconds)
         raw = _raw_round(cluster.bootstrap, sat_events, args.partitions, broker_cpu)
         rounds: dict[str | None, list[dict[str, float]]] = {None: [], against: []}
+        if against is not None:  # unmeasured: the broker's first round is its slowest
+            saturation(cluster.bootstrap, codec, sat_events, layout, args.partitions, 500,
+                       MODE, broker_cpu)
         for i in range(max(1, args.ab_rounds)):
             # alternated, today's first then the other's first (A B B A...): neither
             # always meets the broker's JIT still warming up, nor always a warm one
@@ -110,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
                 except RuntimeError as exc:  # answers fell behind: more than it can carry
                     figures["failed"] = str(exc).split(";")[0]
                 runs[(rate, mode)] = figures
+        peer = None if python is None else peer_rounds(
+            cluster.bootstrap, broker_cpu, codec,
+            card_events(codec, args.peer, int(time.time() * 1000) - 6 * 3_600_000),
+            args.partitions, PEER_WORKERS, 1, python)
 
     given = argv if argv is not None else sys.argv[2:]
     print(f"\ncommand: python -m bench rates {' '.join(given)}")
@@ -159,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{idle['broker'] * 100:.1f} % (x{idle['broker'] / max(idle['alone'], 1e-4):.2f} its " \
         f"{idle['alone'] * 100:.1f} % with no client)"
     print(f"no traffic: workers {shares} % of a core; broker {broker}")
+    if peer is not None:
+        print(f"next to a peer ({QUIX}, {args.peer:,} card payments, one round each; "
+              "bench.peer):")
+        for line in peer_lines(peer, PEER_WORKERS):
+            print(f"  {line}")
 
 
 if __name__ == "__main__":
