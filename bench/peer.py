@@ -79,8 +79,10 @@ def peer_python(cache: Path) -> Path:
     return python
 
 
-def card_events(codec: AvroCodec, n: int, t0: int) -> Events:
-    """(topic key, key, value, event id): card payments keyed by card, in event time."""
+def card_events(codec: AvroCodec, n: int, t0: int | None = None) -> Events:
+    """(topic key, key, value, event id): card payments keyed by card, in event time,
+    from ``t0`` (by default six hours ago)."""
+    t0 = int(time.time() * 1000) - 6 * 3_600_000 if t0 is None else t0
     return [("card_payments", e["card_token"].encode(), codec.encode(CARD_SCHEMA, e),
              e["event_id"])
             for e in normal_card_payments(26, t0, n, cards=max(100, n // 20))]
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(w) for w in args.workers.split(",") if w]
     python = peer_python(Settings().cache_dir)
     codec = AvroCodec(SchemaStore.default())
-    events = card_events(codec, args.events, int(time.time() * 1000) - 6 * 3_600_000)
+    events = card_events(codec, args.events)
     print(f"{len(events)} card payments ({args.events // max(100, args.events // 20)} per "
           f"card), {args.partitions} partitions; {os.cpu_count()} cores; machine: "
           f"{calibrate(codec):.1f} µs per Avro decode; peer: {QUIX}")

@@ -75,16 +75,16 @@ class _TimedModule:
     """A control's Starlark module whose calls (and their results' conversion,
     ``.value``) are counted and timed."""
 
-    def __init__(self, module: Any, key: str, tally: Tally, clock: Callable[[], int]) -> None:
-        self._module, self._key, self._tally, self._clock = module, key, tally, clock
+    def __init__(self, module: Any, key: str, charge: Callable[[str, int], None],
+                 clock: Callable[[], int]) -> None:
+        self._module, self._key, self._charge, self._clock = module, key, charge, clock
 
     def call_with(self, *args: Any) -> _Value:
         start = self._clock()
         try:
             return _Value(self._module.call_with(*args).value)
         finally:
-            self._tally.ns[self._key] += self._clock() - start
-            self._tally.count[self._key] += 1
+            self._charge(self._key, start)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._module, name)
@@ -101,9 +101,25 @@ def install(clock: Callable[[], int] = time.thread_time_ns) -> tuple[Tally, Call
 
     tally = Tally()
     count, ns = tally.count, tally.ns
+
+    def charge(key: str, start: int) -> None:
+        ns[key] += clock() - start
+        count[key] += 1
+
+    def timed(cls: Any, name: str, key: str) -> Callable[..., Any]:
+        """``cls.name`` counted and timed under ``key``."""
+        fn = getattr(cls, name)
+
+        def wrapper(self: Any, *args: Any) -> Any:
+            start = clock()
+            try:
+                return fn(self, *args)
+            finally:
+                charge(key, start)
+        return wrapper
+
     encode, decode, run = AvroCodec.encode, AvroCodec.decode, Control.run
-    get, flush, put, put_many = (RocksStore.get, RocksStore.flush, RocksStore.put,
-                                 RocksStore.put_many)
+    put, put_many = RocksStore.put, RocksStore.put_many
 
     def counted_encode(self: AvroCodec, schema_name: str, record: dict[str, Any],
                        version: int | None = None) -> bytes:
@@ -111,37 +127,19 @@ def install(clock: Callable[[], int] = time.thread_time_ns) -> tuple[Tally, Call
         try:
             return encode(self, schema_name, record, version)
         finally:
-            ns[f"encode {schema_name}"] += clock() - start
-            count[f"encode {schema_name}"] += 1
+            charge(f"encode {schema_name}", start)
 
     def counted_decode(self: AvroCodec, data: bytes | None) -> Any:
         start = clock()
-        schema, record = decode(self, data)
-        ns[f"decode {schema.name}"] += clock() - start
-        count[f"decode {schema.name}"] += 1
+        schema, record = decode(self, data)  # the schema names the key: after the call
+        charge(f"decode {schema.name}", start)
         return schema, record
 
     def counted_run(self: Control, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(self.module, _TimedModule):  # once per control
             object.__setattr__(self, "module", _TimedModule(
-                self.module, f"call {self.control_id}", tally, clock))
+                self.module, f"call {self.control_id}", charge, clock))
         return run(self, *args, **kwargs)
-
-    def counted_get(self: RocksStore, key: bytes) -> bytes | None:
-        start = clock()
-        try:
-            return get(self, key)
-        finally:
-            ns["get"] += clock() - start
-            count["get"] += 1
-
-    def counted_flush(self: RocksStore) -> None:
-        start = clock()
-        try:
-            flush(self)
-        finally:
-            ns["write"] += clock() - start
-            count["write"] += 1
 
     def counted_put(self: RocksStore, key: bytes, value: bytes) -> None:
         count["put"] += 1
@@ -151,16 +149,17 @@ def install(clock: Callable[[], int] = time.thread_time_ns) -> tuple[Tally, Call
         count["put"] += len(items)
         put_many(self, items)
 
-    originals = [(AvroCodec, "encode", encode), (AvroCodec, "decode", decode),
-                 (Control, "run", run), (RocksStore, "get", get), (RocksStore, "flush", flush),
-                 (RocksStore, "put", put), (RocksStore, "put_many", put_many)]
-    for (cls, name, _), counted_fn in zip(originals, (
-            counted_encode, counted_decode, counted_run, counted_get, counted_flush,
-            counted_put, counted_put_many), strict=True):
-        setattr(cls, name, counted_fn)
+    counted = {(AvroCodec, "encode"): counted_encode, (AvroCodec, "decode"): counted_decode,
+               (Control, "run"): counted_run,
+               (RocksStore, "get"): timed(RocksStore, "get", "get"),
+               (RocksStore, "flush"): timed(RocksStore, "flush", "write"),
+               (RocksStore, "put"): counted_put, (RocksStore, "put_many"): counted_put_many}
+    originals = {(cls, name): getattr(cls, name) for cls, name in counted}
+    for (cls, name), fn in counted.items():
+        setattr(cls, name, fn)
 
     def restore() -> None:
-        for cls, name, fn in originals:
+        for (cls, name), fn in originals.items():
             setattr(cls, name, fn)
 
     return tally, restore
@@ -177,8 +176,8 @@ def report(tally: Tally, events: int, hop_us: float, path_us: float) -> list[str
         part = next((p for prefix, p in PARTS if key.startswith(prefix)), None)
         if part is not None:
             us[part] += tally.ns[key] / 1000
-            counts[part] += c if part != "state writes" else 0
-    counts["state writes"] = tally.count["put"]  # values written (in tally.count["write"] batches)
+            counts[part] += c
+    counts["state writes"] = tally.count["put"]  # values written, not their batches
     hops = tally.records_read + tally.records_written
     counts["the hops' client"], us["the hops' client"] = hops, hops / 2 * hop_us
     total = sum(us.values()) / n
@@ -192,7 +191,8 @@ def report(tally: Tally, events: int, hop_us: float, path_us: float) -> list[str
     biggest = sorted(((tally.ns[k] / 1000 / n, k) for k in tally.count
                       if k.startswith(("encode ", "decode ", "call "))), reverse=True)[:6]
     lines.append("largest items, µs per event: " + ", ".join(
-        f"{k.split(' ')[0]} {k.rsplit('.', 1)[-1].split(' ')[-1]} {v:.1f}" for v, k in biggest))
+        f"{kind} {name.rsplit('.', 1)[-1]} {v:.1f}"  # "encode Decision 61.1"
+        for v, (kind, _, name) in ((v, k.partition(" ")) for v, k in biggest)))
     return lines
 
 

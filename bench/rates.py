@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[(rate, mode)] = figures
         peer = None if python is None else peer_rounds(
             cluster.bootstrap, broker_cpu, codec,
-            card_events(codec, args.peer, int(time.time() * 1000) - 6 * 3_600_000),
+            card_events(codec, args.peer),
             args.partitions, PEER_WORKERS, 1, python)
 
     given = argv if argv is not None else sys.argv[2:]
