@@ -466,16 +466,17 @@ def _answered(bootstrap: str, ns: str, codec: AvroCodec) -> tuple[set[str], set[
 
 def open_loop(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
               layout: Layout, partitions: int, batch: int, rate: int, mode: str,
-              broker_cpu: Any, warm_s: float, figures: dict[str, float] | None = None) \
-        -> list[float]:
+              broker_cpu: Any, warm_s: float, figures: dict[str, float] | None = None,
+              tally_to: str = "") -> list[float]:
     """Latency (ms) of every event offered at ``rate`` per second, after ``warm_s``
     seconds of the same offer, unmeasured: the group settles, the stores open and
     the broker's JIT compiles the paths this traffic takes (raw traffic does not
-    warm them: after 30 s of it, C2 still took 40 % of a core here)."""
+    warm them: after 30 s of it, C2 still took 40 % of a core here). ``tally_to``:
+    as :func:`saturation`'s (the tallies cover the warm-up's events too)."""
     ns = f"bench-open-{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, ns, partitions=partitions)
     reader = Decisions(bootstrap, ns, codec)
-    ws = _start_workers(bootstrap, ns, layout, batch, mode)
+    ws = _start_workers(bootstrap, ns, layout, batch, mode, tally_to=tally_to)
     procs = ws.procs
     time.sleep(3)  # the group settles
     p = producer(bootstrap, **{"linger.ms": 1})

@@ -20,7 +20,12 @@ machine (it has run the same code at half speed for minutes at a time) or a
 broker still warming up weighs on both alike. The counters' own cost (two clock
 reads a primitive, ~15 a event) stays in the workers' CPU: the ratio errs high.
 
+``--rate N`` counts one more round per round, open loop at N events/s, and sets
+each call's cost there beside saturation's (:func:`beside`): a call does the
+same work in both, so what it costs more at a low rate is the machine's.
+
     .venv/bin/python -m bench primitives --events 20000
+    .venv/bin/python -m bench primitives --events 20000 --repeats 3 --rate 1000
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Any
 
 from tripwire.schemas.codec import AvroCodec
 
-__all__ = ["Tally", "counted", "install", "main", "merged", "report"]
+__all__ = ["Tally", "beside", "counted", "install", "main", "merged", "report"]
 
 
 @dataclass
@@ -205,21 +210,64 @@ def merged(folder: Path) -> Tally:
 
 
 def counted(bootstrap: str, codec: AvroCodec, events: list[tuple[str, bytes, bytes, str]],
-            layout: Any, partitions: int, broker_cpu: Any) -> tuple[Tally, dict[str, float]]:
-    """A counting round of today's workers at saturation (:func:`install` in each):
-    what they did, added up, and the round's figures (``saturation``'s)."""
-    from bench.path import saturation
+            layout: Any, partitions: int, broker_cpu: Any, rate: int = 0,
+            warm_s: float = 0.0) -> tuple[Tally, dict[str, float]]:
+    """A counting round of today's workers (:func:`install` in each): at saturation
+    (``saturation``'s figures) or, with ``rate``, open loop at that rate after
+    ``warm_s`` seconds of it (``open_loop``'s figures; the tallies cover the
+    warm-up's events too). What they did, added up, and the round's figures."""
+    from bench.path import open_loop, saturation
 
     folder = Path(tempfile.mkdtemp(prefix="tripwire-bench-tally-"))
     try:
-        figures = saturation(bootstrap, codec, events, layout, partitions, 500, "eager",
-                             broker_cpu, tally_to=str(folder))
+        if rate:
+            figures: dict[str, float] = {}
+            open_loop(bootstrap, codec, events, layout, partitions, 500, rate, "eager",
+                      broker_cpu, warm_s, figures, tally_to=str(folder))
+        else:
+            figures = saturation(bootstrap, codec, events, layout, partitions, 500, "eager",
+                                 broker_cpu, tally_to=str(folder))
         tally = merged(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if not tally.count:
         raise RuntimeError("the counting round's workers left no tally")
     return tally, figures
+
+
+def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: int,
+           low_us: float, rate: int, rows: int = 8) -> list[str]:
+    """The same primitives at ``rate`` and at saturation, each call's CPU in both
+    (``*_events``: the events each round offered; ``*_us``: its workers' CPU per
+    event). A call does the same work in both rounds (the same kinds of records,
+    the same controls), so what it costs more at a low rate is how the machine
+    runs it there (caches and branch predictors cold after each wait), not what
+    it does. Lines to print."""
+    def per_call(t: Tally, key: str) -> float:
+        return t.ns[key] / 1000 / max(t.count[key], 1)
+
+    def timed_us(t: Tally, n: int) -> float:
+        return sum(t.ns.values()) / 1000 / max(n, 1)
+
+    keys = [k for k in sat.ns if sat.count[k] and low.count[k]]
+    keys.sort(key=lambda k: -sat.ns[k] / max(sat_events, 1))
+    lines = [f"{'primitive (µs each call)':32} {'per event':>9} {'saturation':>10} "
+             f"{f'{rate:,}/s':>10} {'x':>6}"]
+    for k in keys[:rows]:
+        a, b = per_call(sat, k), per_call(low, k)
+        lines.append(f"{k[:32]:32} {sat.count[k] / max(sat_events, 1):>9.2f} {a:>10.2f} "
+                     f"{b:>10.2f} {b / max(a, 1e-9):>6.2f}")
+    n = max(sat_events, 1)
+    # saturation's calls, each at what it cost there and at the rate: the same work
+    same = (sum(sat.ns[k] for k in keys) / 1000 / n,
+            sum(low.ns[k] / low.count[k] * sat.count[k] for k in keys) / 1000 / n)
+    done = (timed_us(sat, sat_events), timed_us(low, low_events))
+    for what, (a, b) in (("saturation's calls, each at its cost", same),
+                         ("the primitives, as each round did them", done),
+                         ("the workers, all their CPU", (sat_us, low_us))):
+        lines.append(f"{what:42} {a:>10.1f} {b:>10.1f} {b / max(a, 1e-9):>6.2f}   "
+                     "(µs per event)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,18 +280,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="counting rounds")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="each round also counts open loop at this many events/s offered, "
+                    "beside saturation's (0: saturation only)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="--rate: measured span")
+    ap.add_argument("--warm-up", type=float, default=20.0, help="--rate: unmeasured first")
     args = ap.parse_args(argv)
     codec = AvroCodec(SchemaStore.default())
     layout = layout_of("", "split", args.workers)
     print(f"{args.workers} workers, {args.partitions} partitions; {os.cpu_count()} cores; "
           f"machine: {calibrate(codec):.1f} µs per Avro decode", flush=True)
     events = _events(codec, args.events, int(time.time() * 1000) - 3_600_000, 31)
-    rounds = []
+    # event times end 5 min ago: within the allowed clock skew however long the offer
+    offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
+                      int(time.time() * 1000) - 25 * 60_000, 47) if args.rate else []
+    rounds, lows = [], []
     with bench_cluster() as (cluster, broker_cpu):
         raw = _raw_round(cluster.bootstrap, events, args.partitions, broker_cpu)
-        for _ in range(max(1, args.repeats)):
+        for _ in range(max(1, args.repeats)):  # alternated: a slow spell hits both
             rounds.append(counted(cluster.bootstrap, codec, events, layout, args.partitions,
                                   broker_cpu))
+            if args.rate:
+                lows.append(counted(cluster.bootstrap, codec, offered, layout,
+                                    args.partitions, broker_cpu, args.rate, args.warm_up))
     print(f"\ncommand: python -m bench primitives "
           f"{' '.join(argv if argv is not None else sys.argv[2:])}")
     print(f"a raw hop: {raw['cpu_us']:.1f} µs of client CPU per message")
@@ -251,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"counting round {i + 1}: {figures['rate']:,.0f} events/s")
         for line in report(tally, len(events), raw["cpu_us"], figures["cpu_us"]):
             print(f"  {line}")
+        if lows:
+            low, low_figures = lows[i]
+            print(f"  the same work at {args.rate:,}/s (open loop, counted in the next round):")
+            for line in beside(tally, len(events), figures["cpu_us"], low, len(offered),
+                               low_figures["cpu_us"], args.rate):
+                print(f"    {line}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ measured in the same run, on one broker (issue 26):
   relays';
 * **the primitives:** the workers' CPU per event at saturation against the sum
   of the primitives they did (Avro, state, Starlark, the hops' client), each
-  counted and timed in one more round (:mod:`bench.primitives`);
+  counted and timed in one more round (:mod:`bench.primitives`); and the same
+  primitives counted at the offered rate nearest 1,000/s, each call's cost
+  there against saturation's: how much dearer the same work runs at that rate
+  on this machine, part of the floor of the CPU ratio;
 * **no traffic:** the workers' and the broker's shares of a core, against the
   broker with no client at all;
 * **a peer:** Quix Streams and tripwire on the same card payments, 1 and 2
@@ -42,7 +45,7 @@ from bench.common import bench_cluster, calibrate
 from bench.idle import idle_round
 from bench.path import RELAY, _events, _raw_round, layout_of, open_loop, saturation
 from bench.peer import QUIX, card_events, peer_lines, peer_python, peer_rounds
-from bench.primitives import counted, report
+from bench.primitives import beside, counted, report
 from tripwire.config import Settings
 from tripwire.schemas.codec import AvroCodec
 from tripwire.schemas.registry import SchemaStore
@@ -110,10 +113,18 @@ def main(argv: list[str] | None = None) -> None:
         sat = _median_round(rounds[None])
         tally, counting = counted(cluster.bootstrap, codec, sat_events, layout,
                                   args.partitions, broker_cpu)
+        counted_at = None  # the same primitives counted at the rate nearest 1,000/s
         for rate in rates:
             # event times end 5 min ago: within the allowed clock skew however long the offer
             offered = _events(codec, int(rate * (args.seconds + args.warm_up)),
                               int(time.time() * 1000) - 25 * 60_000, 47)
+            if rate == min(rates, key=lambda r: abs(r - 1000)):
+                try:
+                    counted_at = rate, len(offered), *counted(
+                        cluster.bootstrap, codec, offered, layout, args.partitions,
+                        broker_cpu, rate, args.warm_up)
+                except RuntimeError as exc:  # fell behind: reported with the rate's row
+                    print(f"counting round at {rate:,}/s: {str(exc)[:90]}", flush=True)
             for mode in (RELAY, MODE):
                 figures: dict[str, Any] = {}
                 try:
@@ -138,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
           f"round, {counting['rate']:,.0f} events/s, each primitive counted and timed in it):")
     for line in report(tally, len(sat_events), raw["cpu_us"], counting["cpu_us"]):
         print(f"  {line}")
+    if counted_at is not None:
+        rate, n, low_tally, low_figures = counted_at
+        print(f"the same primitives at {rate:,}/s (one more round, open loop, counted as "
+              "above): what each call cost there against saturation's")
+        for line in beside(tally, len(sat_events), counting["cpu_us"], low_tally, n,
+                           low_figures["cpu_us"], rate):
+            print(f"  {line}")
     if against is not None:
         then = _median_round(rounds[against])
         # each round's pair ran back to back: the machine's drift (the broker's JIT

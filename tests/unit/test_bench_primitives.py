@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from bench.primitives import Tally, install, merged, report
+from bench.primitives import Tally, beside, install, merged, report
 from tripwire.connectors.simulator import mixed_traffic
 from tripwire.controls.engine import Control, ControlSet
 from tripwire.schemas.codec import AvroCodec
@@ -89,3 +89,27 @@ def test_the_workers_tallies_are_added_up(tmp_path: Path) -> None:
     total = merged(tmp_path)
     assert total.count == Counter({"encode a": 270, "get": 540})
     assert total.ns == Counter({"encode a": 2700}) and total.records_read == 270
+
+
+def test_the_same_calls_are_set_beside_at_a_low_rate() -> None:
+    def tally(calls: dict[str, tuple[int, int]]) -> Tally:  # key -> (count, µs each)
+        return Tally(Counter({k: c for k, (c, _) in calls.items()}),
+                     Counter({k: c * us * 1000 for k, (c, us) in calls.items()}))
+
+    sat = tally({"encode Decision": (100, 60), "decode CardPayment": (200, 10),
+                 "call velocity": (300, 15)})
+    low = tally({"encode Decision": (50, 90), "decode CardPayment": (120, 20),
+                 "call velocity": (150, 15), "get": (50, 1)})  # not done at saturation
+    lines = beside(sat, 100, 600.0, low, 50, 1200.0, rate=1000)
+    assert "1,000/s" in lines[0]
+    rows = [line.split() for line in lines[1:4]]
+    # dearest per event at saturation first: 60, 45 and 20 µs
+    assert rows == [["encode", "Decision", "1.00", "60.00", "90.00", "1.50"],
+                    ["call", "velocity", "3.00", "15.00", "15.00", "1.00"],
+                    ["decode", "CardPayment", "2.00", "10.00", "20.00", "2.00"]]
+    figures = [line.split("(")[0].split()[-3:] for line in lines[4:]]
+    # saturation's calls at the low rate's cost each: 90 + 45 + 40 µs against 125
+    assert figures[0] == ["125.0", "175.0", "1.40"]
+    # as each round did them, per event of its own: (4,500 + 2,400 + 2,250 + 50) / 50
+    assert figures[1] == ["125.0", "184.0", "1.47"]
+    assert figures[2] == ["600.0", "1200.0", "2.00"]
