@@ -45,7 +45,7 @@ from typing import Any
 
 from tripwire.schemas.codec import AvroCodec
 
-__all__ = ["Tally", "beside", "counted", "install", "main", "merged", "report"]
+__all__ = ["OWN", "Tally", "beside", "counted", "install", "main", "merged", "report"]
 
 
 @dataclass
@@ -63,6 +63,9 @@ class Tally:
         self.records_read += other.records_read
         self.records_written += other.records_written
 
+
+# the tally's markers of tripwire's own Python: timed, never summed with the primitives
+OWN = "own "
 
 # a primitive's name in the tally → the part of the report it belongs to
 PARTS = (("decode ", "Avro decode"), ("encode ", "Avro encode"), ("get", "state reads"),
@@ -99,9 +102,11 @@ def install(clock: Callable[[], int] = time.thread_time_ns) -> tuple[Tally, Call
     """Count and time every primitive this process does from now on (a bench
     worker's counting round): AvroCodec's encode and decode by schema, RocksStore's
     reads and write batches (``write``; ``put`` counts the values written), and
-    each control's Starlark calls. The tally, and a function that puts the
-    uncounted methods back."""
+    each control's Starlark calls; and one marker of tripwire's own Python, the
+    validator's calls (``own validate``), never summed with them. The tally, and
+    a function that puts the uncounted methods back."""
     from tripwire.controls.engine import Control
+    from tripwire.schemas.validate import Validator
     from tripwire.state.rocks import RocksStore
 
     tally = Tally()
@@ -158,7 +163,10 @@ def install(clock: Callable[[], int] = time.thread_time_ns) -> tuple[Tally, Call
                (Control, "run"): counted_run,
                (RocksStore, "get"): timed(RocksStore, "get", "get"),
                (RocksStore, "flush"): timed(RocksStore, "flush", "write"),
-               (RocksStore, "put"): counted_put, (RocksStore, "put_many"): counted_put_many}
+               (RocksStore, "put"): counted_put, (RocksStore, "put_many"): counted_put_many,
+               # not a primitive: a marker of tripwire's own Python (OWN), the same work
+               # for every event of a kind whatever the rate
+               (Validator, "validate"): timed(Validator, "validate", f"{OWN}validate")}
     originals = {(cls, name): getattr(cls, name) for cls, name in counted}
     for (cls, name), fn in counted.items():
         setattr(cls, name, fn)
@@ -247,9 +255,9 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
         return t.ns[key] / 1000 / max(t.count[key], 1)
 
     def timed_us(t: Tally, n: int) -> float:
-        return sum(t.ns.values()) / 1000 / max(n, 1)
+        return sum(v for k, v in t.ns.items() if not k.startswith(OWN)) / 1000 / max(n, 1)
 
-    keys = [k for k in sat.ns if sat.count[k] and low.count[k]]
+    keys = [k for k in sat.ns if sat.count[k] and low.count[k] and not k.startswith(OWN)]
     keys.sort(key=lambda k: -sat.ns[k] / max(sat_events, 1))
     lines = [f"{'primitive (µs each call)':32} {'per event':>9} {'saturation':>10} "
              f"{f'{rate:,}/s':>10} {'x':>6}"]
@@ -262,11 +270,26 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
     same = (sum(sat.ns[k] for k in keys) / 1000 / n,
             sum(low.ns[k] / low.count[k] * sat.count[k] for k in keys) / 1000 / n)
     done = (timed_us(sat, sat_events), timed_us(low, low_events))
+    def work(t: Tally, events: int) -> list[float]:
+        """Per event: hop records read or written, state values written, state
+        reads, encodes, decodes."""
+        calls = [sum(c for k, c in t.count.items() if k.startswith(prefix))
+                 for prefix in ("put", "get", "encode ", "decode ")]
+        return [x / max(events, 1) for x in (t.records_read + t.records_written, *calls)]
+
+    lines.append("work per event, saturation → the rate: " + "; ".join(
+        f"{what} {a:.2f} → {b:.2f}" for what, a, b in zip(
+            ("hop records", "state values written", "state reads", "encodes", "decodes"),
+            work(sat, sat_events), work(low, low_events), strict=True)))
     for what, (a, b) in (("saturation's calls, each at its cost", same),
                          ("the primitives, as each round did them", done),
                          ("the workers, all their CPU", (sat_us, low_us))):
         lines.append(f"{what:42} {a:>10.1f} {b:>10.1f} {b / max(a, 1e-9):>6.2f}   "
                      "(µs per event)")
+    for k in sorted(k for k in sat.ns if k.startswith(OWN) and sat.count[k] and low.count[k]):
+        a, b = per_call(sat, k), per_call(low, k)
+        lines.append(f"{'tripwire own Python, ' + k[len(OWN):]:42} {a:>10.2f} {b:>10.2f} "
+                     f"{b / max(a, 1e-9):>6.2f}   (µs each call, the same work)")
     return lines
 
 
