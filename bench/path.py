@@ -94,6 +94,13 @@ ONE = ("path",)  # a worker of the one-process path
 COMBINED = ("combined",)  # a worker running every stage in one loop
 
 
+def offer_of(codec: AvroCodec, rate: int, seconds: float) \
+        -> list[tuple[str, bytes, bytes, str]]:
+    """``seconds`` of events to offer at ``rate`` per second (open loop). Their
+    times end 5 min ago: within the allowed clock skew however long the offer."""
+    return _events(codec, int(rate * seconds), int(time.time() * 1000) - 25 * 60_000, 47)
+
+
 def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
             stages: tuple[str, ...], ready: Any, stop: Any, poll_s: float,
             tally_to: str = "") -> None:
@@ -614,9 +621,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  round {mode}: catching up a backlog {caught['rate']:,.0f}/s "
                           f"({caught['cpu_us']:.0f} µs worker CPU)", flush=True)
         if args.seconds:  # 0: saturation only
-            # event times end 5 min ago: within the allowed clock skew whatever the offer takes
-            offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
-                              int(time.time() * 1000) - 25 * 60_000, 47)
+            offered = offer_of(codec, args.rate, args.seconds + args.warm_up)
             for mode in [RELAY, *modes]:
                 lats[mode] = open_loop(cluster.bootstrap, codec, offered, layout,
                                        args.partitions, args.batch, args.rate, mode,

@@ -257,6 +257,13 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
     def timed_us(t: Tally, n: int) -> float:
         return sum(v for k, v in t.ns.items() if not k.startswith(OWN)) / 1000 / max(n, 1)
 
+    def work(t: Tally, events: int) -> list[float]:
+        """Per event: hop records read or written, state values written, state
+        reads, encodes, decodes."""
+        calls = [sum(c for k, c in t.count.items() if k.startswith(prefix))
+                 for prefix in ("put", "get", "encode ", "decode ")]
+        return [x / max(events, 1) for x in (t.records_read + t.records_written, *calls)]
+
     keys = [k for k in sat.ns if sat.count[k] and low.count[k] and not k.startswith(OWN)]
     keys.sort(key=lambda k: -sat.ns[k] / max(sat_events, 1))
     lines = [f"{'primitive (µs each call)':32} {'per event':>9} {'saturation':>10} "
@@ -270,13 +277,6 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
     same = (sum(sat.ns[k] for k in keys) / 1000 / n,
             sum(low.ns[k] / low.count[k] * sat.count[k] for k in keys) / 1000 / n)
     done = (timed_us(sat, sat_events), timed_us(low, low_events))
-    def work(t: Tally, events: int) -> list[float]:
-        """Per event: hop records read or written, state values written, state
-        reads, encodes, decodes."""
-        calls = [sum(c for k, c in t.count.items() if k.startswith(prefix))
-                 for prefix in ("put", "get", "encode ", "decode ")]
-        return [x / max(events, 1) for x in (t.records_read + t.records_written, *calls)]
-
     lines.append("work per event, saturation → the rate: " + "; ".join(
         f"{what} {a:.2f} → {b:.2f}" for what, a, b in zip(
             ("hop records", "state values written", "state reads", "encodes", "decodes"),
@@ -295,7 +295,7 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
 
 def main(argv: list[str] | None = None) -> None:
     from bench.common import bench_cluster, calibrate
-    from bench.path import _events, _raw_round, layout_of
+    from bench.path import _events, _raw_round, layout_of, offer_of
     from tripwire.schemas.registry import SchemaStore
 
     ap = argparse.ArgumentParser(prog="python -m bench primitives")
@@ -314,9 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.workers} workers, {args.partitions} partitions; {os.cpu_count()} cores; "
           f"machine: {calibrate(codec):.1f} µs per Avro decode", flush=True)
     events = _events(codec, args.events, int(time.time() * 1000) - 3_600_000, 31)
-    # event times end 5 min ago: within the allowed clock skew however long the offer
-    offered = _events(codec, int(args.rate * (args.seconds + args.warm_up)),
-                      int(time.time() * 1000) - 25 * 60_000, 47) if args.rate else []
+    offered = offer_of(codec, args.rate, args.seconds + args.warm_up) if args.rate else []
     rounds, lows = [], []
     with bench_cluster() as (cluster, broker_cpu):
         raw = _raw_round(cluster.bootstrap, events, args.partitions, broker_cpu)

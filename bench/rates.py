@@ -43,7 +43,7 @@ from typing import Any
 from bench.ab import FILED, resolve
 from bench.common import bench_cluster, calibrate
 from bench.idle import idle_round
-from bench.path import RELAY, _events, _raw_round, layout_of, open_loop, saturation
+from bench.path import RELAY, _events, _raw_round, layout_of, offer_of, open_loop, saturation
 from bench.peer import QUIX, card_events, peer_lines, peer_python, peer_rounds
 from bench.primitives import beside, counted, report
 from tripwire.config import Settings
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                                   args.partitions, broker_cpu)
         counted_at = None  # the same primitives counted at the rate nearest 1,000/s
         for rate in rates:
-            # event times end 5 min ago: within the allowed clock skew however long the offer
-            offered = _events(codec, int(rate * (args.seconds + args.warm_up)),
-                              int(time.time() * 1000) - 25 * 60_000, 47)
+            offered = offer_of(codec, rate, args.seconds + args.warm_up)
             if rate == min(rates, key=lambda r: abs(r - 1000)):
                 try:
                     counted_at = rate, len(offered), *counted(
