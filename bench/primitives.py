@@ -264,8 +264,8 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
                  for prefix in ("put", "get", "encode ", "decode ")]
         return [x / max(events, 1) for x in (t.records_read + t.records_written, *calls)]
 
-    keys = [k for k in sat.ns if sat.count[k] and low.count[k] and not k.startswith(OWN)]
-    keys.sort(key=lambda k: -sat.ns[k] / max(sat_events, 1))
+    both = [k for k in sat.ns if sat.count[k] and low.count[k]]  # done in both rounds
+    keys = sorted((k for k in both if not k.startswith(OWN)), key=lambda k: -sat.ns[k])
     lines = [f"{'primitive (µs each call)':32} {'per event':>9} {'saturation':>10} "
              f"{f'{rate:,}/s':>10} {'x':>6}"]
     for k in keys[:rows]:
@@ -275,18 +275,18 @@ def beside(sat: Tally, sat_events: int, sat_us: float, low: Tally, low_events: i
     n = max(sat_events, 1)
     # saturation's calls, each at what it cost there and at the rate: the same work
     same = (sum(sat.ns[k] for k in keys) / 1000 / n,
-            sum(low.ns[k] / low.count[k] * sat.count[k] for k in keys) / 1000 / n)
+            sum(per_call(low, k) * sat.count[k] for k in keys) / n)
     done = (timed_us(sat, sat_events), timed_us(low, low_events))
     lines.append("work per event, saturation → the rate: " + "; ".join(
         f"{what} {a:.2f} → {b:.2f}" for what, a, b in zip(
             ("hop records", "state values written", "state reads", "encodes", "decodes"),
             work(sat, sat_events), work(low, low_events), strict=True)))
     for what, (a, b) in (("saturation's calls, each at its cost", same),
-                         ("the primitives, as each round did them", done),
+                         ("the timed primitives, as each round did", done),
                          ("the workers, all their CPU", (sat_us, low_us))):
         lines.append(f"{what:42} {a:>10.1f} {b:>10.1f} {b / max(a, 1e-9):>6.2f}   "
                      "(µs per event)")
-    for k in sorted(k for k in sat.ns if k.startswith(OWN) and sat.count[k] and low.count[k]):
+    for k in sorted(k for k in both if k.startswith(OWN)):
         a, b = per_call(sat, k), per_call(low, k)
         lines.append(f"{'tripwire own Python, ' + k[len(OWN):]:42} {a:>10.2f} {b:>10.2f} "
                      f"{b / max(a, 1e-9):>6.2f}   (µs each call, the same work)")

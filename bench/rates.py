@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         tally, counting = counted(cluster.bootstrap, codec, sat_events, layout,
                                   args.partitions, broker_cpu)
         counted_at = None  # the same primitives counted at the rate nearest 1,000/s
+        nearest = min(rates, key=lambda r: abs(r - 1000))
         for rate in rates:
             offered = offer_of(codec, rate, args.seconds + args.warm_up)
-            if rate == min(rates, key=lambda r: abs(r - 1000)):
+            if rate == nearest:
                 try:
                     counted_at = rate, len(offered), *counted(
                         cluster.bootstrap, codec, offered, layout, args.partitions,
