@@ -51,7 +51,7 @@ from fastavro.io.binary_decoder import BinaryDecoder
 from bench.ab import at_commit, site_of
 from bench.common import bench_cluster, calibrate, proc_cpu, thread_cpu
 from tripwire.broker.scratch import release, scratch_home
-from tripwire.connectors.kafka import consume_available, consumer, producer
+from tripwire.connectors.kafka import consume_available, consumer, produce_waiting, producer
 from tripwire.connectors.simulator import magstripe_contactless_attack, mixed_traffic
 from tripwire.controls.decider import DECISION_SCHEMA
 from tripwire.schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
@@ -540,7 +540,7 @@ def _raw_round(bootstrap: str, events: list[tuple[str, bytes, bytes, str]], part
     create_topics(bootstrap, ns, partitions=partitions)
     p = producer(bootstrap, **{"linger.ms": 20})
     for _tk, key, value, _ in events:
-        p.produce(f"{ns}raw-in", value, key)
+        produce_waiting(p, f"{ns}raw-in", value, key)  # a round larger than the queue
         p.poll(0)
     p.flush(60)
     b0 = broker_cpu() or 0.0

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from tripwire.schemas.compiled import compile_writer
 from tripwire.schemas.registry import AvroSchema, SchemaStore, UnknownSchemaError, strip_logical
 
 __all__ = [
@@ -133,6 +134,8 @@ class AvroCodec:
         self.store = store
         self.registry = registry
         self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any]] = {}  # leading()
+        # schema fingerprint → its compiled encoder (None: fastavro's only)
+        self._compiled: dict[bytes, Callable[[Any], bytes] | None] = {}
 
     @classmethod
     def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
@@ -153,6 +156,19 @@ class AvroCodec:
         else:
             buf.write(bytes([CONFLUENT_MAGIC]))
             buf.write(self.registry.schema_id(schema).to_bytes(4, "big"))
+        try:
+            compiled = self._compiled[schema.fingerprint]
+        except KeyError:
+            compiled = self._compiled[schema.fingerprint] = compile_writer(
+                strip_logical(schema.source))
+        if compiled is not None:
+            try:
+                body = compiled(record)
+            except Exception:  # not a shape it takes (Unfit): fastavro decides, and says why
+                pass
+            else:
+                buf.write(body)
+                return buf.getvalue()
         try:
             schemaless_writer(buf, schema.parsed, record, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:

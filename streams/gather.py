@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,7 +86,10 @@ class DecisionStage(Processor):
         self.backlog_timeout_ms = max(node_timeout_ms, backlog_timeout_ms)
         self.backlog_lag_ms = backlog_lag_ms
         self.pending: dict[str, _Pending] = {}
-        self._deadlines: list[tuple[int, str]] = []
+        # (deadline, sequence, tagged identity): among equal deadlines (a batch's
+        # events share one) the order they were set in, found without comparing ids
+        self._deadlines: list[tuple[int, int, str]] = []
+        self._set = itertools.count()
         self._orphans: set[str] = set()  # fragments gathering, their event not yet here
         # identity -> the tagged identity (with its content's digest) gathering for it
         self._gathering: dict[str, str] = {}
@@ -182,7 +186,7 @@ class DecisionStage(Processor):
             p.timeout_ms = self.backlog_timeout_ms \
                 if now_ms - p.arrived_ms > self.backlog_lag_ms else self.node_timeout_ms
             p.deadline = now_ms + self.node_timeout_ms
-            heapq.heappush(self._deadlines, (p.deadline, tagged))
+            heapq.heappush(self._deadlines, (p.deadline, next(self._set), tagged))
             self._orphans.discard(tagged)
         else:
             p.fragments[msg["entity"]] = msg
@@ -221,14 +225,14 @@ class DecisionStage(Processor):
             p = self.pending.get(identity)
             if p is not None and p.request is None and p.deadline is None:
                 p.deadline = now_ms + self.ORPHAN_MS
-                heapq.heappush(self._deadlines, (p.deadline, identity))
+                heapq.heappush(self._deadlines, (p.deadline, next(self._set), identity))
         self._orphans.clear()
         if self._conflicts:  # their fragments have come by now
             for tagged in [k for k, at in self._conflicts.items()
                            if now_ms - at > self.ORPHAN_MS]:
                 del self._conflicts[tagged]
         while self._deadlines and self._deadlines[0][0] <= now_ms:
-            _, identity = heapq.heappop(self._deadlines)
+            _, _, identity = heapq.heappop(self._deadlines)
             due = self.pending.get(identity)
             if due is None or due.deadline is None or due.deadline > now_ms or due.ready:
                 continue  # decided already, or a newer deadline is queued
@@ -236,7 +240,7 @@ class DecisionStage(Processor):
                 later = self._waiting_until(due, now_ms)
                 if later is not None:
                     due.deadline = later
-                    heapq.heappush(self._deadlines, (later, identity))
+                    heapq.heappush(self._deadlines, (later, next(self._set), identity))
                     continue
                 due.ready = True
                 self._ready.append(identity)
