@@ -24,7 +24,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from tripwire.schemas.compiled import compile_writer
+from tripwire.schemas.compiled import compile_reader, compile_writer
 from tripwire.schemas.registry import AvroSchema, SchemaStore, UnknownSchemaError, strip_logical
 
 __all__ = [
@@ -136,6 +136,8 @@ class AvroCodec:
         self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any]] = {}  # leading()
         # schema fingerprint → its compiled encoder (None: fastavro's only)
         self._compiled: dict[bytes, Callable[[Any], bytes] | None] = {}
+        # id of a parsed schema read as written → its compiled decoder (None: fastavro)
+        self._decoders: dict[int, Callable[[bytes, int], tuple[Any, int]] | None] = {}
 
     @classmethod
     def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
@@ -251,11 +253,22 @@ class AvroCodec:
                               f"{writer.name}: {len(data) - end} bytes after the record")
         return reader, record
 
-    @staticmethod
-    def _read(writer: AvroSchema, data: bytes, start: int, schema: Any,
+    def _read(self, writer: AvroSchema, data: bytes, start: int, schema: Any,
               reader: Any) -> tuple[dict[str, Any], int]:
-        """A record read from ``start`` with fastavro (``schema`` as written,
-        ``reader`` as wanted), and where it ended; every failure a DecodeError."""
+        """A record read from ``start`` (``schema`` as written, ``reader`` as wanted),
+        and where it ended; every failure a DecodeError. Read as written, by the
+        schema's compiled decoder (tripwire.schemas.compiled) when it takes the
+        bytes; otherwise, and to resolve one version into another, by fastavro."""
+        if reader is None and type(data) is bytes:
+            try:
+                compiled = self._decoders[id(schema)]
+            except KeyError:  # the schemas read are the store's and leading()'s: kept
+                compiled = self._decoders[id(schema)] = compile_reader(schema)
+            if compiled is not None:
+                try:
+                    return compiled(data, start)
+                except Exception:  # not the plainest encoding, or corrupt: fastavro says
+                    pass
         buf = io.BytesIO(data)
         buf.seek(start)
         try:

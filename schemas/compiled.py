@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Unfit", "compile_writer", "zigzag"]
+__all__ = ["Unfit", "compile_reader", "compile_writer", "zigzag"]
 
 RANGES = {"int": (-(1 << 31), (1 << 31) - 1), "long": (-(1 << 63), (1 << 63) - 1)}
 _ONE_BYTE = tuple(bytes([i]) for i in range(128))
@@ -73,6 +73,42 @@ def _kept(known: dict[Any, bytes], s: Any) -> bytes:
     return encoded
 
 
+def _long_at(d: bytes, p: int) -> tuple[int, int]:
+    """A varint of two to ten bytes from ``p`` (a long's most), and where it ends;
+    Unfit beyond 64 bits (fastavro wraps those around: it decides them)."""
+    b = d[p]
+    n, shift, p = b & 0x7F, 7, p + 1
+    while b & 0x80:
+        if shift > 63:
+            raise Unfit
+        b = d[p]
+        n |= (b & 0x7F) << shift
+        shift, p = shift + 7, p + 1
+    if n >> 64:
+        raise Unfit
+    return (n >> 1) ^ -(n & 1), p
+
+
+def compile_reader(schema: Any) -> Callable[[bytes, int], tuple[Any, int]] | None:
+    """A decoder of the body of ``schema``'s values from ``data`` at ``start``
+    (logical types stripped): (the value, where it ended). It raises (Unfit,
+    IndexError...) on anything but a well-formed body in the plainest encoding
+    (no negative block counts, no varint beyond 64 bits, booleans 0 or 1);
+    then fastavro decides, its value or its error. None for a schema it does not
+    compile."""
+    gen = _ReaderGenerator()
+    try:
+        top = gen.function(schema, "")
+    except _Unsupported:
+        return None
+    scope: dict[str, Any] = {"Unfit": Unfit, "long_at": _long_at,
+                             "unpack_d": struct.Struct("<d").unpack_from, **gen.constants}
+    exec(compile("\n".join(gen.lines), f"<avro decoder {gen.title}>", "exec"),  # ours
+         scope)
+    decode: Callable[[bytes, int], tuple[Any, int]] = scope[top]
+    return decode
+
+
 def compile_writer(schema: Any) -> Callable[[Any], bytes] | None:
     """An encoder of the body of ``schema``'s values (logical types stripped, as
     the codec writes them), raising :class:`Unfit` (or any error) for a value it
@@ -96,9 +132,10 @@ def encode(v):
     return encode
 
 
-class _Generator:
+class _Names:
     """Python source for one schema: a function per named record (and the top
-    level), every other type inlined into the code of its parent."""
+    level), every other type inlined into the code of its parent; the named types
+    and constants it refers to."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -112,29 +149,18 @@ class _Generator:
         self.constants[name] = value
         return name
 
-    def function(self, schema: Any, namespace: str) -> str:
-        """The name of a function ``f(v, ap)`` writing ``schema``'s values."""
-        kind, schema, namespace = self.resolve(schema, namespace)
-        if kind == "record":
-            full = self.full_name(schema, namespace)
-            if full in self.functions:
-                return self.functions[full]
-            self.title = self.title or full
-            name = self.functions[full] = f"w{len(self.functions)}"
-            inner = full.rpartition(".")[0]
-            fields = schema["fields"]
-            body = [f"def {name}(v, ap):",
-                    f"    if type(v) is not dict or len(v) != {len(fields)}:",
-                    "        raise Unfit  # a default to fill in, or a key too many: fastavro"]
-            for f in fields:
-                body.append(f"    x0 = v[{f['name']!r}]")
-                body += self.value(f["type"], inner, "x0", 1)
-            self.lines += [*body, ""]
-            return name
-        name = f"w{len(self.functions)}"
-        self.functions[f"#{name}"] = name
-        self.lines += [f"def {name}(v, ap):", *self.value(schema, namespace, "v", 1), ""]
+    def record_function(self, schema: Any, namespace: str) -> str:
+        """The function of the record ``schema`` (made and named the first time)."""
+        full = self.full_name(schema, namespace)
+        if full in self.functions:
+            return self.functions[full]
+        name = self.function(schema, namespace)
+        short = full.rpartition(".")[2]
+        self.named[full] = self.named[short] = ("record", schema, namespace)
         return name
+
+    def function(self, schema: Any, namespace: str) -> str:
+        raise NotImplementedError
 
     @staticmethod
     def full_name(schema: dict[str, Any], namespace: str) -> str:
@@ -178,6 +204,34 @@ class _Generator:
             return kind, schema, namespace
         raise _Unsupported(f"type {kind}")
 
+
+class _Generator(_Names):
+    """An encoder's source: ``f(v, ap)`` writes ``v`` through ``ap`` (append)."""
+
+    def function(self, schema: Any, namespace: str) -> str:
+        """The name of a function ``f(v, ap)`` writing ``schema``'s values."""
+        kind, schema, namespace = self.resolve(schema, namespace)
+        if kind == "record":
+            full = self.full_name(schema, namespace)
+            if full in self.functions:
+                return self.functions[full]
+            self.title = self.title or full
+            name = self.functions[full] = f"w{len(self.functions)}"
+            inner = full.rpartition(".")[0]
+            fields = schema["fields"]
+            body = [f"def {name}(v, ap):",
+                    f"    if type(v) is not dict or len(v) != {len(fields)}:",
+                    "        raise Unfit  # a default to fill in, or a key too many: fastavro"]
+            for f in fields:
+                body.append(f"    x0 = v[{f['name']!r}]")
+                body += self.value(f["type"], inner, "x0", 1)
+            self.lines += [*body, ""]
+            return name
+        name = f"w{len(self.functions)}"
+        self.functions[f"#{name}"] = name
+        self.lines += [f"def {name}(v, ap):", *self.value(schema, namespace, "v", 1), ""]
+        return name
+
     def value(self, schema: Any, namespace: str, x: str, depth: int,
               known: bool = False) -> list[str]:
         """Lines writing the value in variable ``x``, indented ``depth`` levels
@@ -187,14 +241,7 @@ class _Generator:
         if kind == "union":
             return self.union(schema, namespace, x, depth)
         if kind == "record":
-            full = self.full_name(schema, namespace)
-            if full not in self.functions and full not in self.named:
-                name = self.function(schema, namespace)
-                short = full.rpartition(".")[2]
-                self.named[full] = self.named[short] = ("record", schema, namespace)
-            else:
-                name = self.functions[full]
-            return [f"{pad}{name}({x}, ap)"]
+            return [f"{pad}{self.record_function(schema, namespace)}({x}, ap)"]
         if kind == "enum":
             symbols = self.constant({s: zigzag(i) for i, s in enumerate(schema["symbols"])})
             return [f"{pad}b = {symbols}.get({x}) if type({x}) is str else None",
@@ -304,3 +351,83 @@ _KNOWN: dict[str, Callable[[str], list[str]]] = {
     "string": lambda x: [f"b = {x}.encode()", "n = len(b)", "ap(ONE[n + n] if n < 64 else zz(n))",
                          "ap(b)"],
 }
+
+
+class _ReaderGenerator(_Names):
+    """A decoder's source: ``f(d, p)`` reads a value from bytes ``d`` at ``p``,
+    returning it and where it ended."""
+
+    def function(self, schema: Any, namespace: str) -> str:
+        kind, schema, namespace = self.resolve(schema, namespace)
+        name = f"r{len(self.functions)}"
+        if kind != "record":
+            self.functions[f"#{name}"] = name
+            self.lines += [f"def {name}(d, p):", *self.value(schema, namespace, "v", 1),
+                           "    return v, p", ""]
+            return name
+        full = self.full_name(schema, namespace)
+        self.functions[full] = name
+        self.title = self.title or full
+        inner = full.rpartition(".")[0]
+        body = [f"def {name}(d, p):"]
+        names = []
+        for i, f in enumerate(schema["fields"]):
+            body += self.value(f["type"], inner, f"f{i}", 1)
+            names.append(f"{f['name']!r}: f{i}")
+        self.lines += [*body, f"    return {{{', '.join(names)}}}, p", ""]
+        return name
+
+    @staticmethod
+    def varint(target: str, pad: str) -> list[str]:
+        """Lines reading an int or long into ``target``: one byte, most of the time."""
+        return [f"{pad}c = d[p]", f"{pad}if c < 128:", f"{pad}    {target} = (c >> 1) ^ -(c & 1)",
+                f"{pad}    p += 1", f"{pad}else:", f"{pad}    {target}, p = long_at(d, p)"]
+
+    def value(self, schema: Any, namespace: str, target: str, depth: int) -> list[str]:
+        """Lines reading one value into variable ``target``, indented ``depth`` levels."""
+        kind, schema, namespace = self.resolve(schema, namespace)
+        pad = "    " * depth
+        if kind == "null":
+            return [f"{pad}{target} = None"]
+        if kind == "boolean":
+            return [f"{pad}c = d[p]", f"{pad}p += 1", f"{pad}if c == 0:",
+                    f"{pad}    {target} = False", f"{pad}elif c == 1:", f"{pad}    {target} = True",
+                    f"{pad}else:", f"{pad}    raise Unfit  # fastavro's: any other byte is True"]
+        if kind in RANGES:
+            return self.varint(target, pad)
+        if kind == "double":
+            return [f"{pad}{target} = unpack_d(d, p)[0]", f"{pad}p += 8"]
+        if kind in ("string", "bytes"):
+            decode = ".decode()" if kind == "string" else ""
+            return [*self.varint("n", pad), f"{pad}if n < 0 or p + n > len(d):",
+                    f"{pad}    raise Unfit", f"{pad}{target} = d[p:p + n]{decode}",
+                    f"{pad}p += n"]
+        if kind == "enum":
+            symbols = self.constant(tuple(schema["symbols"]))
+            return [*self.varint("i", pad), f"{pad}if not 0 <= i < {len(schema['symbols'])}:",
+                    f"{pad}    raise Unfit", f"{pad}{target} = {symbols}[i]"]
+        if kind == "record":
+            return [f"{pad}{target}, p = {self.record_function(schema, namespace)}(d, p)"]
+        if kind == "union":
+            index = f"i{depth}"
+            lines = self.varint(index, pad)
+            for i, branch in enumerate(schema):
+                lines += [f"{pad}{'if' if i == 0 else 'elif'} {index} == {i}:",
+                          *self.value(branch, namespace, target, depth + 1)]
+            return [*lines, f"{pad}else:", f"{pad}    raise Unfit"]
+        # arrays and maps: blocks of a count of items each, until a count of 0
+        count, item = f"n{depth}", f"y{depth}"
+        lines = [f"{pad}{target} = {'[]' if kind == 'array' else '{}'}",
+                 *self.varint(count, pad), f"{pad}while {count}:",
+                 # a negative count (a block's size follows) or more items than bytes
+                 f"{pad}    if {count} < 0 or {count} > len(d) - p:", f"{pad}        raise Unfit",
+                 f"{pad}    for _ in range({count}):"]
+        if kind == "array":
+            lines += [*self.value(schema["items"], namespace, item, depth + 2),
+                      f"{pad}        {target}.append({item})"]
+        else:
+            key = f"k{depth}"
+            lines += [*self.value("string", namespace, key, depth + 2),
+                      *self.value(schema["values"], namespace, item, depth + 2),
+                      f"{pad}        {target}[{key}] = {item}"]
+        return [*lines, *self.varint(count, pad + "    ")]

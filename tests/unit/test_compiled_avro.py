@@ -1,5 +1,6 @@
-"""The compiled Avro encoders write exactly fastavro's bytes, and leave to
-fastavro every value they do not take (its refusals and errors included)."""
+"""The compiled Avro encoders write exactly fastavro's bytes, and the compiled
+decoders read exactly fastavro's values; each leaves to fastavro every value or
+body it does not take (its refusals and errors included)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import math
 from typing import Any
 
 import pytest
-from fastavro import parse_schema, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tripwire.schemas.codec import AvroCodec, EncodeError
-from tripwire.schemas.compiled import Unfit, compile_writer, zigzag
+from tripwire.connectors.simulator import normal_card_payments
+from tripwire.schemas.codec import AvroCodec, DecodeError, EncodeError
+from tripwire.schemas.compiled import Unfit, compile_reader, compile_writer, zigzag
 from tripwire.schemas.registry import SchemaStore, strip_logical
 
 STORE = SchemaStore.default()
@@ -112,7 +114,7 @@ def test_every_schema_compiles(schema: Any) -> None:
 
 @pytest.mark.parametrize("schema", [s.source for s in EVERY_VERSION] + [TRICKY],
                          ids=[f"{s.name}.v{s.version}" for s in EVERY_VERSION] + ["tricky"])
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_the_same_bytes_as_fastavro(schema: Any, data: st.DataObject) -> None:
     value = data.draw(values(schema, {}, odd=False))
@@ -125,12 +127,113 @@ def test_the_same_bytes_as_fastavro(schema: Any, data: st.DataObject) -> None:
 
 @pytest.mark.parametrize("schema", [STORE.get("tripwire.decisions.Decision").source, TRICKY],
                          ids=["decision", "tricky"])
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_values_of_other_shapes_are_left_to_fastavro(schema: Any, data: st.DataObject) \
         -> None:
     value = data.draw(values(schema, {}, odd=True))
     assert compiled_or_fastavro(schema, value) == fastavro_bytes(schema, value)
+
+
+def fastavro_read(schema: Any, data: bytes) -> tuple[Any, int] | str:
+    """What fastavro reads from ``data`` as the codec calls it (the value and where it
+    ended; NaN as a string, to compare), or its error's type."""
+    buf = io.BytesIO(data)
+    try:
+        value = schemaless_reader(buf, parse_schema(strip_logical(schema)), None)
+    except Exception as exc:  # compared, not hidden
+        return type(exc).__name__
+    return comparable(value), buf.tell()
+
+
+def compiled_or_fastavro_read(schema: Any, data: bytes) -> tuple[Any, int] | str:
+    """The codec's way: the compiled decoder, fastavro for what it does not take."""
+    decode = compile_reader(parse_schema(strip_logical(schema)))
+    assert decode is not None
+    try:
+        value, end = decode(data, 0)
+    except Exception:  # Unfit, or corrupt: fastavro's say
+        return fastavro_read(schema, data)
+    return comparable(value), end
+
+
+def comparable(value: Any) -> Any:
+    """NaN is not equal to itself: compared as a string."""
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    return value
+
+
+READABLE = [s.source for s in EVERY_VERSION] + [TRICKY]
+READABLE_IDS = [f"{s.name}.v{s.version}" for s in EVERY_VERSION] + ["tricky"]
+
+
+@pytest.mark.parametrize("schema", READABLE, ids=READABLE_IDS)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_same_values_as_fastavro(schema: Any, data: st.DataObject) -> None:
+    body = fastavro_bytes(schema, data.draw(values(schema, {}, odd=False)))
+    assert isinstance(body, bytes)
+    decode = compile_reader(parse_schema(strip_logical(schema)))
+    assert decode is not None
+    value, end = decode(body + b"\x00more", 0)  # read as far as the value goes
+    assert (comparable(value), end) == fastavro_read(schema, body)
+    assert end == len(body)
+
+
+@pytest.mark.parametrize("schema", READABLE, ids=READABLE_IDS)
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_corrupt_bodies_read_as_fastavro_reads_them(schema: Any, data: st.DataObject) -> None:
+    body = bytearray(fastavro_bytes(schema, data.draw(values(schema, {}, odd=False))))
+    for _ in range(data.draw(st.integers(1, 3))):  # a few bytes changed, cut or added
+        how = data.draw(st.sampled_from(["set", "cut", "insert"]))
+        at = data.draw(st.integers(0, len(body)))
+        if how == "cut":
+            del body[at:]
+        elif how == "insert":
+            body[at:at] = bytes([data.draw(st.integers(0, 255))])
+        elif at < len(body):
+            body[at] = data.draw(st.sampled_from([0, 1, 2, 0x7F, 0x80, 0xFF]))
+    assert compiled_or_fastavro_read(schema, bytes(body)) == fastavro_read(schema, bytes(body))
+
+
+def test_what_the_compiled_decoder_leaves_to_fastavro() -> None:
+    flag = {"type": "record", "name": "B", "fields": [{"name": "b", "type": "boolean"},
+                                                      {"name": "n", "type": "long"}]}
+    decode = compile_reader(parse_schema(flag))
+    assert decode is not None
+    assert decode(b"\x01\x02", 0) == ({"b": True, "n": 1}, 2)
+    for body in (b"\x02\x02",             # a boolean byte of 2: fastavro reads True
+                 b"\x00" + b"\xff" * 9 + b"\x7f",  # a long beyond 64 bits: fastavro wraps it
+                 b"\x00\x80"):            # cut short: fastavro's EOFError
+        with pytest.raises((Unfit, IndexError)):
+            decode(body, 0)
+        assert compiled_or_fastavro_read(flag, body) == fastavro_read(flag, body)
+    lowest = b"\x00" + b"\xff" * 9 + b"\x01"  # ten bytes: the lowest long
+    assert decode(lowest, 0) == ({"b": False, "n": -(1 << 63)}, 11)
+    assert compiled_or_fastavro_read(flag, lowest) == fastavro_read(flag, lowest)
+    blocks = {"type": "array", "items": "long"}  # a negative count: a block's size follows
+    assert compiled_or_fastavro_read(blocks, b"\x03\x02\x02\x04\x00") == ([1, 2], 5)
+
+
+def test_the_codec_reads_the_same_and_says_why_not() -> None:
+    codec = AvroCodec(STORE)
+    card = next(iter(normal_card_payments(1, 1_790_000_000_000, 1)))
+    data = codec.encode("tripwire.events.CardPayment", card)
+    schema, got = codec.decode(data)
+    assert got == {**{f["name"]: None for f in schema.source["fields"]}, **card}
+    assert fastavro_read(schema.source, data[10:]) == (got, len(data) - 10)
+    with pytest.raises(DecodeError) as cut:
+        codec.decode(data[:-3])
+    assert cut.value.reason == "BODY_INVALID" and "EOFError" in str(cut.value)
+    with pytest.raises(DecodeError) as longer:
+        codec.decode(data + b"\x00")
+    assert longer.value.reason == "TRAILING_BYTES"
 
 
 def test_what_the_compiled_encoder_refuses() -> None:
