@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from fastavro import schemaless_reader
 
 from tripwire.broker import KafkaCluster, acquire_cluster
 from tripwire.broker.scratch import release, scratch_home
@@ -69,12 +72,16 @@ def calibrate(codec: AvroCodec, n: int = 20_000) -> float:
     from tripwire.connectors.simulator import normal_card_payments
 
     e = next(iter(normal_card_payments(1, int(time.time() * 1000), 1)))
-    data = codec.encode("tripwire.events.CardPayment", e)
+    schema = codec.store.get("tripwire.events.CardPayment")
+    data = codec.encode(schema.name, e)
+    body = data[5:] if data[:1] == b"\x00" else data[10:]  # either framing's header
+    # fastavro's reader itself, not the codec's: the codec's compiled decoder
+    # (tripwire.schemas.compiled) would make the yardstick move with tripwire's code
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(n):
-            codec.decode(data)
+            schemaless_reader(io.BytesIO(body), schema.parsed, None)
         best = min(best, (time.perf_counter() - t) / n * 1e6)
     return best
 
