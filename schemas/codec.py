@@ -136,8 +136,10 @@ class AvroCodec:
         self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any]] = {}  # leading()
         # schema fingerprint → its compiled encoder (None: fastavro's only)
         self._compiled: dict[bytes, Callable[[Any], bytes] | None] = {}
-        # id of a parsed schema read as written → its compiled decoder (None: fastavro)
-        self._decoders: dict[int, Callable[[bytes, int], tuple[Any, int]] | None] = {}
+        # id of a parsed schema read as written → it, and its compiled decoder (None:
+        # fastavro's only)
+        self._decoders: dict[int, tuple[Any, Callable[[bytes, int], tuple[Any, int]] | None]] \
+            = {}
 
     @classmethod
     def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
@@ -260,10 +262,10 @@ class AvroCodec:
         schema's compiled decoder (tripwire.schemas.compiled) when it takes the
         bytes; otherwise, and to resolve one version into another, by fastavro."""
         if reader is None and type(data) is bytes:
-            try:
-                compiled = self._decoders[id(schema)]
-            except KeyError:  # the schemas read are the store's and leading()'s: kept
-                compiled = self._decoders[id(schema)] = compile_reader(schema)
+            kept = self._decoders.get(id(schema))
+            if kept is None or kept[0] is not schema:  # the schema is kept with it: its
+                kept = self._decoders[id(schema)] = (schema, compile_reader(schema))  # id too
+            compiled = kept[1]
             if compiled is not None:
                 try:
                     return compiled(data, start)
