@@ -41,6 +41,7 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 _HEADER = 10
 _CONFLUENT_HEADER = 5
+Decoder = Callable[[bytes, int], tuple[Any, int]]  # a compiled decoder: body, start → value, end
 
 
 class DecodeError(ValueError):
@@ -130,16 +131,18 @@ class RegistryFraming:
 class AvroCodec:
     """Encode and decode records of the schemas in one :class:`SchemaStore`."""
 
-    def __init__(self, store: SchemaStore, registry: RegistryFraming | None = None) -> None:
+    def __init__(self, store: SchemaStore, registry: RegistryFraming | None = None,
+                 compiled: bool = True) -> None:
+        """``compiled`` False: fastavro only, never the compiled encoders and
+        decoders of :mod:`tripwire.schemas.compiled` (the same bytes and values)."""
         self.store = store
         self.registry = registry
-        self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any]] = {}  # leading()
-        # schema fingerprint → its compiled encoder (None: fastavro's only)
-        self._compiled: dict[bytes, Callable[[Any], bytes] | None] = {}
-        # id of a parsed schema read as written → it, and its compiled decoder (None:
-        # fastavro's only)
-        self._decoders: dict[int, tuple[Any, Callable[[bytes, int], tuple[Any, int]] | None]] \
-            = {}
+        self.compiled = compiled
+        # leading(): (writer, field) → the reader, the fields up to it, their decoder
+        self._leading: dict[tuple[bytes, str], tuple[AvroSchema, Any, Decoder | None]] = {}
+        # schema fingerprint → its compiled encoder, decoder (None: fastavro's only)
+        self._encoders: dict[bytes, Callable[[Any], bytes] | None] = {}
+        self._decoders: dict[bytes, Decoder | None] = {}
 
     @classmethod
     def from_url(cls, schema_registry_url: str | None, store: SchemaStore | None = None) \
@@ -161,10 +164,10 @@ class AvroCodec:
             buf.write(bytes([CONFLUENT_MAGIC]))
             buf.write(self.registry.schema_id(schema).to_bytes(4, "big"))
         try:
-            compiled = self._compiled[schema.fingerprint]
+            compiled = self._encoders[schema.fingerprint]
         except KeyError:
-            compiled = self._compiled[schema.fingerprint] = compile_writer(
-                strip_logical(schema.source))
+            compiled = self._encoders[schema.fingerprint] = compile_writer(
+                strip_logical(schema.source)) if self.compiled else None
         if compiled is not None:
             try:
                 body = compiled(record)
@@ -199,27 +202,29 @@ class AvroCodec:
         known = self._leading.get(key)
         if known is None:
             known = self._leading[key] = self._prefix(writer, name)
-        reader, prefix = known
+        reader, prefix, decoder = known
         if prefix is None:
             schema, record = self._body(writer, data, start)
             return schema, record[name]
-        front, _ = self._read(writer, data, start, prefix, None)
+        front, _ = self._read(writer, data, start, prefix, None, decoder)
         return reader, front[name]
 
-    def _prefix(self, writer: AvroSchema, name: str) -> tuple[AvroSchema, Any]:
-        """The reader of ``writer``'s records, and a schema of ``writer``'s fields up
-        to ``name`` (None: read whole records). A record's body is its fields one
-        after the other, so the first fields of one are a record of those fields."""
+    def _prefix(self, writer: AvroSchema, name: str) \
+            -> tuple[AvroSchema, Any, Decoder | None]:
+        """The reader of ``writer``'s records, a schema of ``writer``'s fields up to
+        ``name`` (None: read whole records) and its compiled decoder. A record's body
+        is its fields one after the other, so the first fields of one are a record
+        of those fields."""
         reader = self.store.get(writer.name)
         fields = writer.source.get("fields", [])
         names = [f.get("name") for f in fields]
         theirs = {f.get("name"): f.get("type") for f in reader.source.get("fields", [])}
         if name not in names or name not in theirs or \
                 strip_logical(theirs[name]) != strip_logical(fields[names.index(name)]["type"]):
-            return reader, None
+            return reader, None, None
         head = {k: v for k, v in writer.source.items() if k != "fields"}
-        return reader, parse_schema(strip_logical({**head,
-                                                   "fields": fields[:names.index(name) + 1]}))
+        prefix = parse_schema(strip_logical({**head, "fields": fields[:names.index(name) + 1]}))
+        return reader, prefix, compile_reader(prefix) if self.compiled else None
 
     def _writer(self, data: bytes | None) -> tuple[AvroSchema, int]:
         """The writer's schema of framed ``data``, and where its body starts."""
@@ -248,29 +253,31 @@ class AvroCodec:
             -> tuple[AvroSchema, dict[str, Any]]:
         """Read the body written with ``writer`` into the newest version of its name."""
         reader = self.store.get(writer.name)
-        record, end = self._read(writer, data, start, writer.parsed,
-                                 None if reader is writer else reader.parsed)
+        if reader is writer:  # read as written: by its compiled decoder if it takes the body
+            try:
+                decoder = self._decoders[writer.fingerprint]
+            except KeyError:
+                decoder = self._decoders[writer.fingerprint] = compile_reader(
+                    writer.parsed) if self.compiled else None
+            record, end = self._read(writer, data, start, writer.parsed, None, decoder)
+        else:  # one version into another: fastavro's schema resolution
+            record, end = self._read(writer, data, start, writer.parsed, reader.parsed)
         if end != len(data):
             raise DecodeError("TRAILING_BYTES",
                               f"{writer.name}: {len(data) - end} bytes after the record")
         return reader, record
 
-    def _read(self, writer: AvroSchema, data: bytes, start: int, schema: Any,
-              reader: Any) -> tuple[dict[str, Any], int]:
+    @staticmethod
+    def _read(writer: AvroSchema, data: bytes, start: int, schema: Any, reader: Any,
+              decoder: Decoder | None = None) -> tuple[dict[str, Any], int]:
         """A record read from ``start`` (``schema`` as written, ``reader`` as wanted),
-        and where it ended; every failure a DecodeError. Read as written, by the
-        schema's compiled decoder (tripwire.schemas.compiled) when it takes the
-        bytes; otherwise, and to resolve one version into another, by fastavro."""
-        if reader is None and type(data) is bytes:
-            kept = self._decoders.get(id(schema))
-            if kept is None or kept[0] is not schema:  # the schema is kept with it: its
-                kept = self._decoders[id(schema)] = (schema, compile_reader(schema))  # id too
-            compiled = kept[1]
-            if compiled is not None:
-                try:
-                    return compiled(data, start)
-                except Exception:  # not the plainest encoding, or corrupt: fastavro says
-                    pass
+        and where it ended; every failure a DecodeError. By ``decoder``, the
+        schema's compiled one, when it takes the body; otherwise by fastavro."""
+        if decoder is not None and type(data) is bytes:
+            try:
+                return decoder(data, start)
+            except Exception:  # not the plainest encoding, or corrupt: fastavro says
+                pass
         buf = io.BytesIO(data)
         buf.seek(start)
         try:

@@ -223,10 +223,8 @@ class _WriterGenerator(_Names):
     def function(self, schema: Any, namespace: str) -> str:
         """The name of a function ``f(v, ap)`` writing ``schema``'s values."""
         kind, schema, namespace = self.resolve(schema, namespace)
-        if kind == "record":
+        if kind == "record":  # once each: through record_function, but for the top
             full = self.full_name(schema, namespace)
-            if full in self.functions:
-                return self.functions[full]
             self.title = self.title or full
             name = self.functions[full] = f"w{len(self.functions)}"
             inner = full.rpartition(".")[0]
@@ -287,8 +285,8 @@ class _WriterGenerator(_Names):
         would be; a union where that takes more than the type is not compiled."""
         resolved = [self.resolve(b, namespace) for b in branches]
         kinds = [k for k, _, _ in resolved]
-        if {"float", "fixed", "union"} & set(kinds):
-            raise _Unsupported("union")
+        if "union" in kinds:  # float and fixed are refused by resolve already
+            raise _Unsupported("a union in a union")
         if "string" in kinds and "enum" in kinds:
             raise _Unsupported("a string and an enum in one union")
         if kinds.count("array") > 1 or kinds.count("map") + kinds.count("record") > 1:

@@ -89,7 +89,7 @@ class DecisionStage(Processor):
         # (deadline, sequence, tagged identity): among equal deadlines (a batch's
         # events share one) the order they were set in, found without comparing ids
         self._deadlines: list[tuple[int, int, str]] = []
-        self._set = itertools.count()
+        self._order = itertools.count()
         self._orphans: set[str] = set()  # fragments gathering, their event not yet here
         # identity -> the tagged identity (with its content's digest) gathering for it
         self._gathering: dict[str, str] = {}
@@ -186,7 +186,7 @@ class DecisionStage(Processor):
             p.timeout_ms = self.backlog_timeout_ms \
                 if now_ms - p.arrived_ms > self.backlog_lag_ms else self.node_timeout_ms
             p.deadline = now_ms + self.node_timeout_ms
-            heapq.heappush(self._deadlines, (p.deadline, next(self._set), tagged))
+            heapq.heappush(self._deadlines, (p.deadline, next(self._order), tagged))
             self._orphans.discard(tagged)
         else:
             p.fragments[msg["entity"]] = msg
@@ -225,7 +225,7 @@ class DecisionStage(Processor):
             p = self.pending.get(identity)
             if p is not None and p.request is None and p.deadline is None:
                 p.deadline = now_ms + self.ORPHAN_MS
-                heapq.heappush(self._deadlines, (p.deadline, next(self._set), identity))
+                heapq.heappush(self._deadlines, (p.deadline, next(self._order), identity))
         self._orphans.clear()
         if self._conflicts:  # their fragments have come by now
             for tagged in [k for k, at in self._conflicts.items()
@@ -240,7 +240,7 @@ class DecisionStage(Processor):
                 later = self._waiting_until(due, now_ms)
                 if later is not None:
                     due.deadline = later
-                    heapq.heappush(self._deadlines, (later, next(self._set), identity))
+                    heapq.heappush(self._deadlines, (later, next(self._order), identity))
                     continue
                 due.ready = True
                 self._ready.append(identity)

@@ -284,6 +284,12 @@ def test_the_codec_writes_the_same_and_says_fastavros_errors() -> None:
                     repeat=False, subjects={"card": "k"}, typology="", attributes={})
     body = codec.encode("tripwire.decisions.Decision", decision)[10:]
     assert body == fastavro_bytes(schema.source, decision)
+    fastavro_only = AvroCodec(STORE, compiled=False)  # bench's yardstick: fastavro only
+    data = fastavro_only.encode("tripwire.decisions.Decision", decision)
+    assert data == codec.encode("tripwire.decisions.Decision", decision)
+    assert comparable(fastavro_only.decode(data)[1]) == comparable(codec.decode(data)[1])
+    assert not fastavro_only._encoders[schema.fingerprint]  # none compiled
+    assert codec._encoders[schema.fingerprint] and codec._decoders[schema.fingerprint]
     decision["features"]["huge"] = 5
     assert codec.encode("tripwire.decisions.Decision", decision)[10:] == \
         compile_writer(strip_logical(schema.source))(decision)  # type: ignore[misc]
