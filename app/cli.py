@@ -132,14 +132,14 @@ app.add_typer(run_app, name="run")
 
 
 def _controls_and_sources(directory: Path | None, follow_topic: bool, bootstrap: str,
-                          ns: str, codec: Any) -> tuple[Any, list[Any]]:
+                          ns: str, codec: Any, remember: int) -> tuple[Any, list[Any]]:
     from tripwire.connectors.control_sources import DirectorySource, TopicSource
     from tripwire.controls.engine import LIBRARY, ControlSet
     from tripwire.controls.results import ControlError
     from tripwire.streams.topics import topic
 
     try:
-        controls = ControlSet.from_dir(directory or LIBRARY)
+        controls = ControlSet.from_dir(directory or LIBRARY).remembering(remember)
     except ControlError as exc:
         raise TripwireError(f"the controls do not load: {exc}") from exc
     sources: list[Any] = [DirectorySource(directory)] if directory else []
@@ -243,7 +243,8 @@ def run_stage(
     bootstrap, ns = _bootstrap(settings), settings.topic_namespace
     codec = AvroCodec.from_url(settings.schema_registry_url)
     controls, sources = _controls_and_sources(controls_dir, follow_topic and "decide" in wanted,
-                                              bootstrap, ns, codec)
+                                              bootstrap, ns, codec,
+                                              settings.controls_remember)
     pipeline = Pipeline.build(
         bootstrap, ns, codec=codec, controls=controls, library=FeatureLibrary(),
         state_dir=settings.state_dir / "stores" / (ns or "default"),
@@ -333,7 +334,9 @@ def explain(event_id: str = typer.Argument(..., help="the event id to explain"))
             for e in codec.decode(m.value())[1]["executions"]:
                 console.print(f"{e['stage'].lower()} {e['control_id']}@{e['control_version']}"
                               f" (tier {e['tier']}, {e['mode'].lower()}): "
-                              f"{e['output_json'] or e['error']} in {e['duration_us']} µs",
+                              f"{e['output_json'] or e['error']} "
+                              + ("remembered (not called)" if e.get("remembered")
+                                 else f"in {e['duration_us']} µs"),
                               markup=False, highlight=False)
 
 

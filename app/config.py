@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         "and backtests in a supervised child process: a control that crashes, aborts or "
         "stalls costs that control, never the worker.")
     controls_memory_mb: int = Field(default=1024, ge=64, le=65536)
+    controls_remember: int = Field(
+        default=1024, ge=0, le=1_000_000,  # tripwire.controls.engine.REMEMBER
+        description="Answers each control of a decide worker keeps, by its exact inputs: "
+        "a repeat is answered without calling the control (a control is a pure function "
+        "of its inputs), and its execution record says remembered. 0: call every time.")
     batch_table: Path | None = Field(
         default=None, description="JSON Lines reference data for the batch feature node.")
     batch_refresh_s: float = Field(default=300.0, gt=0)

@@ -74,7 +74,8 @@ def run_demo(settings: Settings, console: Console, *, normal: int = 40, attack: 
         gateway = Gateway()  # stands in for the bank's SMS provider
         with tempfile.TemporaryDirectory(prefix="tripwire-demo-") as state_dir:
             pipeline = Pipeline.build(cluster.bootstrap, ns, codec=codec,
-                                      controls=ControlSet.from_dir(), library=library,
+                                      controls=ControlSet.from_dir().remembering(
+                                          settings.controls_remember), library=library,
                                       state_dir=Path(state_dir),
                                       isolate_mb=settings.controls_memory_mb
                                       if settings.controls_isolated else None, applier=True,

@@ -104,7 +104,7 @@ def offer_of(codec: AvroCodec, rate: int, seconds: float) \
 def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
             stages: tuple[str, ...], ready: Any, stop: Any, poll_s: float,
             tally_to: str = "") -> None:
-    from tripwire.controls.engine import ControlSet
+    from tripwire.controls.engine import REMEMBER, ControlSet
     from tripwire.features.engine import FeatureLibrary
     from tripwire.streams.loop import BatchLoop, tune_gc
     from tripwire.streams.runner import combined_loop, stage_loop
@@ -115,15 +115,16 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
     if tally_to:  # a counting round (bench.primitives): every primitive counted
         from bench.primitives import install
         tally, _ = install()
+    controls = ControlSet.from_dir().remembering(REMEMBER)  # as `tripwire run stage`'s
     if stages == ONE:
-        path = PATH.build(Parts(AvroCodec(SchemaStore.default()), ControlSet.from_dir()))
+        path = PATH.build(Parts(AvroCodec(SchemaStore.default()), controls))
         loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in PATH.inputs(())],
                                    path, namespace=ns, batch_size=batch,
                                    poll_timeout=poll_s, state_dir=Path(state_dir),
                                    commit_interval_ms=interval, eager=eager)}
     else:  # the live pipeline's stages, as `tripwire run stage ...` runs them
         common: dict[str, Any] = dict(
-            codec=AvroCodec(SchemaStore.default()), controls=ControlSet.from_dir(),
+            codec=AvroCodec(SchemaStore.default()), controls=controls,
             library=FeatureLibrary(), state_dir=Path(state_dir), batch_size=batch,
             commit_interval_ms=interval, eager=eager, eager_hops=hops, poll_timeout=poll_s)
         loops = {"all": combined_loop(bootstrap, ns, **common)} if stages == COMBINED else \

@@ -109,6 +109,9 @@ class PipelineCollector(Collector):
                                      "failed", labels=["control"])
         seconds = CounterMetricFamily("tripwire_control_seconds", "Time in each control",
                                       labels=["control"])
+        remembered = CounterMetricFamily("tripwire_control_remembered", "Control executions "
+                                         "answered from an earlier call with the same inputs "
+                                         "(not called)", labels=["control"])
         timeouts = CounterMetricFamily("tripwire_node_timeouts", "Feature nodes that did not "
                                        "answer in time (the decision went ahead without them)")
         actions = CounterMetricFamily("tripwire_actions", "Actions ended, per action and "
@@ -140,12 +143,13 @@ class PipelineCollector(Collector):
                 runs.add_metric([control], n)
                 errors.add_metric([control], t.control_errors[control])
                 seconds.add_metric([control], t.control_seconds[control])
+                remembered.add_metric([control], t.control_remembered[control])
             for (action, status), n in sorted(t.actions.items()):
                 actions.add_metric([action, status], n)
             total_timeouts += t.node_timeouts
         timeouts.add_metric([], total_timeouts)
         yield from (c_in, c_out, aborted, lag, decisions, repeats, latency, quarantined, runs,
-                    errors, seconds, timeouts, actions)
+                    errors, seconds, remembered, timeouts, actions)
 
 
 class SenderCollector(Collector):

@@ -181,11 +181,12 @@ class Decider:
                 "mode": r.mode, "tier": tiers.get(r.control_id, 1),
                 "inputs_json": r.inputs_json or orjson.dumps(r.inputs, default=repr).decode(),
                 "output_json": r.output_json,
-                "error": r.error, "duration_us": r.duration_us} for r in results]}
+                "error": r.error, "duration_us": r.duration_us,
+                "remembered": r.remembered} for r in results]}
         value = b"" if self.records_only else self.codec.encode(EXECUTION_SCHEMA, record)
         return [OutRecord("control_executions", event_id.encode(), value, meta=(
-            "executions", tuple((r.control_id, r.error is not None, r.duration_us)
-                                for r in results), record))]
+            "executions", tuple((r.control_id, r.error is not None, r.duration_us,
+                                 r.remembered) for r in results), record))]
 
     def _decision(self, kind: EventKind, event: Mapping[str, Any], features: dict[str, Any],
                   feature_errors: dict[str, str], verdict: Verdict, now_ms: int,

@@ -133,6 +133,8 @@ class ControlPlane:
         return "control.resume"
 
     def _rebuild(self, controls: list[Control]) -> ControlSet:
-        fresh = ControlSet(controls)  # refuses a network without one selection control
+        # refuses a network without one selection control; remembers as many answers
+        # as the running set, none of them yet (a new version answers afresh)
+        fresh = ControlSet(controls, self.controls.remember)
         fresh.emergency_stop([c for c in self.controls.stopped if c in fresh.by_id()])
         return fresh

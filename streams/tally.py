@@ -42,6 +42,7 @@ class Tally:
     control_runs: Counter[str] = field(default_factory=Counter)
     control_errors: Counter[str] = field(default_factory=Counter)
     control_seconds: Counter[str] = field(default_factory=Counter)
+    control_remembered: Counter[str] = field(default_factory=Counter)
     node_timeouts: int = 0
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # action, status
 
@@ -61,10 +62,13 @@ class Tally:
                 self.latency_sum_s[event_type] += latency_us / 1e6
                 self.node_timeouts += timeouts
             elif kind == "executions":
-                for control_id, failed, duration_us in meta[1]:
+                for control_id, failed, duration_us, remembered in meta[1]:
                     self.control_runs[control_id] += 1
                     self.control_errors[control_id] += failed
-                    self.control_seconds[control_id] += duration_us / 1e6
+                    if remembered:  # not called: no time in the control
+                        self.control_remembered[control_id] += 1
+                    else:
+                        self.control_seconds[control_id] += duration_us / 1e6
             elif kind == "quarantine":
                 for code in meta[2]:
                     self.quarantined[(meta[1], code)] += 1

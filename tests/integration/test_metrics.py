@@ -1,6 +1,6 @@
 """A worker's Prometheus endpoint, scraped while it runs: its numbers are the
-topics' (decisions by outcome, latency counts, quarantine reasons, control runs,
-actions), and lag goes to zero once it has caught up."""
+topics' (decisions by outcome, latency counts, quarantine reasons, control runs
+and remembered answers, actions), and lag goes to zero once it has caught up."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import Worker, cards_with_an_attack, eventually, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.events import read_topic
+from tripwire.connectors.events import read_to_end, read_topic
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.topics import topic
 
@@ -76,6 +76,15 @@ def test_a_running_worker_serves_its_numbers(kafka: KafkaCluster, topics: str,
             len(events)
         assert _total(got, "tripwire_control_errors_total") == 0
         assert _total(got, "tripwire_control_seconds_total", control="card_outliers") > 0
+        # answers remembered by their inputs (TRIPWIRE_CONTROLS_REMEMBER, on by default):
+        # counted as the execution records mark them
+        logs = [CODEC.decode(m.value())[1]
+                for m in read_to_end(kafka.bootstrap, topic("control_executions", topics))]
+        marked = Counter(e["control_id"] for r in logs for e in r["executions"]
+                         if e["remembered"])
+        assert marked and sum(marked.values()) == _total(got, "tripwire_control_remembered_total")
+        for control, n in marked.items():
+            assert _total(got, "tripwire_control_remembered_total", control=control) == n
         assert _total(got, "tripwire_stage_events_in_total") >= len(events) + 1
         assert _total(got, "tripwire_stage_events_out_total", topic="decisions") >= len(events)
         actions = [CODEC.decode(m.value())[1] for m in

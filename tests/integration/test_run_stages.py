@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tripwire.broker import KafkaCluster
-from tripwire.connectors.events import EventProducer, read_topic
+from tripwire.connectors.events import EventProducer, read_to_end, read_topic
 from tripwire.connectors.simulator import CARD_SCHEMA, normal_card_payments
 from tripwire.schemas.codec import AvroCodec
 from tripwire.streams.topics import topic
@@ -86,6 +86,16 @@ def test_all_stages_decide_stop_cleanly_and_move_between_layouts(
     assert why.stdout.startswith("ALLOW tripwire.events.CardPayment " + events[0]["event_id"])
     assert "card_auths_1h" in why.stdout and "card/count/1h@1" in why.stdout
     assert "detector card_outliers@" in why.stdout  # every control that ran, by stage
+    # a worker answers a control's repeated inputs from memory: explain says which
+    logs = [codec.decode(m.value())[1]
+            for m in read_to_end(kafka.bootstrap, topic("control_executions", topics))]
+    log = next(r for r in logs if any(e["remembered"] for e in r["executions"]))
+    said = subprocess.run([sys.executable, "-m", "tripwire", "explain", log["event_id"]],
+                          env=_env(kafka, topics, tmp_path), capture_output=True, text=True,
+                          timeout=60).stdout
+    for e in log["executions"]:
+        line = next(x for x in said.splitlines() if f" {e['control_id']}@" in x)
+        assert line.endswith("remembered (not called)") == e["remembered"], line
     missing = subprocess.run([sys.executable, "-m", "tripwire", "explain", "no-such-event"],
                              env=_env(kafka, topics, tmp_path), capture_output=True,
                              text=True, timeout=60)

@@ -95,3 +95,25 @@ def test_a_watched_directory_gives_releases_for_changes(tmp_path: Path) -> None:
     got = {(r["control_id"], r["kind"]) for r in source.poll()}
     assert got == {("card_testing", "RELEASE"), ("money_mule", "RETIRE")}
     assert source.poll() == []
+
+
+def test_a_release_keeps_remembering_and_its_new_version_answers_afresh() -> None:
+    """A remembering set (a live worker's) stays one after a release, and the
+    released version is called, never answered from the old version's memo."""
+    plane = ControlPlane(ControlSet.from_dir().remembering(64))
+    event = {"amount_minor": 4242, "merchant_country": "GB", "entry_mode": "CHIP",
+             "card_present": True}
+    features = {"card_small_auths_10m": 4}
+    for _ in range(2):
+        plane.controls.evaluate("CardPayment", event, features)
+    (before,) = [r for r in plane.controls.evaluate("CardPayment", event, features).results
+                 if r.control_id == "card_testing"]
+    assert before.remembered and before.signal is None  # 4 small ones: under its 5
+    plane.apply(release("card_testing", GOOD, "alice", "catch slower testing", 7), 9, "w1")
+    assert plane.controls.remember == 64
+    (after,) = [r for r in plane.controls.evaluate("CardPayment", event, features).results
+                if r.control_id == "card_testing"]
+    assert not after.remembered and after.signal is not None  # the new version's 3
+    (again,) = [r for r in plane.controls.evaluate("CardPayment", event, features).results
+                if r.control_id == "card_testing"]
+    assert again.remembered and again.signal == after.signal

@@ -44,8 +44,10 @@ def _items(n: int) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
     return out
 
 
-def _same(v: Any) -> Any:
-    return v.outcome, v.actions, v.reason, [replace(r, duration_us=0) for r in v.results]
+def _same(v: Any, remembered: bool = False) -> Any:
+    """A verdict's values but its durations (and whether each was remembered)."""
+    return v.outcome, v.actions, v.reason, [
+        replace(r, duration_us=0, remembered=r.remembered and remembered) for r in v.results]
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +100,9 @@ def test_tier_two_in_line_is_contained_too(box: ControlProcess) -> None:
 
 
 def test_a_remembering_child_answers_as_the_controls_do_in_process() -> None:
-    """A child of a remembering set (a replay's) keeps the answers there: the
-    verdicts are the in-process ones, and a repeat is its first result again (the
+    """A child of a remembering set (a live worker's, a replay's) keeps the answers
+    there: the verdicts are those of the same set in process, remembered where
+    they were, and a repeat is its first result again, marked remembered (the
     first call's duration and all)."""
     plain = ControlSet.from_dir()
     box = ControlProcess(plain.remembering(10_000), memory_mb=1024)
@@ -109,8 +112,13 @@ def test_a_remembering_child_answers_as_the_controls_do_in_process() -> None:
         again = box.evaluate_many(items[:40])
     finally:
         box.close()
-    assert [_same(v) for v in first] == [_same(plain.evaluate(*i)) for i in items]
-    assert again == first[:40]
+    here = plain.remembering(10_000)
+    assert [_same(v, True) for v in first] == [_same(here.evaluate(*i), True) for i in items]
+    assert any(r.remembered for v in first for r in v.results)
+    assert [_same(v) for v in again] == [_same(v) for v in first[:40]]
+    for v, w in zip(again, first[:40], strict=True):
+        assert all(r.remembered and r.duration_us == s.duration_us
+                   for r, s in zip(v.results, w.results, strict=True))
 
 
 def test_a_remembering_child_sends_each_result_once_and_begins_afresh_when_full() -> None:
@@ -120,18 +128,21 @@ def test_a_remembering_child_sends_each_result_once_and_begins_afresh_when_full(
     sides begin afresh; the verdicts stay the in-process ones throughout."""
 
     class Small(ControlProcess):
-        SENT_MAX = 60
+        SENT_MAX = 80
 
     plain = ControlSet([*ControlSet.from_dir().controls, Control.compile("crashes", CRASH)])
     box = Small(plain.remembering(10_000), memory_mb=1024)
     items = _items(150)
     crash = next(i for i in items if i[0] == "CardPayment")
     try:
-        first = box.evaluate_many(items[:10])  # fewer results than the table holds
-        again = box.evaluate_many(items[:10])
-        assert all(a is b for v, w in zip(first, again, strict=True)  # failures: never kept
+        first = box.evaluate_many(items[:6])  # fewer results (twice) than the table holds
+        again = box.evaluate_many(items[:6])  # now each remembered: one result for all
+        thrice = box.evaluate_many(items[:6])
+        assert all(a is b and a.remembered  # failures: never kept
+                   for v, w in zip(again, thrice, strict=True)
                    for a, b in zip(v.results, w.results, strict=True) if not a.error)
-        got = [*first, *again]
+        assert sum(len(v.results) for v in first + again) < Small.SENT_MAX
+        got = [*first, *again, *thrice]
         for i in range(0, 150, 25):  # the table fills and begins afresh, many times
             got += box.evaluate_many(items[i:i + 25])
         box.evaluate(crash[0], {**crash[1], "amount_minor": 4242}, *crash[2:])
@@ -139,7 +150,7 @@ def test_a_remembering_child_sends_each_result_once_and_begins_afresh_when_full(
         got += box.evaluate_many(items[:50])
     finally:
         box.close()
-    want = [*items[:10], *items[:10], *items, *items[:50]]
+    want = [*items[:6], *items[:6], *items[:6], *items, *items[:50]]
     assert [_same(v) for v in got] == [_same(plain.evaluate(*i)) for i in want]
 
 

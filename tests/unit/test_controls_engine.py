@@ -256,7 +256,7 @@ def test_a_remembering_set_answers_as_every_call_would(
     """Repeats of a control's inputs are answered from its memo: the same results
     (a failure is called again, never kept), a canary still decides by entity, the
     memo never outgrows ``remember``, and a remembered answer carries the duration
-    of the call that gave it."""
+    of the call that gave it and says it was remembered."""
     body = ('if features["n"] == 3:\n        return {"score": 1, "reason": event["nope"]}\n'
             '    if features["n"] > 1 or event["country"] != "GB":\n'
             '        return {"signal": "x", "score": features["n"], "reason": event["country"]}\n'
@@ -272,10 +272,12 @@ def test_a_remembering_set_answers_as_every_call_would(
         want, got = plain.evaluate(*args), memo.evaluate(*args)
         assert (want.outcome, want.actions, want.reason) == (got.outcome, got.actions, got.reason)
         assert [replace(r, duration_us=0) for r in want.results] == \
-            [replace(r, duration_us=0) for r in got.results]
+            [replace(r, duration_us=0, remembered=False) for r in got.results]
         for r in got.results:
             assert r.error is None or r.inputs_json not in memo._memos[r.control_id]
-            if r.inputs_json in known.get(r.control_id, {}):  # answered from the memo
+            # answered from the memo exactly when its inputs were there
+            assert r.remembered == (r.inputs_json in known.get(r.control_id, {}))
+            if r.remembered:
                 assert r.duration_us == known[r.control_id][r.inputs_json].duration_us
     assert all(len(m) <= remember for m in memo._memos.values())
     assert not plain._memos  # a plain set calls every time and keeps nothing
@@ -289,7 +291,9 @@ def test_a_remembering_set_calls_each_input_once() -> None:
     again = [net.evaluate("CardPayment", {"country": c}, {}).results[0] for c in "CBA"]
     assert [r.duration_us for r in again] == [r.duration_us for r in reversed(firsts)]
     assert len(net._memos["spin"]) == 3 and firsts[0].duration_us > 0
-    assert again[0] == firsts[2]  # the whole result, its duration too
+    assert not any(r.remembered for r in firsts) and all(r.remembered for r in again)
+    assert replace(again[0], remembered=False) == firsts[2]  # the whole result, duration too
+    assert net.evaluate("CardPayment", {"country": "A"}, {}).results[0] is again[2]
 
 
 def test_a_result_is_made_again_from_its_values() -> None:

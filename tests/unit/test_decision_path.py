@@ -172,3 +172,47 @@ def test_expiry_index_is_rebuilt_from_the_changelog_alone() -> None:
     assert fresh.get(restored, b"k3") == b"v"
     assert fresh.expire(restored, 250) == 3  # k0, k1, k2
     assert [fresh.get(restored, f"k{i}".encode()) for i in range(5)] == [None] * 3 + [b"v"] * 2
+
+
+def test_a_remembering_path_decides_as_one_that_calls_every_control() -> None:
+    """Live workers remember each control's answers by their inputs: the decisions
+    are byte for byte those of a path that calls every control, every execution is
+    still recorded (a repeat marked remembered, with the first call's duration),
+    and the tally counts remembered runs apart, with no time in the control."""
+    from tripwire.controls.engine import REMEMBER, ControlSet
+    from tripwire.streams.tally import Tally
+
+    remembering = DecisionPath(PATH.codec, ControlSet.from_dir().remembering(REMEMBER))
+    events = [*normal_card_payments(5, T0, 30), *magstripe_contactless_attack(6, T0, 10)]
+    batch = [_card(ev, i) for i, ev in enumerate(sorted(events, key=lambda e: e["event_time"]))]
+    outs = {}
+    for path in (PATH, remembering):
+        st = StateManager(path.name, list(path.stores))
+        outs[path] = [o for i in range(0, len(batch), 8)
+                      for o in path.process(batch[i:i + 8], T0 + 5, st)]
+    plain, got = outs[PATH], outs[remembering]
+    assert [(o.topic_key, o.key) for o in plain] == [(o.topic_key, o.key) for o in got]
+    assert [o.value for o in plain if o.topic_key == "decisions"] == \
+        [o.value for o in got if o.topic_key == "decisions"]
+    first: dict[tuple[str, str], int] = {}  # (control, inputs) -> the first call's duration
+    remembered = 0
+    for p, g in zip(plain, got, strict=True):
+        if p.topic_key != "control_executions":
+            continue
+        want, have = _decode(p)["executions"], _decode(g)["executions"]
+        assert [{**e, "duration_us": 0} for e in want] == \
+            [{**e, "duration_us": 0, "remembered": False} for e in have]
+        for e in have:
+            seen = (e["control_id"], e["inputs_json"])
+            assert e["remembered"] == (seen in first)
+            if e["remembered"]:
+                remembered += 1
+                assert e["duration_us"] == first[seen]
+            else:
+                first[seen] = e["duration_us"]
+    assert remembered > len(events)  # most controls repeat a few inputs
+    tally = Tally()
+    tally.observe(got)
+    assert sum(tally.control_remembered.values()) == remembered
+    assert sum(tally.control_runs.values()) == remembered + len(first)
+    assert sum(tally.control_seconds.values()) * 1e6 == pytest.approx(sum(first.values()))
