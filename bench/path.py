@@ -104,7 +104,7 @@ def offer_of(codec: AvroCodec, rate: int, seconds: float) \
 def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
             stages: tuple[str, ...], ready: Any, stop: Any, poll_s: float,
             tally_to: str = "") -> None:
-    from tripwire.controls.engine import REMEMBER, ControlSet
+    from tripwire.controls import engine
     from tripwire.features.engine import FeatureLibrary
     from tripwire.streams.loop import BatchLoop, tune_gc
     from tripwire.streams.runner import combined_loop, stage_loop
@@ -115,7 +115,10 @@ def _worker(bootstrap: str, ns: str, state_dir: str, batch: int, mode: str,
     if tally_to:  # a counting round (bench.primitives): every primitive counted
         from bench.primitives import install
         tally, _ = install()
-    controls = ControlSet.from_dir().remembering(REMEMBER)  # as `tripwire run stage`'s
+    # as `tripwire run stage` builds them at this commit (an A/B's other may not remember)
+    controls = engine.ControlSet.from_dir()
+    if getattr(engine, "REMEMBER", 0):
+        controls = controls.remembering(engine.REMEMBER)
     if stages == ONE:
         path = PATH.build(Parts(AvroCodec(SchemaStore.default()), controls))
         loops = {"path": BatchLoop(bootstrap, f"{ns}path", [topic(k, ns) for k in PATH.inputs(())],
