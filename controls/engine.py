@@ -339,7 +339,7 @@ class Control:
                                   (time.perf_counter_ns() - start) // 1000, entity_key,
                                   signal, given, given_json)
             if memo is not None:  # its repeats: the same, marked as not called
-                memo[given_json] = ControlResult.of((*result.values()[:-1], True))
+                memo[given_json] = result.as_remembered()
             return result
         except Exception as exc:
             error = str(exc)

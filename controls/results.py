@@ -54,6 +54,12 @@ class ControlResult:
         result.__dict__.update(zip(_RESULT_FIELDS, values, strict=True))
         return result
 
+    def as_remembered(self) -> ControlResult:
+        """This result, marked as given again without a call (its duration the call's)."""
+        again = object.__new__(ControlResult)
+        again.__dict__.update(self.__dict__, remembered=True)  # fields first, in order
+        return again
+
     def values(self) -> tuple[Any, ...]:
         """Its field values in order: it pickles as a third of itself."""
         return tuple(islice(self.__dict__.values(), len(_RESULT_FIELDS)))  # fields come first

@@ -302,5 +302,8 @@ def test_a_result_is_made_again_from_its_values() -> None:
     for r in verdict.results:
         again = ControlResult.of(r.values())
         assert again == r and again.values() == r.values() and again.fired == r.fired
+        kept = r.as_remembered()  # a memo's copy: the same but for the mark
+        assert kept.remembered and not r.remembered and replace(kept, remembered=False) == r
+        assert ControlResult.of(kept.values()) == kept and kept.output_json == r.output_json
     with pytest.raises(ValueError):
         ControlResult.of(verdict.results[0].values()[:-1])  # one value short
