@@ -96,7 +96,7 @@ _ENTRY = "tripwire_engine_entry"
 Memo = dict[str, ControlResult]
 # answers a live worker keeps per control (TRIPWIRE_CONTROLS_REMEMBER): most calls
 # repeat a few inputs (a country, a card's small count): 72 % of the bench's
-# traffic's, 256 answers each already holding nearly all of them; ~1.5 KB each
+# traffic's, 256 answers each already holding nearly all of them; ~1.3 KB each
 REMEMBER = 1024
 _PARAMETERS = {"DETECTOR": ("event", "features"), "ACTION": ("event", "features", "detections"),
                "SELECTION": ("event", "proposals")}
