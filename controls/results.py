@@ -37,7 +37,7 @@ class ControlResult:
     stage: str = "DETECTOR"
     signal: str | None = None  # a detector's finding; None: nothing seen
     inputs: Mapping[str, Any] = field(default_factory=dict)  # what the control was given
-    inputs_json: str | None = None  # ... as the JSON it was called with (None: not called)
+    inputs_json: str | None = None  # ... as JSON (None: never made, the run ended first)
     # True: not called; an earlier call's result for exactly these inputs (a control is
     # a pure function of them: ControlSet.remember), its duration that call's
     remembered: bool = False
