@@ -335,7 +335,7 @@ def explain(event_id: str = typer.Argument(..., help="the event id to explain"))
                 console.print(f"{e['stage'].lower()} {e['control_id']}@{e['control_version']}"
                               f" (tier {e['tier']}, {e['mode'].lower()}): "
                               f"{e['output_json'] or e['error']} "
-                              + ("remembered (not called)" if e.get("remembered")
+                              + ("remembered (not called)" if e["remembered"]
                                  else f"in {e['duration_us']} µs"),
                               markup=False, highlight=False)
 

@@ -41,3 +41,15 @@ def test_a_features_worker_serves_apart_only_what_the_intake_routes_apart(
     result = CliRunner().invoke(app, ["run", "stage", "features", "--entities", "ip"])
     assert isinstance(result.exception, TripwireError)
     assert "--entities ip: not served apart" in str(result.exception)
+
+
+def test_workers_remember_as_many_control_answers_as_the_engine_and_bench_say(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tripwire run stage` keeps TRIPWIRE_CONTROLS_REMEMBER answers per control;
+    unset, the engine's REMEMBER, which bench's workers use to run as it does."""
+    from tripwire.controls.engine import REMEMBER
+
+    monkeypatch.delenv("TRIPWIRE_CONTROLS_REMEMBER", raising=False)
+    assert Settings().controls_remember == REMEMBER
+    monkeypatch.setenv("TRIPWIRE_CONTROLS_REMEMBER", "0")
+    assert Settings().controls_remember == 0
